@@ -1,0 +1,45 @@
+"""The ``delift`` console script: parse arguments, call the library, print. Nothing else lives here.
+
+Each sub-command lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``; modules are
+imported only when their command runs, so ``delift --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from delift_jax.errors import DeliftError
+
+# command name -> (module, one-line help)
+COMMANDS = {
+    "score": ("delift_jax.commands.score", "score responses teacher-forced with a model; print per-example distances"),
+    "select": ("delift_jax.select.command", "pick a subset from a kernel with submodular maximization"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="delift", description="DELIFT data selection for LLM fine-tuning, in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        command_parser.set_defaults(_module=module_name)
+        importlib.import_module(module_name).add_arguments(command_parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except DeliftError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
