@@ -1,0 +1,248 @@
+"""Flax NNX decoder-only transformer for the Llama family (Llama 2/3, Mistral, Qwen2, SmolLM/SmolLM2).
+
+The model is stateless with respect to its key/value cache: a call returns the keys (already rotated) and values
+it computed, and a later call can attend to them through a ``KVPrefix``. The same mechanism serves decoding
+(grow the prefix one token at a time) and DELIFT's prefix reuse (compute a demonstration's keys once, attend to
+them from a whole batch of continuations without copying them per row).
+
+Shape suffixes: b batch, t query tokens, s key tokens, p prefix tokens, d model width, k key/value heads,
+g query heads per key/value head, h head dim, f MLP width, v vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from delift_jax.models.config import ModelConfig
+
+_MASKED = float(np.finfo(np.float32).min)
+
+
+class KVPrefix(NamedTuple):
+    """Keys and values of earlier tokens, one entry per layer.
+
+    ``keys``/``values``: tuples of ``[b or 1, p, k, h]`` arrays (RoPE already applied to keys). A leading batch
+    dimension of 1 is shared by every row of the batch that attends to it. ``positions``: ``[b or 1, p]`` int32;
+    ``valid``: ``[b or 1, p]`` bool (False for padding).
+    """
+
+    keys: tuple
+    values: tuple
+    positions: jax.Array
+    valid: jax.Array
+
+    @property
+    def length(self) -> int:
+        return self.positions.shape[1]
+
+
+def rope_inverse_frequencies(config: ModelConfig) -> np.ndarray:
+    """Inverse frequencies ``[h/2]`` in float32, with linear or Llama-3 scaling, computed as transformers does."""
+    dim = config.head_dim
+    inv_freq = (1.0 / (np.float32(config.rope_theta) ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim))))
+    inv_freq = inv_freq.astype(np.float32)
+    scaling = config.rope_scaling
+    if scaling is None:
+        return inv_freq
+    if scaling.kind == "linear":
+        return (inv_freq / np.float32(scaling.factor)).astype(np.float32)
+    # Llama 3.1: long wavelengths are divided by `factor`, short ones kept, the band between interpolated.
+    old_len = scaling.original_max_position_embeddings
+    low_wavelen = old_len / scaling.low_freq_factor
+    high_wavelen = old_len / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = (old_len / wavelen - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    is_medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return np.where(is_medium, smoothed, scaled).astype(np.float32)
+
+
+def apply_rope(x_btnh: jax.Array, positions_bt: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+    """Rotate pairs (i, i + h/2) by position * frequency ("rotate half" layout, as in HF checkpoints)."""
+    angles_bth = positions_bt.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None, :]
+    angles_bth = jnp.concatenate([angles_bth, angles_bth], axis=-1)
+    cos = jnp.cos(angles_bth)[:, :, None, :]
+    sin = jnp.sin(angles_bth)[:, :, None, :]
+    x = x_btnh.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return (x * cos + rotated * sin).astype(x_btnh.dtype)
+
+
+class RMSNorm(nnx.Module):
+    """x / rms(x) * scale, normalized in float32 and cast back before scaling (as in HF Llama)."""
+
+    def __init__(self, dim: int, eps: float, *, param_dtype=jnp.float32):
+        self.scale = nnx.Param(jnp.ones((dim,), dtype=param_dtype))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.scale.value.astype(x.dtype) * normed.astype(x.dtype)
+
+
+def _linear(d_in, d_out, bias, dtype, param_dtype, rngs):
+    return nnx.Linear(d_in, d_out, use_bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+class Attention(nnx.Module):
+    def __init__(self, config: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        d, h = config.hidden_size, config.head_dim
+        self.config = config
+        self.q_proj = _linear(d, config.num_heads * h, config.qkv_bias, dtype, param_dtype, rngs)
+        self.k_proj = _linear(d, config.num_kv_heads * h, config.qkv_bias, dtype, param_dtype, rngs)
+        self.v_proj = _linear(d, config.num_kv_heads * h, config.qkv_bias, dtype, param_dtype, rngs)
+        self.o_proj = _linear(config.num_heads * h, d, config.o_bias, dtype, param_dtype, rngs)
+
+    def __call__(self, x_btd, positions_bt, mask_bts, inv_freq, prefix_kv=None, prefix_mask_btp=None):
+        cfg = self.config
+        b, t, _ = x_btd.shape
+        q_btnh = self.q_proj(x_btd).reshape(b, t, cfg.num_heads, cfg.head_dim)
+        k_btkh = self.k_proj(x_btd).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+        v_btkh = self.v_proj(x_btd).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+        q_btnh = apply_rope(q_btnh, positions_bt, inv_freq)
+        k_btkh = apply_rope(k_btkh, positions_bt, inv_freq)
+        q_btkgh = q_btnh.reshape(b, t, cfg.num_kv_heads, cfg.group_size, cfg.head_dim)
+        scale = cfg.head_dim ** -0.5
+
+        scores_bkgts = jnp.einsum("btkgh,bskh->bkgts", q_btkgh, k_btkh,
+                                  preferred_element_type=jnp.float32) * scale
+        scores_bkgts = jnp.where(mask_bts[:, None, None], scores_bkgts, _MASKED)
+        if prefix_kv is not None:
+            prefix_k, prefix_v = prefix_kv
+            spec = "pkh" if prefix_k.shape[0] == 1 and b != 1 else "bpkh"
+            if spec == "pkh":
+                prefix_k, prefix_v = prefix_k[0], prefix_v[0]
+            scores_bkgtp = jnp.einsum(f"btkgh,{spec}->bkgtp", q_btkgh, prefix_k,
+                                      preferred_element_type=jnp.float32) * scale
+            scores_bkgtp = jnp.where(prefix_mask_btp[:, None, None], scores_bkgtp, _MASKED)
+            p = scores_bkgtp.shape[-1]
+            probs = jax.nn.softmax(jnp.concatenate([scores_bkgtp, scores_bkgts], axis=-1), axis=-1)
+            probs = probs.astype(v_btkh.dtype)
+            out_btkgh = (jnp.einsum(f"bkgtp,{spec}->btkgh", probs[..., :p], prefix_v)
+                         + jnp.einsum("bkgts,bskh->btkgh", probs[..., p:], v_btkh))
+        else:
+            probs = jax.nn.softmax(scores_bkgts, axis=-1).astype(v_btkh.dtype)
+            out_btkgh = jnp.einsum("bkgts,bskh->btkgh", probs, v_btkh)
+        out_btd = self.o_proj(out_btkgh.reshape(b, t, cfg.num_heads * cfg.head_dim).astype(x_btd.dtype))
+        return out_btd, (k_btkh, v_btkh)
+
+
+class MLP(nnx.Module):
+    def __init__(self, config: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        d, f = config.hidden_size, config.intermediate_size
+        self.gate_proj = _linear(d, f, config.mlp_bias, dtype, param_dtype, rngs)
+        self.up_proj = _linear(d, f, config.mlp_bias, dtype, param_dtype, rngs)
+        self.down_proj = _linear(f, d, config.mlp_bias, dtype, param_dtype, rngs)
+
+    def __call__(self, x_btd):
+        return self.down_proj(jax.nn.silu(self.gate_proj(x_btd)) * self.up_proj(x_btd))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, config: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.input_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=param_dtype)
+        self.attn = Attention(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.post_attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=param_dtype)
+        self.mlp = MLP(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x_btd, positions_bt, mask_bts, inv_freq, prefix_kv=None, prefix_mask_btp=None):
+        attn_btd, kv = self.attn(self.input_norm(x_btd), positions_bt, mask_bts, inv_freq, prefix_kv, prefix_mask_btp)
+        x_btd = x_btd + attn_btd
+        x_btd = x_btd + self.mlp(self.post_attn_norm(x_btd))
+        return x_btd, kv
+
+
+class CausalLM(nnx.Module):
+    """Llama-family causal language model.
+
+    ``__call__`` returns final (normed) hidden states and the per-layer keys/values; ``logits`` projects hidden
+    states onto the vocabulary in float32. Keeping the two apart lets scoring project only the positions it needs.
+    """
+
+    def __init__(self, config: ModelConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.config = config
+        self.dtype = dtype
+        self.embed = nnx.Embed(config.vocab_size, config.hidden_size, dtype=dtype, param_dtype=param_dtype,
+                               rngs=rngs)
+        self.layers = nnx.List([DecoderLayer(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                                for _ in range(config.num_layers)])
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=param_dtype)
+        self.lm_head = None if config.tie_word_embeddings else _linear(
+            config.hidden_size, config.vocab_size, False, dtype, param_dtype, rngs)
+
+    def __call__(self, tokens_bt: jax.Array, positions_bt: jax.Array | None = None,
+                 valid_bt: jax.Array | None = None, prefix: KVPrefix | None = None):
+        """Run the decoder over ``tokens_bt``.
+
+        positions_bt: absolute positions (default ``prefix.length + arange(t)``, or ``arange(t)``).
+        valid_bt: False marks padding keys (default all True). Attention inside the block is causal by index.
+        prefix: earlier keys/values every token may attend to (all of them precede the block).
+        Returns ``(hidden_btd, kv)`` where ``kv`` is a tuple of per-layer ``(keys, values)``.
+        """
+        b, t = tokens_bt.shape
+        if positions_bt is None:
+            start = 0 if prefix is None else prefix.length
+            positions_bt = jnp.broadcast_to(jnp.arange(start, start + t, dtype=jnp.int32), (b, t))
+        if valid_bt is None:
+            valid_bt = jnp.ones((b, t), dtype=bool)
+        inv_freq = rope_inverse_frequencies(self.config)  # a trace-time constant
+        mask_bts = self._block_mask(positions_bt, valid_bt)
+        prefix_mask_btp = None if prefix is None else self._prefix_mask(positions_bt, prefix)
+
+        x_btd = self.embed(tokens_bt)
+        kv = []
+        for i, layer in enumerate(self.layers):
+            layer_prefix = None if prefix is None else (prefix.keys[i], prefix.values[i])
+            x_btd, layer_kv = layer(x_btd, positions_bt, mask_bts, inv_freq, layer_prefix, prefix_mask_btp)
+            kv.append(layer_kv)
+        return self.norm(x_btd), tuple(kv)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """Vocabulary logits in float32 for any ``[..., d]`` hidden states."""
+        if self.lm_head is None:
+            table_vd = self.embed.embedding.value
+            return jnp.einsum("...d,vd->...v", hidden, table_vd.astype(hidden.dtype),
+                              preferred_element_type=jnp.float32)
+        return self.lm_head(hidden).astype(jnp.float32)
+
+    def _window_ok(self, query_positions, key_positions):
+        if self.config.sliding_window is None:
+            return True
+        return (query_positions - key_positions) < self.config.sliding_window
+
+    def _block_mask(self, positions_bt, valid_bt):
+        t = positions_bt.shape[1]
+        causal_ts = jnp.arange(t)[:, None] >= jnp.arange(t)[None, :]
+        mask = causal_ts[None] & valid_bt[:, None, :]
+        return mask & self._window_ok(positions_bt[:, :, None], positions_bt[:, None, :])
+
+    def _prefix_mask(self, positions_bt, prefix: KVPrefix):
+        mask = jnp.broadcast_to(prefix.valid[:, None, :], (positions_bt.shape[0], positions_bt.shape[1],
+                                                           prefix.length))
+        return mask & self._window_ok(positions_bt[:, :, None], prefix.positions[:, None, :])
+
+
+def prefix_from_kv(kv: tuple, positions_bt: jax.Array, valid_bt: jax.Array) -> KVPrefix:
+    """Turn the ``kv`` a call returned into a prefix that a later call can attend to."""
+    return KVPrefix(keys=tuple(k for k, _ in kv), values=tuple(v for _, v in kv),
+                    positions=positions_bt.astype(jnp.int32), valid=valid_bt)
+
+
+def extend_prefix(prefix: KVPrefix | None, kv: tuple, positions_bt: jax.Array, valid_bt: jax.Array) -> KVPrefix:
+    """Append a call's keys/values to ``prefix`` (used by step-by-step decoding)."""
+    new = prefix_from_kv(kv, positions_bt, valid_bt)
+    if prefix is None:
+        return new
+    cat = lambda a, b: jnp.concatenate([jnp.broadcast_to(a, (b.shape[0],) + a.shape[1:]), b], axis=1)
+    return KVPrefix(keys=tuple(cat(a, b) for a, b in zip(prefix.keys, new.keys)),
+                    values=tuple(cat(a, b) for a, b in zip(prefix.values, new.values)),
+                    positions=cat(prefix.positions, new.positions), valid=cat(prefix.valid, new.valid))

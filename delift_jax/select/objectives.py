@@ -1,0 +1,252 @@
+"""Submodular objectives over a utility kernel, all reduced to one saturated facility-location form.
+
+Orientation: rows i are covered elements, columns j are candidates (DESIGN §1.3). Every objective here is
+
+    f(A) = Σ_i [ max(floor_i, min(max_{j∈A} K[i, j], cap_i)) − floor_i ]  +  Σ_{j∈A} bonus_j
+
+with a max over the empty set equal to −∞ (so f(∅) = 0). One greedy engine therefore serves all of them:
+
+* facility location (FL):               f(A) = Σ_i max_{j∈A} K[i, j]                  floor = 0, cap = ∞, bonus = 0
+* FL mutual information (FL1MI, η):     I(A; Q) = Σ_i min(max_{j∈A} K[i, j], η·max_q Q[i, q])
+                                                                                      floor = 0, cap_i = η·max_q Q[i, q]
+* FL variant MI (FL2MI, η):             I(A; Q) = Σ_q max_{j∈A} Q[j, q] + η·Σ_{j∈A} max_q Q[j, q]
+                                        kernel = Qᵀ (rows = targets q), bonus_j = η·max_q Q[j, q]
+* FL conditional gain (FLCG, ν):        f(A | P) = Σ_i max(max_{j∈A} K[i, j] − ν·max_p P[i, p], 0)
+                                                                                      floor_i = ν·max_p P[i, p], cap = ∞
+
+Q[i, q] is the utility of pool example i as a demonstration for target q; P[i, p] the same for existing example p.
+The floor of 0 in FL and FL1MI matches submodlib, which starts coverage at 0: negative utilities never count.
+These are exactly submodlib's FacilityLocation, FacilityLocationMutualInformation, FacilityLocationVariantMutual-
+Information and FacilityLocationConditionalGain functions (checked numerically in tests/test_select_oracle.py).
+
+The marginal gain of candidate j at coverage c (c starts at floor) is
+
+    gain_j(c) = Σ_i max(min(K[i, j], cap_i) − c_i, 0) + bonus_j,        and picking j sets c_i ← max(c_i, min(K[i, j], cap_i)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from delift_jax.errors import SelectionError
+from delift_jax.select.sparse import SparseKernel, row_max
+
+OBJECTIVE_NAMES = ("fl", "flmi", "fl2mi", "flcg")
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """A saturated facility-location objective (see the module docstring for the exact math).
+
+    kernel: float[n_rows, n_candidates] dense array or a SparseKernel; rows are covered elements.
+    floor:  float32[n_rows] coverage before anything is picked.
+    cap:    float32[n_rows] per-row ceiling on a utility, or None for no ceiling.
+    bonus:  float32[n_candidates] modular term added to a candidate's gain, or None.
+    name:   which objective this is ("fl", "flmi", "fl2mi", "flcg"); static under jit.
+    """
+
+    kernel: jax.Array | SparseKernel
+    floor: jax.Array
+    cap: jax.Array | None
+    bonus: jax.Array | None
+    name: str = "fl"
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.kernel.shape[0])
+
+    @property
+    def n_candidates(self) -> int:
+        return int(self.kernel.shape[1])
+
+
+jax.tree_util.register_dataclass(Objective, data_fields=["kernel", "floor", "cap", "bonus"], meta_fields=["name"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Input checks: one-line messages that name the problem and the fix.
+
+
+def _check_kernel(kernel, what: str) -> None:
+    """A kernel must be 2-D, non-empty and finite; a sparse one must also have in-range indices."""
+    if isinstance(kernel, SparseKernel):
+        indices, values = np.asarray(kernel.indices), np.asarray(kernel.values)
+        if indices.ndim != 2 or values.ndim != 2 or indices.shape != values.shape:
+            raise SelectionError(
+                f"{what}: sparse indices {indices.shape} and values {values.shape} must both be 2-D and of the same "
+                "shape (n_rows, k_nn)"
+            )
+        if kernel.n_candidates < 1 or indices.shape[0] < 1 or indices.shape[1] < 1:
+            raise SelectionError(f"{what} is empty (n_rows={indices.shape[0]}, n_candidates={kernel.n_candidates})")
+        if not np.issubdtype(indices.dtype, np.integer):
+            raise SelectionError(f"{what}: sparse indices must be integers, got {indices.dtype}")
+        if indices.size and (indices.min() < 0 or indices.max() >= kernel.n_candidates):
+            raise SelectionError(
+                f"{what}: sparse indices must lie in [0, {kernel.n_candidates}); found "
+                f"[{indices.min()}, {indices.max()}]"
+            )
+        if not np.all(np.isfinite(values.astype(np.float32))):
+            raise SelectionError(f"{what} has non-finite values (NaN or inf); clean or recompute the kernel")
+        if values.size and values.min() < 0:
+            raise SelectionError(
+                f"{what}: sparse values must be >= 0 (absent entries count as 0, the floor); found {values.min()}"
+            )
+        ordered = np.sort(indices, axis=1)
+        if np.any(ordered[:, 1:] == ordered[:, :-1]):
+            raise SelectionError(f"{what}: sparse indices repeat within a row; each row must list distinct candidates")
+        return
+    shape = np.shape(kernel)
+    if len(shape) != 2:
+        raise SelectionError(f"{what} must be 2-D (n_rows, n_candidates), got shape {shape}")
+    if shape[0] < 1 or shape[1] < 1:
+        raise SelectionError(f"{what} is empty (shape {shape}); it needs at least one row and one column")
+    if not bool(jnp.all(jnp.isfinite(jnp.asarray(kernel).astype(jnp.float32)))):
+        raise SelectionError(f"{what} has non-finite values (NaN or inf); clean or recompute the kernel")
+
+
+def _check_weight(value: float, name: str) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise SelectionError(f"{name} must be a finite number >= 0, got {value}")
+    return value
+
+
+def _check_rows_agree(kernel, other, kernel_name: str, other_name: str) -> None:
+    if other.shape[0] != kernel.shape[0]:
+        raise SelectionError(
+            f"{other_name} has {other.shape[0]} rows but {kernel_name} has {kernel.shape[0]}; both rows must index the "
+            "same covered elements"
+        )
+
+
+def _as_kernel(kernel):
+    """Dense kernels become jax arrays in their own float dtype (float32 or bfloat16); sparse ones stay as they are."""
+    if isinstance(kernel, SparseKernel):
+        return SparseKernel(jnp.asarray(kernel.indices, jnp.int32), jnp.asarray(kernel.values), int(kernel.n_candidates))
+    kernel = jnp.asarray(kernel)
+    if not jnp.issubdtype(kernel.dtype, jnp.floating):
+        kernel = kernel.astype(jnp.float32)
+    if kernel.dtype == jnp.float64:  # x64 mode off: keep the kernel's memory at 4 bytes per entry
+        kernel = kernel.astype(jnp.float32)
+    return kernel
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Constructors.
+
+
+def facility_location(kernel) -> Objective:
+    """FL: f(A) = Σ_i max_{j∈A} K[i, j] (coverage floor 0)."""
+    _check_kernel(kernel, "kernel K")
+    kernel = _as_kernel(kernel)
+    return Objective(kernel, jnp.zeros((kernel.shape[0],), jnp.float32), None, None, "fl")
+
+
+def fl_mutual_information(kernel, query_kernel, eta: float = 1.0) -> Objective:
+    """FL1MI: I(A; Q) = Σ_i min(max_{j∈A} K[i, j], η·max_q Q[i, q]); Q is (n_rows, n_targets)."""
+    _check_kernel(kernel, "kernel K")
+    _check_kernel(query_kernel, "query kernel Q")
+    _check_rows_agree(kernel, query_kernel, "kernel K", "query kernel Q")
+    eta = _check_weight(eta, "eta (η)")
+    kernel = _as_kernel(kernel)
+    cap = eta * row_max(_as_kernel(query_kernel))
+    return Objective(kernel, jnp.zeros((kernel.shape[0],), jnp.float32), cap, None, "flmi")
+
+
+def fl_variant_mutual_information(query_kernel, eta: float = 1.0) -> Objective:
+    """FL2MI: I(A; Q) = Σ_q max_{j∈A} Q[j, q] + η·Σ_{j∈A} max_q Q[j, q]; Q is dense (n_candidates, n_targets).
+
+    Facility location over Qᵀ (targets are the covered rows) plus the modular bonus η·max_q Q[j, q].
+    """
+    if isinstance(query_kernel, SparseKernel):
+        raise SelectionError("fl2mi needs a dense query kernel Q (n_candidates, n_targets); densify the sparse one")
+    _check_kernel(query_kernel, "query kernel Q")
+    eta = _check_weight(eta, "eta (η)")
+    query_kernel = _as_kernel(query_kernel)
+    kernel = query_kernel.T
+    bonus = eta * row_max(query_kernel)
+    return Objective(kernel, jnp.zeros((kernel.shape[0],), jnp.float32), None, bonus, "fl2mi")
+
+
+def fl_conditional_gain(kernel, private_kernel, nu: float = 1.0) -> Objective:
+    """FLCG: f(A | P) = Σ_i max(max_{j∈A} K[i, j] − ν·max_p P[i, p], 0); P is (n_rows, n_existing)."""
+    _check_kernel(kernel, "kernel K")
+    _check_kernel(private_kernel, "private kernel P")
+    _check_rows_agree(kernel, private_kernel, "kernel K", "private kernel P")
+    nu = _check_weight(nu, "nu (ν)")
+    kernel = _as_kernel(kernel)
+    floor = nu * row_max(_as_kernel(private_kernel))
+    return Objective(kernel, floor, None, None, "flcg")
+
+
+def make_objective(name: str, kernel=None, *, query_kernel=None, private_kernel=None, eta: float = 1.0,
+                   nu: float = 1.0) -> Objective:
+    """Build an objective by name: "fl" (K), "flmi" (K, Q, η), "fl2mi" (Q, η), "flcg" (K, P, ν)."""
+    if name == "fl":
+        if kernel is None:
+            raise SelectionError("objective fl needs a kernel K")
+        return facility_location(kernel)
+    if name == "flmi":
+        if kernel is None or query_kernel is None:
+            raise SelectionError("objective flmi needs a kernel K and a query kernel Q (--query-kernel)")
+        return fl_mutual_information(kernel, query_kernel, eta)
+    if name == "fl2mi":
+        if query_kernel is None:
+            raise SelectionError("objective fl2mi needs a query kernel Q (--query-kernel)")
+        return fl_variant_mutual_information(query_kernel, eta)
+    if name == "flcg":
+        if kernel is None or private_kernel is None:
+            raise SelectionError("objective flcg needs a kernel K and a private kernel P (--private-kernel)")
+        return fl_conditional_gain(kernel, private_kernel, nu)
+    raise SelectionError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVE_NAMES)}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Evaluation of any set.
+
+
+def coverage_of(objective: Objective, chosen) -> jax.Array:
+    """Coverage c_i = max(floor_i, min(max_{j∈A} K[i, j], cap_i)) of a set A (int array, any order, may be empty)."""
+    chosen = jnp.asarray(chosen, jnp.int32).reshape(-1)
+    kernel = objective.kernel
+    if isinstance(kernel, SparseKernel):
+        member = jnp.zeros((kernel.n_candidates,), bool).at[chosen].set(True)
+        best = jnp.max(jnp.where(member[kernel.indices], kernel.values.astype(jnp.float32), -jnp.inf), axis=1)
+        # A chosen candidate that a row does not list has the implicit utility 0 there.
+        n_chosen = jnp.sum(member)
+        n_listed = jnp.sum(member[kernel.indices], axis=1)  # indices are distinct within a row
+        best = jnp.where(n_listed < n_chosen, jnp.maximum(best, 0.0), best)
+    else:
+        if chosen.shape[0] == 0:
+            best = jnp.full((kernel.shape[0],), -jnp.inf, jnp.float32)
+        else:
+            best = jnp.max(jnp.take(kernel, chosen, axis=1).astype(jnp.float32), axis=1)
+    if objective.cap is not None:
+        best = jnp.minimum(best, objective.cap)
+    return jnp.maximum(objective.floor, best)
+
+
+def evaluate(objective: Objective, chosen: Sequence[int] | jax.Array) -> float:
+    """f(A) for any set A of candidate indices (duplicates are ignored; the empty set gives 0)."""
+    chosen_np = np.unique(np.asarray(chosen, dtype=np.int64).reshape(-1))
+    if chosen_np.size and (chosen_np.min() < 0 or chosen_np.max() >= objective.n_candidates):
+        raise SelectionError(
+            f"set indices must lie in [0, {objective.n_candidates}); found [{chosen_np.min()}, {chosen_np.max()}]"
+        )
+    coverage = coverage_of(objective, chosen_np.astype(np.int32))
+    value = jnp.sum(coverage - objective.floor)
+    if objective.bonus is not None and chosen_np.size:
+        value = value + jnp.sum(objective.bonus[chosen_np])
+    return float(value)
+
+
+def prefix_values(objective: Objective, picks: Sequence[int]) -> np.ndarray:
+    """f(A_t) for every greedy prefix A_t = picks[:t], t = 1..len(picks) (host loop; for tests and reports)."""
+    picks = [int(p) for p in np.asarray(picks).reshape(-1)]
+    return np.array([evaluate(objective, picks[: t + 1]) for t in range(len(picks))], dtype=np.float64)
