@@ -31,7 +31,7 @@ _INERT_KEYS = frozenset({
     "forced_eos_token_id", "length_penalty", "max_length", "min_length", "no_repeat_ngram_size",
     "num_beam_groups", "num_beams", "num_return_sequences", "output_scores", "remove_invalid_values",
     "repetition_penalty", "return_dict_in_generate", "suppress_tokens", "temperature", "top_k", "top_p",
-    "typical_p", "output_router_logits", "quantization_config", "max_window_layers",
+    "typical_p", "output_router_logits", "quantization_config", "max_window_layers", "source_gguf_sha256",
 })
 
 # Keys that shape the model, per architecture.

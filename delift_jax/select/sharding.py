@@ -1,0 +1,76 @@
+"""Row sharding of an objective over a device Mesh.
+
+The kernel is split by rows (covered elements) over the mesh axis ``"data"``: each device holds n_rows / D rows of
+K together with their floor, cap and coverage; candidates (columns) and the modular bonus are replicated. Inside
+``jax.shard_map`` each device sums its rows' contributions to a gain and a ``psum`` over "data" completes it, so all
+devices see identical gains and make identical picks. Only gains (n_candidates floats) cross devices per pass.
+
+Rows are padded to a multiple of the device count with K = 0, floor = 0 and cap = 0: such a row adds
+max(min(0, 0) − 0, 0) = 0 to every gain, so padding never changes a pick or a value.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from delift_jax.errors import SelectionError
+from delift_jax.select.objectives import Objective
+from delift_jax.select.sparse import SparseKernel
+
+AXIS = "data"
+
+
+def row_mesh(devices=None) -> Mesh:
+    """A 1-D Mesh over ``devices`` (default: all of jax.devices()) with the axis name "data"."""
+    devices = list(jax.devices() if devices is None else devices)
+    if not devices:
+        raise SelectionError("no devices to build a mesh from")
+    return Mesh(np.array(devices), (AXIS,))
+
+
+def pad_rows(objective: Objective, multiple: int) -> Objective:
+    """Append zero rows so that n_rows is a multiple of ``multiple`` (padding rows contribute nothing)."""
+    extra = (-objective.n_rows) % multiple
+    if extra == 0:
+        return objective
+
+    def pad(x, value=0):
+        return jnp.pad(x, [(0, extra)] + [(0, 0)] * (x.ndim - 1), constant_values=value)
+
+    kernel = objective.kernel
+    if isinstance(kernel, SparseKernel):
+        # Distinct indices per padding row with value 0, so the row stays a valid top-k row.
+        k_nn = kernel.indices.shape[1]
+        filler = jnp.broadcast_to(jnp.arange(k_nn, dtype=jnp.int32), (extra, k_nn))
+        kernel = SparseKernel(jnp.concatenate([kernel.indices, filler]), pad(kernel.values), kernel.n_candidates)
+    else:
+        kernel = pad(kernel)
+    cap = None if objective.cap is None else pad(objective.cap)
+    return Objective(kernel, pad(objective.floor), cap, objective.bonus, objective.name)
+
+
+def objective_specs(objective: Objective) -> Objective:
+    """PartitionSpecs with the same tree structure as ``objective``: row arrays split over "data"."""
+    kernel = objective.kernel
+    if isinstance(kernel, SparseKernel):
+        kernel_spec = SparseKernel(P(AXIS, None), P(AXIS, None), kernel.n_candidates)
+    else:
+        kernel_spec = P(AXIS, None)
+    return Objective(
+        kernel_spec,
+        P(AXIS),
+        None if objective.cap is None else P(AXIS),
+        None if objective.bonus is None else P(),
+        objective.name,
+    )
+
+
+def shard_rows(objective: Objective, mesh: Mesh) -> Objective:
+    """Pad to the mesh size and place the row arrays of ``objective`` split over the mesh's "data" axis."""
+    objective = pad_rows(objective, mesh.shape[AXIS])
+    specs = objective_specs(objective)
+    return jax.tree.map(lambda spec, x: jax.device_put(x, NamedSharding(mesh, spec)), specs, objective,
+                        is_leaf=lambda node: isinstance(node, P))
