@@ -211,39 +211,42 @@ def make_objective(name: str, kernel=None, *, query_kernel=None, private_kernel=
 # Evaluation of any set.
 
 
-def coverage_of(objective: Objective, chosen) -> jax.Array:
-    """Coverage c_i = max(floor_i, min(max_{j∈A} K[i, j], cap_i)) of a set A (int array, any order, may be empty)."""
-    chosen = jnp.asarray(chosen, jnp.int32).reshape(-1)
+def coverage_of(objective: Objective, member) -> jax.Array:
+    """Coverage c_i = max(floor_i, min(max_{j∈A} K[i, j], cap_i)) of the set A given as a bool[n_candidates] mask.
+
+    A mask (not an index list) keeps one compiled shape for every set size.
+    """
     kernel = objective.kernel
     if isinstance(kernel, SparseKernel):
-        member = jnp.zeros((kernel.n_candidates,), bool).at[chosen].set(True)
-        best = jnp.max(jnp.where(member[kernel.indices], kernel.values.astype(jnp.float32), -jnp.inf), axis=1)
-        # A chosen candidate that a row does not list has the implicit utility 0 there.
-        n_chosen = jnp.sum(member)
-        n_listed = jnp.sum(member[kernel.indices], axis=1)  # indices are distinct within a row
-        best = jnp.where(n_listed < n_chosen, jnp.maximum(best, 0.0), best)
+        listed = member[kernel.indices]
+        best = jnp.max(jnp.where(listed, kernel.values.astype(jnp.float32), -jnp.inf), axis=1)
+        # A chosen candidate that a row does not list has the implicit utility 0 there (indices are distinct per row).
+        best = jnp.where(jnp.sum(listed, axis=1) < jnp.sum(member), jnp.maximum(best, 0.0), best)
     else:
-        if chosen.shape[0] == 0:
-            best = jnp.full((kernel.shape[0],), -jnp.inf, jnp.float32)
-        else:
-            best = jnp.max(jnp.take(kernel, chosen, axis=1).astype(jnp.float32), axis=1)
+        best = jnp.max(jnp.where(member[None, :], kernel.astype(jnp.float32), -jnp.inf), axis=1)
     if objective.cap is not None:
         best = jnp.minimum(best, objective.cap)
     return jnp.maximum(objective.floor, best)
 
 
+@jax.jit
+def _value(objective: Objective, member) -> jax.Array:
+    value = jnp.sum(coverage_of(objective, member) - objective.floor)
+    if objective.bonus is not None:
+        value = value + jnp.sum(jnp.where(member, objective.bonus, 0.0))
+    return value
+
+
 def evaluate(objective: Objective, chosen: Sequence[int] | jax.Array) -> float:
     """f(A) for any set A of candidate indices (duplicates are ignored; the empty set gives 0)."""
-    chosen_np = np.unique(np.asarray(chosen, dtype=np.int64).reshape(-1))
+    chosen_np = np.asarray(chosen, dtype=np.int64).reshape(-1)
     if chosen_np.size and (chosen_np.min() < 0 or chosen_np.max() >= objective.n_candidates):
         raise SelectionError(
             f"set indices must lie in [0, {objective.n_candidates}); found [{chosen_np.min()}, {chosen_np.max()}]"
         )
-    coverage = coverage_of(objective, chosen_np.astype(np.int32))
-    value = jnp.sum(coverage - objective.floor)
-    if objective.bonus is not None and chosen_np.size:
-        value = value + jnp.sum(objective.bonus[chosen_np])
-    return float(value)
+    member = np.zeros(objective.n_candidates, bool)
+    member[chosen_np] = True
+    return float(_value(objective, jnp.asarray(member)))
 
 
 def prefix_values(objective: Objective, picks: Sequence[int]) -> np.ndarray:

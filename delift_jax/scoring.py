@@ -1,0 +1,208 @@
+"""Teacher-forced response scoring: the probability the model gives each scored response token.
+
+One jitted function per (batch, length, scored-length) bucket; logits are computed only at the positions that
+predict scored tokens (never over the whole vocabulary at every position), in chunks so that at most
+``logits_chunk x vocab`` float32 logits exist at once. Batches are sharded over the ``"data"`` axis of a device
+mesh, so the same code runs on one CPU or many accelerators.
+
+Distances (DESIGN §1.2), over the scored tokens of one sequence:
+  rms:   d = sqrt(mean_t (1 - p_t)^2)            (0 if nothing is scored)
+  logp:  mean_t log p_t                            (the PMI variant differences these)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from delift_jax.data.records import Example
+from delift_jax.data.templates import DEFAULT_TEMPLATES, Templates
+from delift_jax.data.tokenize import (ScoredSequence, bucket_for, build_sequence, encode_ids, length_ladder,
+                                      pad_batch)
+from delift_jax.errors import DataError
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringConfig:
+    """How sequences are built and batched.
+
+    max_length: longest sequence; longer ones lose context from the left (scored tokens are kept).
+    max_response_tokens: score only the first N response tokens (None: all; use it to bound cost on CPUs).
+    batch_size: rows per call (rounded up to a multiple of the device count).
+    logits_chunk: scored positions projected onto the vocabulary at once.
+    """
+
+    max_length: int = 2048
+    max_response_tokens: int | None = None
+    batch_size: int = 8
+    logits_chunk: int = 512
+
+    def __post_init__(self):
+        if self.max_length < 4:
+            raise DataError(f"max_length={self.max_length} is too small; use at least 4")
+        if self.max_response_tokens is not None and self.max_response_tokens < 1:
+            raise DataError(f"max_response_tokens={self.max_response_tokens} must be at least 1 (or None for all)")
+        if self.batch_size < 1:
+            raise DataError(f"batch_size={self.batch_size} must be at least 1")
+
+
+def rms_distance(p: np.ndarray) -> float:
+    """sqrt(mean (1 - p)^2) over scored tokens; 0 for an empty sequence."""
+    p = np.asarray(p, dtype=np.float64)
+    return float(np.sqrt(np.mean((1.0 - p) ** 2))) if p.size else 0.0
+
+
+def mean_log_prob(logp: np.ndarray) -> float:
+    logp = np.asarray(logp, dtype=np.float64)
+    return float(np.mean(logp)) if logp.size else 0.0
+
+
+def target_logprobs(model, hidden_brd: jax.Array, target_br: jax.Array, chunk: int) -> jax.Array:
+    """log softmax(logits)[target] for ``[b, r, d]`` hidden states, ``chunk`` positions at a time (float32)."""
+    b, r, d = hidden_brd.shape
+    n = b * r
+    c = min(chunk, n)
+    pad = (-n) % c
+    flat_h = jnp.pad(hidden_brd.reshape(n, d), ((0, pad), (0, 0))).reshape(-1, c, d)
+    flat_t = jnp.pad(target_br.reshape(n), (0, pad)).reshape(-1, c)
+
+    def chunk_logprobs(args):
+        h_cd, t_c = args
+        logits_cv = model.logits(h_cd)
+        picked = jnp.take_along_axis(logits_cv, t_c[:, None], axis=-1)[:, 0]
+        return picked - jax.nn.logsumexp(logits_cv, axis=-1)
+
+    return jax.lax.map(chunk_logprobs, (flat_h, flat_t)).reshape(-1)[:n].reshape(b, r)
+
+
+def _response_logprobs(graphdef, state, tokens, valid, score_index, score_target, chunk):
+    model = nnx.merge(graphdef, state)
+    hidden_btd, _ = model(tokens, valid_bt=valid)
+    hidden_brd = jnp.take_along_axis(hidden_btd, score_index[..., None], axis=1)
+    return target_logprobs(model, hidden_brd, score_target, chunk)
+
+
+def make_response_logprobs_fn(max_traces: int | None = None) -> Callable:
+    """The jitted scoring function. ``max_traces`` wraps it in ``chex.assert_max_traces`` (tests use it)."""
+    fn = _response_logprobs
+    if max_traces is not None:
+        fn = chex.assert_max_traces(fn, n=max_traces)
+    return jax.jit(fn, static_argnums=(0, 6))
+
+
+_RESPONSE_LOGPROBS = make_response_logprobs_fn()  # shared, so its compilation cache outlives any one scorer
+
+
+def data_mesh(devices: Sequence | None = None) -> Mesh:
+    """A one-axis mesh named ``"data"`` over ``devices`` (default: all devices of this process)."""
+    return Mesh(np.asarray(devices if devices is not None else jax.local_devices()), ("data",))
+
+
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+class TeacherForcedScorer:
+    """Scores ``ScoredSequence``s with a model: per-token log-probabilities of their scored tokens."""
+
+    def __init__(self, model, config: ScoringConfig = ScoringConfig(), *, mesh: Mesh | None = None,
+                 max_traces: int | None = None):
+        self.config = config
+        self.mesh = mesh or data_mesh()
+        self.batch_size = round_up(config.batch_size, self.mesh.size)
+        self.graphdef, state = nnx.split(model)
+        self.state = jax.device_put(state, NamedSharding(self.mesh, PartitionSpec()))
+        self.row_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
+        self.length_buckets = length_ladder(config.max_length)
+        self.scored_buckets = length_ladder(config.max_length, smallest=16)
+        self._fn = _RESPONSE_LOGPROBS if max_traces is None else make_response_logprobs_fn(max_traces)
+
+    def plan(self, sequences: Sequence[ScoredSequence]) -> list[tuple[list[int], int, int]]:
+        """Length-sorted batches: (row indices, bucket length, bucket scored length)."""
+        order = sorted(range(len(sequences)), key=lambda i: (len(sequences[i]), sequences[i].n_scored))
+        batches = []
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            length = bucket_for(max(len(sequences[i]) for i in rows), self.length_buckets)
+            scored = bucket_for(max(sequences[i].n_scored for i in rows), self.scored_buckets)
+            batches.append((rows, length, scored))
+        return batches
+
+    def logprobs(self, sequences: Sequence[ScoredSequence], progress: bool = False) -> list[np.ndarray]:
+        """log p of every scored token, one float32 array per sequence (input order)."""
+        out: list[np.ndarray | None] = [None] * len(sequences)
+        batches = self.plan(sequences)
+        bar = _progress_bar(sum(len(s) for s in sequences), progress, "scoring")
+        for rows, length, scored in batches:
+            batch = pad_batch([sequences[i] for i in rows], self.batch_size, length, scored)
+            put = lambda a: jax.device_put(a, self.row_sharding)
+            logp = self._fn(self.graphdef, self.state, put(batch.tokens), put(batch.valid),
+                            put(batch.score_index), put(batch.score_target), self.config.logits_chunk)
+            logp = np.asarray(logp)
+            for row, i in enumerate(rows):
+                out[i] = logp[row, :sequences[i].n_scored].astype(np.float32)
+            bar.update(sum(len(sequences[i]) for i in rows))
+        bar.close()
+        return out
+
+
+def _progress_bar(total: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="tok", unit_scale=True, desc=desc, disable=not enabled, smoothing=0.1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreTable:
+    """Per-example results of scoring responses without an in-context example."""
+
+    rms: np.ndarray
+    mean_logp: np.ndarray
+    n_scored: np.ndarray
+    n_truncated: int
+    seconds: float
+    n_tokens: int
+
+
+def no_example_sequences(tokenizer, examples: Sequence[Example], config: ScoringConfig,
+                         templates: Templates = DEFAULT_TEMPLATES) -> list[ScoredSequence]:
+    eos = _eos_id(tokenizer)
+    return [build_sequence(encode_ids(tokenizer, templates.context_without_example(ex)),
+                           encode_ids(tokenizer, ex.response), eos, max_length=config.max_length,
+                           max_response_tokens=config.max_response_tokens, what=f"example {i}")
+            for i, ex in enumerate(examples)]
+
+
+def _eos_id(tokenizer) -> int:
+    if tokenizer.eos_token_id is None:
+        raise DataError("the tokenizer has no EOS token; DELIFT sequences need one as separator and terminator")
+    return int(tokenizer.eos_token_id)
+
+
+def score_examples(model, tokenizer, examples: Sequence[Example], config: ScoringConfig = ScoringConfig(), *,
+                   templates: Templates = DEFAULT_TEMPLATES, mesh: Mesh | None = None,
+                   progress: bool = False) -> ScoreTable:
+    """d(i | no example) for every example: RMS of (1 - p) and mean log p over its scored tokens."""
+    if not examples:
+        raise DataError("no examples to score")
+    sequences = no_example_sequences(tokenizer, examples, config, templates)
+    scorer = TeacherForcedScorer(model, config, mesh=mesh)
+    start = time.perf_counter()
+    logps = scorer.logprobs(sequences, progress=progress)
+    seconds = time.perf_counter() - start
+    return ScoreTable(
+        rms=np.array([rms_distance(np.exp(lp)) for lp in logps]),
+        mean_logp=np.array([mean_log_prob(lp) for lp in logps]),
+        n_scored=np.array([s.n_scored for s in sequences]),
+        n_truncated=sum(s.context_dropped > 0 for s in sequences),
+        seconds=seconds,
+        n_tokens=sum(len(s) for s in sequences),
+    )
