@@ -72,7 +72,7 @@ def random_problem(name, n, weight, seed):
 def reference_greedy(objective, k):
     """Plain float64 numpy greedy on the same saturated FL form; also returns the gap between the top two gains."""
     kernel = np.asarray(sel.sparse_to_dense(objective.kernel) if isinstance(objective.kernel, sel.SparseKernel)
-                        else objective.kernel, np.float64)
+                        else objective.kernel.rows(), np.float64)
     if objective.cap is not None:
         kernel = np.minimum(kernel, np.asarray(objective.cap, np.float64)[:, None])
     bonus = np.zeros(kernel.shape[1]) if objective.bonus is None else np.asarray(objective.bonus, np.float64)

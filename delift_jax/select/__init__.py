@@ -5,6 +5,7 @@ optimizers (optimizers.py: naive, block-lazy, stochastic) run inside ``jax.lax``
 kernels (sparse.py), on one device or with the kernel rows sharded over a Mesh (sharding.py).
 """
 
+from delift_jax.select.layout import DenseKernel
 from delift_jax.select.maximize import build_selector, maximize, objective_value, resolve_budget
 from delift_jax.select.objectives import (
     OBJECTIVE_NAMES,
@@ -31,6 +32,7 @@ from delift_jax.select.sparse import SparseKernel, sparse_from_dense, sparse_to_
 __all__ = [
     "OBJECTIVE_NAMES",
     "OPTIMIZERS",
+    "DenseKernel",
     "Objective",
     "Selection",
     "SparseKernel",

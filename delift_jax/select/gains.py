@@ -6,8 +6,9 @@ The functions work on the rows a device holds. With ``axis_name`` set (inside ``
 rows are split on that axis) the per-row sum is completed with a ``psum``, so every device sees the same gains and
 makes the same pick; coverage stays local to the rows.
 
-Memory: the full pass walks the kernel in column chunks of ``chunk`` candidates, so the largest temporary is
-(n_rows, chunk), never a second n × n array. bfloat16 kernels are upcast per chunk; gains accumulate in float32.
+Memory: a dense kernel is held candidate-major (layout.py). The full pass walks it in chunks of ``chunk`` candidates
+(column chunks of K, contiguous row blocks of Kᵀ), so the largest temporary is (chunk, n_rows), never a second
+n × n array. bfloat16 kernels are upcast per chunk; gains accumulate in float32.
 """
 
 from __future__ import annotations
@@ -19,15 +20,15 @@ from jax import lax
 from delift_jax.select.objectives import Objective
 from delift_jax.select.sparse import SparseKernel
 
-DEFAULT_CHUNK = 2048
+DEFAULT_CHUNK = 256
 
 
-def _column_gains(block, coverage, cap):
-    """Σ_i max(min(block[i, b], cap_i) − c_i, 0) for every column b of a (n_rows, B) block, in float32."""
+def _candidate_gains(block, coverage, cap):
+    """Σ_i max(min(block[b, i], cap_i) − c_i, 0) for every candidate b of a (B, n_rows) block of Kᵀ, in float32."""
     block = block.astype(jnp.float32)
     if cap is not None:
-        block = jnp.minimum(block, cap[:, None])
-    return jnp.sum(jnp.maximum(block - coverage[:, None], 0.0), axis=0)
+        block = jnp.minimum(block, cap[None, :])
+    return jnp.sum(jnp.maximum(block - coverage[None, :], 0.0), axis=1)
 
 
 def _reduce(value, axis_name):
@@ -45,17 +46,18 @@ def all_gains(objective: Objective, coverage, *, chunk: int = DEFAULT_CHUNK, axi
         gains = jax.ops.segment_sum(contribution.reshape(-1), kernel.indices.reshape(-1),
                                     num_segments=kernel.n_candidates)
     else:
-        n_candidates = kernel.shape[1]
+        columns = kernel.columns
+        n_candidates = columns.shape[0]
         width = min(chunk, n_candidates)
         n_chunks = -(-n_candidates // width)
         if n_chunks == 1:
-            gains = _column_gains(kernel, coverage, objective.cap)
+            gains = _candidate_gains(columns, coverage, objective.cap)
         else:
             def one_chunk(c, gains):
-                # The last chunk is shifted left to stay in bounds; the overlap recomputes identical values.
+                # The last chunk is shifted back to stay in bounds; the overlap recomputes identical values.
                 start = jnp.minimum(c * width, n_candidates - width)
-                block = lax.dynamic_slice_in_dim(kernel, start, width, axis=1)
-                return lax.dynamic_update_slice_in_dim(gains, _column_gains(block, coverage, objective.cap), start, 0)
+                block = lax.dynamic_slice_in_dim(columns, start, width, axis=0)
+                return lax.dynamic_update_slice_in_dim(gains, _candidate_gains(block, coverage, objective.cap), start, 0)
 
             gains = lax.fori_loop(0, n_chunks, one_chunk, jnp.zeros((n_candidates,), jnp.float32))
     gains = _reduce(gains, axis_name)
@@ -67,13 +69,13 @@ def all_gains(objective: Objective, coverage, *, chunk: int = DEFAULT_CHUNK, axi
 def gains_at(objective: Objective, coverage, candidates, *, chunk: int = DEFAULT_CHUNK, axis_name=None) -> jax.Array:
     """gain_j(c) for the candidates listed in ``candidates`` (int32[B]): float32[B].
 
-    Dense: gathers only those B columns. Sparse: a row-major top-k kernel has no column index, so this is a full
+    Dense: gathers only those B candidates (B contiguous rows of Kᵀ). Sparse: a row-major top-k kernel has no column index, so this is a full
     pass followed by a gather (O(n_rows · k_nn), which is what a sparse full pass costs anyway).
     """
     kernel = objective.kernel
     if isinstance(kernel, SparseKernel):
         return all_gains(objective, coverage, chunk=chunk, axis_name=axis_name)[candidates]
-    gains = _reduce(_column_gains(jnp.take(kernel, candidates, axis=1), coverage, objective.cap), axis_name)
+    gains = _reduce(_candidate_gains(jnp.take(kernel.columns, candidates, axis=0), coverage, objective.cap), axis_name)
     if objective.bonus is not None:
         gains = gains + objective.bonus[candidates]
     return gains
@@ -88,7 +90,7 @@ def cover(objective: Objective, coverage, candidate) -> jax.Array:
         # Rows that do not list the candidate hold the implicit utility 0.
         column = jnp.where(jnp.any(hit, axis=1), column, 0.0)
     else:
-        column = lax.dynamic_index_in_dim(kernel, candidate, axis=1, keepdims=False).astype(jnp.float32)
+        column = lax.dynamic_index_in_dim(kernel.columns, candidate, axis=0, keepdims=False).astype(jnp.float32)
     if objective.cap is not None:
         column = jnp.minimum(column, objective.cap)
     return jnp.maximum(coverage, column)

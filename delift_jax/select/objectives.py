@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from delift_jax.errors import SelectionError
+from delift_jax.select.layout import DenseKernel
 from delift_jax.select.sparse import SparseKernel, row_max
 
 OBJECTIVE_NAMES = ("fl", "flmi", "fl2mi", "flcg")
@@ -44,14 +45,15 @@ OBJECTIVE_NAMES = ("fl", "flmi", "fl2mi", "flcg")
 class Objective:
     """A saturated facility-location objective (see the module docstring for the exact math).
 
-    kernel: float[n_rows, n_candidates] dense array or a SparseKernel; rows are covered elements.
+    kernel: K (n_rows, n_candidates; rows are covered elements) as a DenseKernel (held candidate-major, see
+            layout.py) or a SparseKernel (top-k per row).
     floor:  float32[n_rows] coverage before anything is picked.
     cap:    float32[n_rows] per-row ceiling on a utility, or None for no ceiling.
     bonus:  float32[n_candidates] modular term added to a candidate's gain, or None.
     name:   which objective this is ("fl", "flmi", "fl2mi", "flcg"); static under jit.
     """
 
-    kernel: jax.Array | SparseKernel
+    kernel: DenseKernel | SparseKernel
     floor: jax.Array
     cap: jax.Array | None
     bonus: jax.Array | None
@@ -75,6 +77,8 @@ jax.tree_util.register_dataclass(Objective, data_fields=["kernel", "floor", "cap
 
 def _check_kernel(kernel, what: str) -> None:
     """A kernel must be 2-D, non-empty and finite; a sparse one must also have in-range indices."""
+    if isinstance(kernel, DenseKernel):
+        kernel = kernel.columns  # the checks below do not depend on the orientation
     if isinstance(kernel, SparseKernel):
         indices, values = np.asarray(kernel.indices), np.asarray(kernel.values)
         if indices.ndim != 2 or values.ndim != 2 or indices.shape != values.shape:
@@ -125,16 +129,30 @@ def _check_rows_agree(kernel, other, kernel_name: str, other_name: str) -> None:
         )
 
 
-def _as_kernel(kernel):
-    """Dense kernels become jax arrays in their own float dtype (float32 or bfloat16); sparse ones stay as they are."""
+def _as_float(array):
+    """A jax array in its own float dtype (float32 or bfloat16 stay; integers and float64 become float32)."""
+    array = jnp.asarray(array)
+    if not jnp.issubdtype(array.dtype, jnp.floating) or array.dtype == jnp.float64:
+        array = array.astype(jnp.float32)
+    return array
+
+
+def _as_kernel(kernel) -> DenseKernel | SparseKernel:
+    """A DenseKernel or SparseKernel on the device; a plain (n_rows, n_candidates) array is laid out candidate-major."""
     if isinstance(kernel, SparseKernel):
-        return SparseKernel(jnp.asarray(kernel.indices, jnp.int32), jnp.asarray(kernel.values), int(kernel.n_candidates))
-    kernel = jnp.asarray(kernel)
-    if not jnp.issubdtype(kernel.dtype, jnp.floating):
-        kernel = kernel.astype(jnp.float32)
-    if kernel.dtype == jnp.float64:  # x64 mode off: keep the kernel's memory at 4 bytes per entry
-        kernel = kernel.astype(jnp.float32)
-    return kernel
+        return SparseKernel(jnp.asarray(kernel.indices, jnp.int32), _as_float(kernel.values), int(kernel.n_candidates))
+    if isinstance(kernel, DenseKernel):
+        return DenseKernel(_as_float(kernel.columns))
+    return DenseKernel.from_rows(_as_float(kernel))
+
+
+def _as_rows(kernel):
+    """Q or P as something row_max understands: a (n_rows, m) array or a SparseKernel."""
+    if isinstance(kernel, DenseKernel):
+        return kernel.rows()
+    if isinstance(kernel, SparseKernel):
+        return _as_kernel(kernel)
+    return _as_float(kernel)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -155,7 +173,7 @@ def fl_mutual_information(kernel, query_kernel, eta: float = 1.0) -> Objective:
     _check_rows_agree(kernel, query_kernel, "kernel K", "query kernel Q")
     eta = _check_weight(eta, "eta (η)")
     kernel = _as_kernel(kernel)
-    cap = eta * row_max(_as_kernel(query_kernel))
+    cap = eta * row_max(_as_rows(query_kernel))
     return Objective(kernel, jnp.zeros((kernel.shape[0],), jnp.float32), cap, None, "flmi")
 
 
@@ -168,8 +186,8 @@ def fl_variant_mutual_information(query_kernel, eta: float = 1.0) -> Objective:
         raise SelectionError("fl2mi needs a dense query kernel Q (n_candidates, n_targets); densify the sparse one")
     _check_kernel(query_kernel, "query kernel Q")
     eta = _check_weight(eta, "eta (η)")
-    query_kernel = _as_kernel(query_kernel)
-    kernel = query_kernel.T
+    query_kernel = _as_rows(query_kernel)
+    kernel = DenseKernel(query_kernel)  # Q (n_candidates, n_targets) is already Qᵀ laid out candidate-major
     bonus = eta * row_max(query_kernel)
     return Objective(kernel, jnp.zeros((kernel.shape[0],), jnp.float32), None, bonus, "fl2mi")
 
@@ -181,7 +199,7 @@ def fl_conditional_gain(kernel, private_kernel, nu: float = 1.0) -> Objective:
     _check_rows_agree(kernel, private_kernel, "kernel K", "private kernel P")
     nu = _check_weight(nu, "nu (ν)")
     kernel = _as_kernel(kernel)
-    floor = nu * row_max(_as_kernel(private_kernel))
+    floor = nu * row_max(_as_rows(private_kernel))
     return Objective(kernel, floor, None, None, "flcg")
 
 
@@ -223,7 +241,7 @@ def coverage_of(objective: Objective, member) -> jax.Array:
         # A chosen candidate that a row does not list has the implicit utility 0 there (indices are distinct per row).
         best = jnp.where(jnp.sum(listed, axis=1) < jnp.sum(member), jnp.maximum(best, 0.0), best)
     else:
-        best = jnp.max(jnp.where(member[None, :], kernel.astype(jnp.float32), -jnp.inf), axis=1)
+        best = jnp.max(jnp.where(member[:, None], kernel.columns.astype(jnp.float32), -jnp.inf), axis=0)
     if objective.cap is not None:
         best = jnp.minimum(best, objective.cap)
     return jnp.maximum(objective.floor, best)

@@ -1,6 +1,7 @@
 """Row sharding of an objective over a device Mesh.
 
-The kernel is split by rows (covered elements) over the mesh axis ``"data"``: each device holds n_rows / D rows of
+The kernel K is split by rows (covered elements) over the mesh axis ``"data"`` (for the candidate-major Kᵀ of a
+dense kernel that is its second axis): each device holds n_rows / D rows of
 K together with their floor, cap and coverage; candidates (columns) and the modular bonus are replicated. Inside
 ``jax.shard_map`` each device sums its rows' contributions to a gain and a ``psum`` over "data" completes it, so all
 devices see identical gains and make identical picks. Only gains (n_candidates floats) cross devices per pass.
@@ -17,6 +18,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from delift_jax.errors import SelectionError
+from delift_jax.select.layout import DenseKernel
 from delift_jax.select.objectives import Objective
 from delift_jax.select.sparse import SparseKernel
 
@@ -47,7 +49,7 @@ def pad_rows(objective: Objective, multiple: int) -> Objective:
         filler = jnp.broadcast_to(jnp.arange(k_nn, dtype=jnp.int32), (extra, k_nn))
         kernel = SparseKernel(jnp.concatenate([kernel.indices, filler]), pad(kernel.values), kernel.n_candidates)
     else:
-        kernel = pad(kernel)
+        kernel = DenseKernel(jnp.pad(kernel.columns, [(0, 0), (0, extra)]))
     cap = None if objective.cap is None else pad(objective.cap)
     return Objective(kernel, pad(objective.floor), cap, objective.bonus, objective.name)
 
@@ -58,7 +60,7 @@ def objective_specs(objective: Objective) -> Objective:
     if isinstance(kernel, SparseKernel):
         kernel_spec = SparseKernel(P(AXIS, None), P(AXIS, None), kernel.n_candidates)
     else:
-        kernel_spec = P(AXIS, None)
+        kernel_spec = DenseKernel(P(None, AXIS))  # candidate-major: the covered rows are the second axis of Kᵀ
     return Objective(
         kernel_spec,
         P(AXIS),

@@ -49,7 +49,7 @@ jax.tree_util.register_pytree_node(
 
 def sparse_from_dense(kernel, k_nn: int) -> SparseKernel:
     """Keep the k_nn largest utilities of every row of a dense kernel (ties: lowest column first)."""
-    kernel = jnp.asarray(kernel)
+    kernel = kernel.rows() if hasattr(kernel, "rows") else jnp.asarray(kernel)
     k_nn = min(int(k_nn), kernel.shape[1])
     values, indices = jax.lax.top_k(kernel, k_nn)
     return SparseKernel(indices.astype(jnp.int32), values, int(kernel.shape[1]))
