@@ -45,21 +45,25 @@ class KVPrefix(NamedTuple):
 def rope_inverse_frequencies(config: ModelConfig) -> np.ndarray:
     """Inverse frequencies ``[h/2]`` in float32, with linear or Llama-3 scaling, computed as transformers does."""
     dim = config.head_dim
-    inv_freq = (1.0 / (np.float32(config.rope_theta) ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim))))
-    inv_freq = inv_freq.astype(np.float32)
+    exponents = np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)
+    inv_freq = np.reciprocal(np.float32(config.rope_theta) ** exponents).astype(np.float32)
     scaling = config.rope_scaling
     if scaling is None:
         return inv_freq
     if scaling.kind == "linear":
         return (inv_freq / np.float32(scaling.factor)).astype(np.float32)
     # Llama 3.1: long wavelengths are divided by `factor`, short ones kept, the band between interpolated.
-    old_len = scaling.original_max_position_embeddings
-    low_wavelen = old_len / scaling.low_freq_factor
-    high_wavelen = old_len / scaling.high_freq_factor
-    wavelen = 2 * math.pi / inv_freq
-    scaled = np.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
-    smooth = (old_len / wavelen - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
-    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    # Arithmetic is float32 with `scalar / array` as `reciprocal(array) * scalar`, the order torch uses, so the
+    # frequencies agree with transformers to within one float32 ulp (pow differs by libm).
+    f32 = np.float32
+    old_len = f32(scaling.original_max_position_embeddings)
+    low, high, factor = f32(scaling.low_freq_factor), f32(scaling.high_freq_factor), f32(scaling.factor)
+    low_wavelen = old_len / low
+    high_wavelen = old_len / high
+    wavelen = np.reciprocal(inv_freq) * f32(2 * math.pi)
+    scaled = np.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    smooth = (np.reciprocal(wavelen) * old_len - low) / (high - low)
+    smoothed = (f32(1) - smooth) * scaled / factor + smooth * scaled
     is_medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
     return np.where(is_medium, smoothed, scaled).astype(np.float32)
 
@@ -86,7 +90,7 @@ class RMSNorm(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return self.scale.value.astype(x.dtype) * normed.astype(x.dtype)
+        return self.scale[...].astype(x.dtype) * normed.astype(x.dtype)
 
 
 def _linear(d_in, d_out, bias, dtype, param_dtype, rngs):
@@ -209,7 +213,7 @@ class CausalLM(nnx.Module):
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Vocabulary logits in float32 for any ``[..., d]`` hidden states."""
         if self.lm_head is None:
-            table_vd = self.embed.embedding.value
+            table_vd = self.embed.embedding[...]
             return jnp.einsum("...d,vd->...v", hidden, table_vd.astype(hidden.dtype),
                               preferred_element_type=jnp.float32)
         return self.lm_head(hidden).astype(jnp.float32)

@@ -79,7 +79,7 @@ def model_from_hf_tensors(config: ModelConfig, tensors: Mapping[str, object], *,
         array = np.asarray(value) if not isinstance(value, jax.Array) else value
         if transpose:
             array = array.T
-        want = tuple(expected[path].value.shape)
+        want = tuple(expected[path].get_value().shape)
         if tuple(array.shape) != want:
             raise CorruptCheckpointError(
                 f"{source}: tensor {name!r} has shape {tuple(array.shape)}, expected {want} for {path!r} "
@@ -93,14 +93,14 @@ def model_from_hf_tensors(config: ModelConfig, tensors: Mapping[str, object], *,
         raise WeightMappingError(f"{source}: no checkpoint tensor for model parameters {shown}")
 
     for path, var in flat:
-        var.value = filled[_path_string(path)]
+        var.set_value(filled[_path_string(path)])
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
 def model_to_hf_tensors(model: CausalLM) -> dict[str, np.ndarray]:
     """The inverse mapping: HF-named float arrays in HF layout (for export and for caching)."""
     _, state = nnx.split(model)
-    by_path = {_path_string(path): np.asarray(var.value) for path, var in nnx.to_flat_state(state)}
+    by_path = {_path_string(path): np.asarray(var.get_value()) for path, var in nnx.to_flat_state(state)}
     out = {}
     cfg = model.config
     names = ["model.embed_tokens.weight", "model.norm.weight"] + ([] if cfg.tie_word_embeddings else ["lm_head.weight"])
