@@ -1,0 +1,48 @@
+"""``delift score``: teacher-forced distances of each example's response with no in-context example."""
+
+from __future__ import annotations
+
+import argparse
+
+from delift_jax.models.loading import DEFAULT_MODEL
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="HF model directory, .gguf file, or 'smollm2' (built in; default)")
+    parser.add_argument("--data", default="ifbench",
+                        help="built-in dataset name or a JSONL file of prompt/response or Alpaca records "
+                             "(default: ifbench)")
+    parser.add_argument("--limit", type=int, default=16, help="score the first N examples (default 16)")
+    parser.add_argument("--max-length", type=int, default=1024, help="longest sequence in tokens (default 1024)")
+    parser.add_argument("--max-response-tokens", type=int, default=None,
+                        help="score only the first N response tokens (default: all)")
+    parser.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="compute dtype (softmax and log-probs stay float32)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import jax.numpy as jnp
+
+    from delift_jax.data.sources import load_examples
+    from delift_jax.errors import DataError
+    from delift_jax.models import load_model
+    from delift_jax.scoring import ScoringConfig, score_examples
+
+    if args.limit is not None and args.limit < 1:
+        raise DataError(f"--limit {args.limit} must be at least 1")
+    config = ScoringConfig(max_length=args.max_length, max_response_tokens=args.max_response_tokens,
+                           batch_size=args.batch_size)
+    examples = load_examples(args.data, limit=args.limit)
+    model, tokenizer, _ = load_model(args.model, dtype=getattr(jnp, args.dtype))
+    table = score_examples(model, tokenizer, examples, config, progress=True)
+
+    print(f"{'#':>4}  {'scored':>6}  {'d_rms':>8}  {'mean_logp':>9}  prompt")
+    for i, example in enumerate(examples):
+        prompt = " ".join(example.prompt.split())[:60]
+        print(f"{i:>4}  {table.n_scored[i]:>6}  {table.rms[i]:>8.4f}  {table.mean_logp[i]:>9.4f}  {prompt}")
+    print(f"{len(examples)} examples, {table.n_tokens} tokens in {table.seconds:.1f} s "
+          f"({table.n_tokens / table.seconds:.0f} tok/s incl. compilation); "
+          f"{table.n_truncated} had context truncated to fit --max-length")
+    return 0
