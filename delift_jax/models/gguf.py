@@ -178,6 +178,7 @@ def convert_gguf_to_hf_directory(path: Path, out_dir: Path | None = None) -> Pat
     try:
         save_file(tensors, str(staging / "model.safetensors"), metadata={"source_sha256": digest})
         tokenizer.save_pretrained(str(staging))
+        _drop_tokens_not_in_file(staging / "tokenizer.json", reader)
         config["source_gguf_sha256"] = digest
         (staging / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
         try:
@@ -189,6 +190,24 @@ def convert_gguf_to_hf_directory(path: Path, out_dir: Path | None = None) -> Pat
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _drop_tokens_not_in_file(tokenizer_json: Path, reader) -> None:
+    """Remove added tokens whose id lies past the file's vocabulary.
+
+    transformers builds a byte-level GGUF tokenizer with ``GPT2Tokenizer``, whose default unk token
+    ``<|endoftext|>`` is appended as a new id when the vocabulary lacks it (e.g. Llama-3 vocabularies). That id has
+    no embedding row: it would fail ``check_vocab`` or, if text contained it, index past the embedding table.
+    """
+    field = reader.fields.get("tokenizer.ggml.tokens")
+    if field is None or not tokenizer_json.is_file():
+        return
+    n_tokens = len(field.data)
+    data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    kept = [t for t in data.get("added_tokens", []) if t["id"] < n_tokens]
+    if len(kept) != len(data.get("added_tokens", [])):
+        data["added_tokens"] = kept
+        tokenizer_json.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
 
 
 def load_gguf_tokenizer(path: Path):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
-from delift_jax.errors import CorruptCheckpointError, ModelLoadError, TokenizerMismatchError
+from delift_jax.errors import CorruptCheckpointError, ModelLoadError, TokenizerMismatchError, WeightMappingError
 from delift_jax.models.config import ModelConfig
 from delift_jax.models.llama import CausalLM
 from delift_jax.models.weights import model_from_hf_tensors
@@ -52,14 +52,17 @@ def read_safetensors(files: list[Path]) -> dict:
     from safetensors import SafetensorError, safe_open
 
     tensors: dict = {}
+    shard_of: dict[str, str] = {}
     for path in files:
         try:
             # framework="flax" reads bfloat16 too (numpy has no bfloat16).
             with safe_open(str(path), framework="flax") as handle:
                 for name in handle.keys():
                     if name in tensors:
-                        raise CorruptCheckpointError(f"tensor {name!r} appears in more than one shard ({path.name})")
+                        raise WeightMappingError(f"{path.parent}: tensor {name!r} appears in more than one shard "
+                                                 f"({shard_of[name]} and {path.name})")
                     tensors[name] = handle.get_tensor(name)
+                    shard_of[name] = path.name
         except (SafetensorError, OSError, ValueError) as exc:
             raise CorruptCheckpointError(f"{path} is truncated or not a safetensors file ({exc})") from None
     return tensors
