@@ -21,13 +21,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from delift_jax.data.records import Example
 from delift_jax.data.templates import DEFAULT_TEMPLATES, Templates
 from delift_jax.data.tokenize import (ScoredSequence, bucket_for, build_sequence, encode_ids, length_ladder,
                                       pad_batch)
 from delift_jax.errors import DataError
+from delift_jax.sharding import calls_by_shape, data_mesh, per_device, replicate, split_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,11 +84,14 @@ def target_logprobs(model, hidden_brd: jax.Array, target_br: jax.Array, chunk: i
     return jax.lax.map(chunk_logprobs, (flat_h, flat_t)).reshape(-1)[:n].reshape(b, r)
 
 
-def _response_logprobs(graphdef, state, tokens, valid, score_index, score_target, chunk):
-    model = nnx.merge(graphdef, state)
-    hidden_btd, _ = model(tokens, valid_bt=valid)
-    hidden_brd = jnp.take_along_axis(hidden_btd, score_index[..., None], axis=1)
-    return target_logprobs(model, hidden_brd, score_target, chunk)
+def _response_logprobs(graphdef, mesh, chunk, state, tokens, valid, score_index, score_target):
+    def on_device(state, tokens, valid, score_index, score_target):
+        model = nnx.merge(graphdef, state)
+        hidden_btd, _ = model(tokens, valid_bt=valid)
+        hidden_brd = jnp.take_along_axis(hidden_btd, score_index[..., None], axis=1)
+        return target_logprobs(model, hidden_brd, score_target, chunk)
+
+    return per_device(on_device, mesh, n_replicated=1)(state, tokens, valid, score_index, score_target)
 
 
 def make_response_logprobs_fn(max_traces: int | None = None) -> Callable:
@@ -95,42 +99,35 @@ def make_response_logprobs_fn(max_traces: int | None = None) -> Callable:
     fn = _response_logprobs
     if max_traces is not None:
         fn = chex.assert_max_traces(fn, n=max_traces)
-    return jax.jit(fn, static_argnums=(0, 6))
+    return jax.jit(fn, static_argnums=(0, 1, 2))
 
 
 _RESPONSE_LOGPROBS = make_response_logprobs_fn()  # shared, so its compilation cache outlives any one scorer
 
 
-def data_mesh(devices: Sequence | None = None) -> Mesh:
-    """A one-axis mesh named ``"data"`` over ``devices`` (default: all devices of this process)."""
-    return Mesh(np.asarray(devices if devices is not None else jax.local_devices()), ("data",))
-
-
-def round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
-
-
 class TeacherForcedScorer:
-    """Scores ``ScoredSequence``s with a model: per-token log-probabilities of their scored tokens."""
+    """Scores ``ScoredSequence``s with a model: per-token log-probabilities of their scored tokens.
+
+    Sequences are sorted by length and cut into batches of ``batch_size`` rows, each padded to its own bucket;
+    a call runs one batch per device (see ``delift_jax.sharding``), so results do not depend on the device count.
+    """
 
     def __init__(self, model, config: ScoringConfig = ScoringConfig(), *, mesh: Mesh | None = None,
                  max_traces: int | None = None):
         self.config = config
         self.mesh = mesh or data_mesh()
-        self.batch_size = round_up(config.batch_size, self.mesh.size)
         self.graphdef, state = nnx.split(model)
-        self.state = jax.device_put(state, NamedSharding(self.mesh, PartitionSpec()))
-        self.row_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
+        self.state = replicate(state, self.mesh)
         self.length_buckets = length_ladder(config.max_length)
         self.scored_buckets = length_ladder(config.max_length, smallest=16)
         self._fn = _RESPONSE_LOGPROBS if max_traces is None else make_response_logprobs_fn(max_traces)
 
     def plan(self, sequences: Sequence[ScoredSequence]) -> list[tuple[list[int], int, int]]:
         """Length-sorted batches: (row indices, bucket length, bucket scored length)."""
-        order = sorted(range(len(sequences)), key=lambda i: (len(sequences[i]), sequences[i].n_scored))
+        order = sorted(range(len(sequences)), key=lambda i: (len(sequences[i]), sequences[i].n_scored, i))
         batches = []
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start:start + self.batch_size]
+        for start in range(0, len(order), self.config.batch_size):
+            rows = order[start:start + self.config.batch_size]
             length = bucket_for(max(len(sequences[i]) for i in rows), self.length_buckets)
             scored = bucket_for(max(sequences[i].n_scored for i in rows), self.scored_buckets)
             batches.append((rows, length, scored))
@@ -139,17 +136,19 @@ class TeacherForcedScorer:
     def logprobs(self, sequences: Sequence[ScoredSequence], progress: bool = False) -> list[np.ndarray]:
         """log p of every scored token, one float32 array per sequence (input order)."""
         out: list[np.ndarray | None] = [None] * len(sequences)
-        batches = self.plan(sequences)
         bar = _progress_bar(sum(len(s) for s in sequences), progress, "scoring")
-        for rows, length, scored in batches:
-            batch = pad_batch([sequences[i] for i in rows], self.batch_size, length, scored)
-            put = lambda a: jax.device_put(a, self.row_sharding)
-            logp = self._fn(self.graphdef, self.state, put(batch.tokens), put(batch.valid),
-                            put(batch.score_index), put(batch.score_target), self.config.logits_chunk)
-            logp = np.asarray(logp)
-            for row, i in enumerate(rows):
-                out[i] = logp[row, :sequences[i].n_scored].astype(np.float32)
-            bar.update(sum(len(sequences[i]) for i in rows))
+        size = self.config.batch_size
+        calls = calls_by_shape(self.plan(sequences), lambda batch: batch[1:], self.mesh.size)
+        for (length, scored), batches in calls:
+            padded = [pad_batch([sequences[i] for i in rows], size, length, scored) for rows, _, _ in batches]
+            padded += [pad_batch([], size, length, scored)] * (self.mesh.size - len(padded))
+            stack = lambda field: split_rows(np.concatenate([getattr(p, field) for p in padded]), self.mesh)
+            logp = np.asarray(self._fn(self.graphdef, self.mesh, self.config.logits_chunk, self.state,
+                                       stack("tokens"), stack("valid"), stack("score_index"), stack("score_target")))
+            for b, (rows, _, _) in enumerate(batches):
+                for row, i in enumerate(rows):
+                    out[i] = logp[b * size + row, :sequences[i].n_scored].astype(np.float32)
+                bar.update(sum(len(sequences[i]) for i in rows))
         bar.close()
         return out
 

@@ -12,3 +12,18 @@ import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 4)
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    """(directory, torch model, our model, tokenizer): a tiny random GQA Llama with a tiny BPE tokenizer."""
+    from delift_jax.models import load_model
+    from tiny import make_hf_model, tiny_tokenizer
+
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    torch_model = make_hf_model(directory, "llama", seed=7, tokenizer=tiny_tokenizer(), num_key_value_heads=2)
+    model, tokenizer, _ = load_model(directory)
+    return directory, torch_model, model, tokenizer

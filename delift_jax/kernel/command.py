@@ -1,0 +1,77 @@
+"""``delift kernel``: compute a utility kernel into a crash-safe directory (rerun the same command to resume)."""
+
+from __future__ import annotations
+
+import argparse
+
+from delift_jax.kernel.config import DISTANCES, NORMALIZATIONS
+from delift_jax.models.loading import DEFAULT_MODEL
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="HF model directory, .gguf file, or 'smollm2' (built in; default)")
+    parser.add_argument("--data", required=True,
+                        help="the pool: built-in dataset name (ifbench) or a JSON/JSONL file; its examples are "
+                             "the kernel's rows (targets) and, without --targets, also its columns")
+    parser.add_argument("--targets", default=None,
+                        help="a second set (name or file) whose examples become the rows; the pool (--data) then "
+                             "gives the columns (candidates): U[target, pool example]")
+    parser.add_argument("--limit", type=int, default=None, help="use the first N examples of each set")
+    parser.add_argument("--out", required=True, help="kernel directory (created; resumed if it exists)")
+    parser.add_argument("--distance", choices=DISTANCES, default="rms", help="rms (paper, default) or pmi")
+    parser.add_argument("--normalization", choices=NORMALIZATIONS, default="minmax",
+                        help="global normalization of U (default minmax, the authors')")
+    parser.add_argument("--exclude-diagonal", action="store_true",
+                        help="square kernels: leave U[i, i] out of the normalization and the objective")
+    parser.add_argument("--max-length", type=int, default=2048, help="longest sequence in tokens (default 2048)")
+    parser.add_argument("--max-response-tokens", type=int, default=None,
+                        help="score only the first N response tokens (default: all)")
+    parser.add_argument("--batch-size", type=int, default=8, help="continuations per candidate per call (default 8)")
+    parser.add_argument("--block-pairs", type=int, default=256, help="pairs per stored block (default 256)")
+    parser.add_argument("--top-k", type=int, default=None,
+                        help="sparse mode: utilities only for each target's K most similar candidates")
+    parser.add_argument("--max-pairs", type=int, default=1_000_000,
+                        help="refuse to start a plan with more pairs than this (default 1,000,000)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="compute dtype (softmax and log-probs stay float32)")
+    parser.add_argument("--coordinator", default=None,
+                        help="multi-host: coordinator HOST:PORT for jax.distributed (with --num-processes, "
+                             "--process-id); every process writes its share of blocks into the same --out")
+    parser.add_argument("--num-processes", type=int, default=1)
+    parser.add_argument("--process-id", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    import jax
+    import jax.numpy as jnp
+
+    from delift_jax.data.sources import load_examples
+    from delift_jax.kernel import KernelConfig, utility_kernel
+    from delift_jax.models import load_model
+
+    if args.coordinator:
+        jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes,
+                                   process_id=args.process_id)
+    config = KernelConfig(distance=args.distance, normalization=args.normalization,
+                          exclude_diagonal=args.exclude_diagonal, max_length=args.max_length,
+                          max_response_tokens=args.max_response_tokens, batch_size=args.batch_size,
+                          block_pairs=args.block_pairs, top_k=args.top_k)
+    pool = load_examples(args.data, limit=args.limit)
+    targets = load_examples(args.targets, limit=args.limit) if args.targets else pool
+    candidates = pool if args.targets else None
+    model, tokenizer, _ = load_model(args.model, dtype=getattr(jnp, args.dtype))
+    try:
+        result = utility_kernel(model, tokenizer, targets, candidates, config, out_dir=args.out,
+                                max_pairs=args.max_pairs, progress=True)
+    except KeyboardInterrupt:
+        print(f"interrupted: finished blocks are saved in {args.out}; rerun the same command to resume")
+        return 130
+    if result is None:
+        print(f"process {jax.process_index()}: my blocks are done; process 0 assembles {args.out}")
+        return 0
+    shape = result.kernel.shape
+    print(f"kernel {shape[0]} x {result.n_candidates} ({'sparse top-%d' % shape[1] if result.indices is not None else 'dense'}) "
+          f"written to {args.out}: U in [{result.summary['utility_min']:.4f}, {result.summary['utility_max']:.4f}], "
+          f"{result.summary['pairs_computed_now']} pairs computed now in {result.summary['seconds_computing_pairs']:.1f} s")
+    return 0

@@ -1,0 +1,66 @@
+"""Configuration of a utility-kernel run."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+from delift_jax.data.templates import DEFAULT_TEMPLATES, Templates
+from delift_jax.errors import DataError
+
+DISTANCES = ("rms", "pmi")
+NORMALIZATIONS = ("minmax", "clip_minmax", "exp", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelConfig:
+    """What the kernel computes and how the work is batched.
+
+    distance: ``rms`` (U = d_rms(i | none) - d_rms(i | j), the paper's metric) or ``pmi``
+        (U = mean_t log p(i | j) - mean_t log p(i | none), the conditional pointwise mutual information).
+    normalization: ``minmax`` (global, the authors' default), ``clip_minmax`` (max(U, 0) first, as the paper's
+        text says), ``exp`` (exp(U)) or ``none``. Always global over the whole kernel, never per block.
+    exclude_diagonal: square kernels only; leave U[i, i] out of the normalization and set K[i, i] = 0, so an
+        example's use as its own demonstration (which dominates) does not squeeze the off-diagonal structure.
+    max_length: longest sequence; longer contexts are truncated from the left (scored tokens never are).
+    max_response_tokens: score only the first N response tokens (None: all).
+    batch_size: target continuations per candidate per call. candidates_per_device: candidates per device per call.
+    block_pairs: pairs per stored block (the unit of crash-safe progress).
+    top_k: sparse mode: for each target only its top_k most similar candidates get a utility (None: dense).
+    """
+
+    templates: Templates = DEFAULT_TEMPLATES
+    distance: str = "rms"
+    normalization: str = "minmax"
+    exclude_diagonal: bool = False
+    max_length: int = 2048
+    max_response_tokens: int | None = None
+    batch_size: int = 8
+    candidates_per_device: int = 1
+    block_pairs: int = 256
+    logits_chunk: int = 512
+    top_k: int | None = None
+
+    def __post_init__(self):
+        if self.distance not in DISTANCES:
+            raise DataError(f"distance {self.distance!r} is unknown; choose one of {', '.join(DISTANCES)}")
+        if self.normalization not in NORMALIZATIONS:
+            raise DataError(f"normalization {self.normalization!r} is unknown; choose one of "
+                            f"{', '.join(NORMALIZATIONS)}")
+        for name in ("max_length", "batch_size", "candidates_per_device", "block_pairs", "logits_chunk"):
+            if getattr(self, name) < 1:
+                raise DataError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.max_response_tokens is not None and self.max_response_tokens < 1:
+            raise DataError(f"max_response_tokens={self.max_response_tokens} must be at least 1 (or None for all)")
+        if self.top_k is not None and self.top_k < 1:
+            raise DataError(f"top_k={self.top_k} must be at least 1 (or None for a dense kernel)")
+
+    def compute_fingerprint(self, extra: dict | None = None) -> str:
+        """Hash of every setting that changes the stored numbers (not distance/normalization: those are applied
+        when the blocks are assembled, so one store serves every choice of them)."""
+        fields = dataclasses.asdict(self)
+        for name in ("distance", "normalization", "exclude_diagonal"):
+            fields.pop(name)
+        fields.update(extra or {})
+        return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()

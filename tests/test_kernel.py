@@ -1,0 +1,201 @@
+"""The utility kernel against a plain PyTorch implementation of the authors' teacher-forced procedure."""
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+from delift_jax.data import DEFAULT_TEMPLATES, Example
+from delift_jax.errors import DataError
+from delift_jax.kernel import KernelConfig, KernelStoreMismatchError, utility_kernel
+from delift_jax.kernel.compute import plan_blocks, plan_pairs
+from delift_jax.kernel.normalize import normalize
+from delift_jax.kernel.pairs import build_pair_sequences, full_sequences_for
+from delift_jax.sharding import data_mesh
+from delift_jax.scoring import ScoringConfig, TeacherForcedScorer, mean_log_prob, rms_distance
+from examples import EXAMPLES
+
+# The last example's response ends in whitespace, which merges with the query's leading newlines when the joint
+# context is tokenized: that pair cannot reuse the prefix and must take the full-sequence path.
+POOL = EXAMPLES[:5] + [Example("Say 84 and a space.", "84 ")]
+CONFIG = KernelConfig(max_length=256, batch_size=3)
+
+
+def torch_distances(torch_model, tokenizer, context: str, response: str):
+    """d(i | context): the authors' procedure, plainly: full sequence, full logits, float32 softmax, gather."""
+    eos = tokenizer.eos_token_id
+    ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
+    resp = tokenizer(response, add_special_tokens=False)["input_ids"]
+    ids = ctx + [eos] + resp + [eos]
+    with torch.no_grad():
+        probs = torch.softmax(torch_model(torch.tensor([ids])).logits[0].float(), dim=-1)
+    p = torch.stack([probs[t - 1, ids[t]] for t in range(len(ctx) + 1, len(ids))]).double()
+    return float(torch.sqrt(torch.mean((1 - p) ** 2))), float(torch.mean(torch.log(p)))
+
+
+def torch_kernel(torch_model, tokenizer, targets, candidates):
+    """U for both distances: rms d(i|none) - d(i|j) and pmi mean log p(i|j) - mean log p(i|none)."""
+    none = [torch_distances(torch_model, tokenizer, DEFAULT_TEMPLATES.context_without_example(t), t.response)
+            for t in targets]
+    u_rms = np.zeros((len(targets), len(candidates)))
+    u_pmi = np.zeros_like(u_rms)
+    for i, target in enumerate(targets):
+        for j, candidate in enumerate(candidates):
+            rms, logp = torch_distances(torch_model, tokenizer,
+                                        DEFAULT_TEMPLATES.context_with_example(target, candidate), target.response)
+            u_rms[i, j] = none[i][0] - rms
+            u_pmi[i, j] = logp - none[i][1]
+    return u_rms, u_pmi
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_llama):
+    _, torch_model, _, tokenizer = tiny_llama
+    return torch_kernel(torch_model, tokenizer, POOL, POOL)
+
+
+@pytest.mark.parametrize("distance", ["rms", "pmi"])
+def test_square_kernel_matches_plain_torch(tiny_llama, reference, distance):
+    _, _, model, tokenizer = tiny_llama
+    config = KernelConfig(max_length=256, batch_size=3, distance=distance, normalization="none")
+    result = utility_kernel(model, tokenizer, POOL, config=config)
+    expected = reference[0] if distance == "rms" else reference[1]
+    np.testing.assert_allclose(result.utility, expected, atol=1e-5, rtol=0)
+    assert result.summary["pairs_without_prefix_reuse_now"] == len(POOL)  # the whitespace candidate's column
+    np.testing.assert_allclose(result.kernel, expected, atol=1e-5, rtol=0)  # normalization "none"
+
+
+def test_rectangular_kernel_matches_plain_torch(tiny_llama):
+    _, torch_model, model, tokenizer = tiny_llama
+    targets, candidates = EXAMPLES[4:7], POOL
+    result = utility_kernel(model, tokenizer, targets, candidates, KernelConfig(max_length=256, batch_size=2))
+    u_rms, _ = torch_kernel(torch_model, tokenizer, targets, candidates)
+    assert result.utility.shape == (3, len(POOL))
+    np.testing.assert_allclose(result.utility, u_rms, atol=1e-5, rtol=0)
+    low, high = u_rms.min(), u_rms.max()
+    np.testing.assert_allclose(result.kernel, (u_rms - low) / (high - low), atol=1e-3, rtol=0)
+    assert result.kernel.min() == 0.0 and result.kernel.max() == 1.0
+
+
+def test_prefix_reuse_equals_full_sequence_scoring(tiny_llama):
+    """Every pair scored as one full sequence (no prefix reuse) gives the kernel's d(i | j) within 1e-5."""
+    _, _, model, tokenizer = tiny_llama
+    result = utility_kernel(model, tokenizer, POOL, config=CONFIG)
+    seqs = build_pair_sequences(tokenizer, POOL, POOL, CONFIG)
+    pairs = plan_pairs(len(POOL), len(POOL), None)
+    full = full_sequences_for(tokenizer, POOL, POOL, pairs, seqs, CONFIG)
+    sequences = [full.get((i, j)) or _joined(seqs, i, j) for i, j in pairs]
+    logps = TeacherForcedScorer(model, ScoringConfig(max_length=256, batch_size=4)).logprobs(sequences)
+    direct = np.zeros((len(POOL), len(POOL)))
+    for (i, j), lp in zip(pairs, logps):
+        direct[i, j] = rms_distance(np.exp(lp))
+    np.testing.assert_allclose(result.distance_with_example, direct, atol=1e-5, rtol=0)
+
+
+def _joined(seqs, i, j):
+    from delift_jax.data.tokenize import ScoredSequence
+
+    cont = seqs.continuations[i]
+    return ScoredSequence(np.concatenate([seqs.prefixes[j], cont.tokens]), cont.n_scored)
+
+
+@pytest.mark.parametrize("n_devices", [1, 3])
+def test_device_counts_give_identical_kernels(tiny_llama, n_devices):
+    _, _, model, tokenizer = tiny_llama
+    assert len(jax.devices()) == 4
+    four = utility_kernel(model, tokenizer, POOL, config=CONFIG, mesh=data_mesh(jax.devices()))
+    other = utility_kernel(model, tokenizer, POOL, config=CONFIG, mesh=data_mesh(jax.devices()[:n_devices]))
+    np.testing.assert_array_equal(other.utility, four.utility)
+    np.testing.assert_array_equal(other.kernel, four.kernel)
+
+
+def test_store_resumes_and_refuses_other_runs(tiny_llama, tmp_path):
+    _, _, model, tokenizer = tiny_llama
+    config = KernelConfig(max_length=256, batch_size=3, block_pairs=5)
+    first = utility_kernel(model, tokenizer, POOL, config=config, out_dir=tmp_path)
+    assert first.summary["pairs_computed_now"] == len(POOL) ** 2
+    for name in ("kernel.npy", "utility_raw.npy", "distance_no_example.npy", "distance_with_example.npy",
+                 "manifest.json", "distances.npz"):
+        assert (tmp_path / name).is_file(), name
+    np.testing.assert_array_equal(np.load(tmp_path / "kernel.npy"), first.kernel)
+
+    again = utility_kernel(model, tokenizer, POOL, config=config, out_dir=tmp_path)
+    assert again.summary["pairs_computed_now"] == 0
+    np.testing.assert_array_equal(again.kernel, first.kernel)
+
+    # Another normalization reuses the stored blocks: it is applied at assembly.
+    clipped = utility_kernel(model, tokenizer, POOL, out_dir=tmp_path,
+                             config=KernelConfig(max_length=256, batch_size=3, block_pairs=5,
+                                                 normalization="clip_minmax"))
+    assert clipped.summary["pairs_computed_now"] == 0
+    np.testing.assert_array_equal(clipped.utility, first.utility)
+
+    with pytest.raises(KernelStoreMismatchError, match="compute_fingerprint"):
+        utility_kernel(model, tokenizer, POOL, out_dir=tmp_path,
+                       config=KernelConfig(max_length=200, batch_size=3, block_pairs=5))
+    with pytest.raises(KernelStoreMismatchError, match="data_sha256"):
+        utility_kernel(model, tokenizer, POOL[:5] + [EXAMPLES[6]], config=config, out_dir=tmp_path)
+
+
+def test_sparse_mode_matches_dense_entries(tiny_llama):
+    _, _, model, tokenizer = tiny_llama
+    dense = utility_kernel(model, tokenizer, POOL, config=CONFIG)
+    sparse = utility_kernel(model, tokenizer, POOL, config=KernelConfig(max_length=256, batch_size=3, top_k=3))
+    assert sparse.indices.shape == (len(POOL), 3)
+    assert all(len(set(row)) == 3 for row in sparse.indices.tolist())
+    picked = np.take_along_axis(dense.utility, sparse.indices, axis=1)
+    np.testing.assert_allclose(sparse.utility, picked, atol=1e-6, rtol=0)
+    assert sparse.kernel.min() == 0.0 and sparse.kernel.max() == 1.0
+
+
+def test_sparse_mode_uses_given_embeddings(tiny_llama):
+    _, _, model, tokenizer = tiny_llama
+    embeddings = np.eye(len(POOL))[:, ::-1] + np.eye(len(POOL))  # each row similar to itself and its mirror
+    result = utility_kernel(model, tokenizer, POOL, config=KernelConfig(max_length=256, top_k=2),
+                            embeddings=(embeddings, embeddings))
+    expected = np.sort(np.stack([np.arange(6), 5 - np.arange(6)], axis=1), axis=1)
+    np.testing.assert_array_equal(np.sort(result.indices, axis=1), expected)
+
+
+def test_normalizations():
+    u = np.array([[0.5, -0.25], [0.0, 0.25]])
+    np.testing.assert_allclose(normalize(u, "minmax"), [[1.0, 0.0], [1 / 3, 2 / 3]], atol=1e-7)
+    np.testing.assert_allclose(normalize(u, "clip_minmax"), [[1.0, 0.0], [0.0, 0.5]], atol=1e-7)
+    np.testing.assert_allclose(normalize(u, "exp"), np.exp(u), atol=1e-6)
+    np.testing.assert_allclose(normalize(u, "none"), u, atol=1e-7)
+    # Diagonal left out: statistics from the off-diagonal entries only, diagonal set to 0.
+    np.testing.assert_allclose(normalize(u, "minmax", ignore=np.eye(2, dtype=bool)), [[0.0, 0.0], [1.0, 0.0]])
+
+
+def test_exclude_diagonal(tiny_llama):
+    _, _, model, tokenizer = tiny_llama
+    result = utility_kernel(model, tokenizer, POOL, config=KernelConfig(max_length=256, exclude_diagonal=True))
+    off = ~np.eye(len(POOL), dtype=bool)
+    assert np.all(np.diag(result.kernel) == 0)
+    assert result.kernel[off].min() == 0.0 and result.kernel[off].max() == 1.0
+
+
+def test_bad_input(tiny_llama):
+    _, _, model, tokenizer = tiny_llama
+    with pytest.raises(DataError, match="must not be empty"):
+        utility_kernel(model, tokenizer, [], config=CONFIG)
+    with pytest.raises(DataError, match="at least 2 examples"):
+        utility_kernel(model, tokenizer, POOL[:1], config=CONFIG)
+    with pytest.raises(DataError, match="max-pairs"):
+        utility_kernel(model, tokenizer, POOL, config=CONFIG, max_pairs=10)
+    with pytest.raises(DataError, match="square kernels only"):
+        utility_kernel(model, tokenizer, POOL[:2], POOL, KernelConfig(exclude_diagonal=True))
+    with pytest.raises(DataError, match="non-finite"):
+        normalize(np.array([[np.nan, 1.0]]), "minmax")
+    with pytest.raises(DataError, match="distance"):
+        KernelConfig(distance="kl")
+
+
+def test_plan_blocks_cover_pairs_once():
+    pairs = plan_pairs(5, 7, None)
+    assert pairs.shape == (35, 2) and np.all(np.diff(pairs[:, 1]) >= 0)
+    for block_pairs in (1, 4, 5, 6, 100):
+        blocks = plan_blocks(pairs, block_pairs)
+        covered = np.concatenate([np.arange(s, e) for s, e in blocks])
+        np.testing.assert_array_equal(covered, np.arange(35))
+        assert all(e - s <= max(block_pairs, 5) for s, e in blocks)
