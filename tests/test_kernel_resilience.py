@@ -1,0 +1,99 @@
+"""Crash safety and multi-host runs of `delift kernel`, each in real subprocesses."""
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from test_kernel import POOL
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pool_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pool") / "pool.jsonl"
+    path.write_text("".join(json.dumps({"prompt": e.prompt, "response": e.response}) + "\n" for e in POOL))
+    return path
+
+
+def kernel_command(model_dir, data, out, *extra):
+    return [sys.executable, "-m", "delift_jax.cli", "kernel", "--model", str(model_dir), "--data", str(data),
+            "--out", str(out), "--max-length", "256", "--batch-size", "2", "--block-pairs", "3", *extra]
+
+
+def run_to_end(command, timeout=300):
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def reference_kernel(tiny_llama, pool_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference") / "kernel"
+    run_to_end(kernel_command(tiny_llama[0], pool_file, out))
+    return np.load(out / "kernel.npy"), np.load(out / "utility_raw.npy")
+
+
+def test_kill_9_then_resume_is_bit_identical(tiny_llama, pool_file, tmp_path, reference_kernel):
+    rng = random.Random(1234)
+    n_blocks = 12  # 6 candidates x 6 targets in pieces of 3 pairs
+    kills = 0
+    for attempt, blocks_before_kill in enumerate(sorted(rng.sample(range(1, n_blocks), 3))):
+        out = tmp_path / f"kernel-{attempt}"
+        process = subprocess.Popen(kernel_command(tiny_llama[0], pool_file, out), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 240
+        while process.poll() is None and time.monotonic() < deadline:
+            finished = len(list((out / "blocks").glob("block_*.npz"))) if (out / "blocks").is_dir() else 0
+            if finished >= blocks_before_kill:
+                time.sleep(rng.uniform(0.0, 0.3))  # land anywhere inside the next block
+                break
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        if process.returncode == -signal.SIGKILL:
+            kills += 1
+            # Killed mid-run: no final kernel, the manifest says incomplete, every block present is whole.
+            assert not (out / "kernel.npy").exists()
+            assert json.loads((out / "manifest.json").read_text())["complete"] is False
+            for block in (out / "blocks").glob("block_*.npz"):
+                with np.load(block) as data:
+                    assert len(data["pairs"]) == len(data["rms"]) == len(data["logp"])
+
+        resumed = run_to_end(kernel_command(tiny_llama[0], pool_file, out))
+        assert "already finished" in resumed.stderr
+        np.testing.assert_array_equal(np.load(out / "kernel.npy"), reference_kernel[0])
+        np.testing.assert_array_equal(np.load(out / "utility_raw.npy"), reference_kernel[1])
+    assert kills >= 2  # the kills really landed mid-run
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_under_jax_distributed_match_one(tiny_llama, pool_file, tmp_path, reference_kernel):
+    out = tmp_path / "kernel"
+    coordinator = f"127.0.0.1:{free_port()}"
+    env = dict(os.environ, XLA_FLAGS="")  # one CPU device per process
+    processes = [subprocess.Popen(kernel_command(tiny_llama[0], pool_file, out, "--coordinator", coordinator,
+                                                 "--num-processes", "2", "--process-id", str(rank)),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                 for rank in (0, 1)]
+    outputs = [p.communicate(timeout=300) for p in processes]
+    for process, (stdout, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr[-3000:]
+    assert "process 1: my blocks are done" in outputs[1][0]
+    blocks = sorted(int(p.stem.split("_")[1]) for p in (out / "blocks").glob("block_*.npz"))
+    assert blocks == list(range(12))
+    np.testing.assert_array_equal(np.load(out / "kernel.npy"), reference_kernel[0])
+    np.testing.assert_array_equal(np.load(out / "utility_raw.npy"), reference_kernel[1])
