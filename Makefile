@@ -25,7 +25,7 @@ test: install
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 demo: install
-	$(VENV)/bin/delift score --model smollm2 --data ifbench --limit 16 --max-response-tokens 64
+	$(VENV)/bin/delift demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -14,6 +14,7 @@ from delift_jax.errors import DeliftError
 
 # command name -> (module, one-line help)
 COMMANDS = {
+    "demo": ("delift_jax.commands.demo", "the main job on the built-in model and data: score, kernel, select"),
     "score": ("delift_jax.commands.score", "score responses teacher-forced with a model; print per-example distances"),
     "kernel": ("delift_jax.kernel.command", "compute the DELIFT utility kernel into a resumable directory"),
     "select": ("delift_jax.select.command", "pick a subset from a kernel with submodular maximization"),
