@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from pathlib import Path
 
 from delift_jax.errors import DeliftError
 
@@ -31,8 +33,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def enable_compilation_cache() -> None:
+    """Persist XLA compilations across runs (a resumed kernel or a second demo skips recompiling).
+
+    ``DELIFT_XLA_CACHE`` sets the directory (default ``~/.cache/delift_jax/xla``); ``DELIFT_XLA_CACHE=0`` turns
+    it off."""
+    location = os.environ.get("DELIFT_XLA_CACHE", str(Path.home() / ".cache" / "delift_jax" / "xla"))
+    if location in ("", "0"):
+        return
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", location)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    enable_compilation_cache()
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
     except DeliftError as exc:
