@@ -1,0 +1,165 @@
+"""``finetune``: tokenize, plan, step, checkpoint, resume. The host-side rim around the pure train step."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from delift_jax.data.records import Example
+from delift_jax.data.templates import DEFAULT_TEMPLATES, Templates
+from delift_jax.errors import DeliftError
+from delift_jax.sharding import data_mesh, replicate
+from delift_jax.train.checkpoint import Checkpointer, CheckpointMismatchError, model_fingerprint, \
+    sequences_fingerprint
+from delift_jax.train.config import TrainConfig
+from delift_jax.train.data import encode_examples, make_batch, padded_rows, plan_steps
+from delift_jax.train.lora import apply_lora
+from delift_jax.train.optim import make_optimizer
+from delift_jax.train.step import init_state, make_train_step, shard_batch, split_model
+
+
+class TrainingDivergedError(DeliftError):
+    """The loss or the gradient became NaN/inf; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """The trained model (LoRA adapters still attached under LoRA; see ``export``), and the run's record."""
+
+    model: nnx.Module
+    losses: list[float]
+    grad_norms: list[float]
+    steps: int
+    scored_tokens: int
+    tokens: int
+    seconds: float
+    resumed_from: int | None
+    n_truncated: int
+    n_examples: int
+
+    def summary(self) -> dict:
+        return {"steps": self.steps, "examples": self.n_examples, "first_loss": _first(self.losses),
+                "final_loss": _last(self.losses), "losses": self.losses, "tokens": self.tokens,
+                "scored_tokens": self.scored_tokens, "seconds": round(self.seconds, 3),
+                "tokens_per_s": round(self.tokens / self.seconds, 1) if self.seconds > 0 else None,
+                "resumed_from": self.resumed_from, "truncated_contexts": self.n_truncated}
+
+
+def _first(values):
+    return values[0] if values else None
+
+
+def _last(values):
+    return values[-1] if values else None
+
+
+def finetune(model, tokenizer, examples: Sequence[Example], config: TrainConfig = TrainConfig(),
+             out_dir: str | Path | None = None, *, mesh: Mesh | None = None,
+             templates: Templates = DEFAULT_TEMPLATES, progress: bool = False,
+             on_step: Callable[[int, dict], None] | None = None) -> TrainResult:
+    """Fine-tune a copy of ``model`` on ``examples``; the caller's model is never modified.
+
+    With ``out_dir``, checkpoints are written every ``config.save_every`` steps and at the end, and a run that
+    finds checkpoints of the same run there continues from the newest one (same data order, same keys, same
+    loss curve). A NaN/inf loss stops the run with ``TrainingDivergedError``; the last good checkpoint stays.
+    """
+    mesh = mesh or data_mesh()
+    sequences = encode_examples(tokenizer, examples, config.max_length, templates)
+    plan = plan_steps([len(s) for s in sequences], config.rows_per_step, config.epochs, config.seed,
+                      max_steps=config.max_steps, group_by_length=config.group_by_length)
+    total_steps = len(plan)
+
+    checkpointer = None
+    if out_dir is not None:
+        fingerprint = {"model": model_fingerprint(model), "config": config.fingerprint(),
+                       "data": sequences_fingerprint(sequences), "examples": len(sequences)}
+        checkpointer = Checkpointer(Path(out_dir), fingerprint, keep=config.keep_checkpoints)
+
+    model = nnx.clone(model)
+    if config.method == "lora":
+        apply_lora(model, config.lora, seed=config.seed)
+        trainable = nnx.LoRAParam
+    else:
+        trainable = nnx.Param
+    split, params, frozen = split_model(model, trainable)
+    optimizer = make_optimizer(config.learning_rate, total_steps, warmup_steps=min(config.warmup_steps, total_steps),
+                               schedule=config.schedule, final_lr_ratio=config.final_lr_ratio,
+                               weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
+                               b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+    state = init_state(params, optimizer, config.seed, mesh)
+    step_fn = make_train_step(split, optimizer, frozen, mesh, logits_chunk=config.logits_chunk,
+                              dropout=config.method == "lora" and config.lora.dropout > 0)
+
+    losses: list[float] = []
+    grad_norms: list[float] = []
+    scored = 0
+    start_step = 0
+    resumed_from = None
+    if checkpointer is not None and checkpointer.latest_step() is not None:
+        resumed_from = checkpointer.latest_step()
+        restored, meta = checkpointer.restore(resumed_from, {"train": state, "plan": plan})
+        if not np.array_equal(np.asarray(restored["plan"]), plan):
+            raise CheckpointMismatchError(f"checkpoint in {out_dir} has another data order; use a new directory")
+        state = replicate(restored["train"], mesh)
+        losses, grad_norms, scored = list(meta["losses"]), list(meta["grad_norms"]), int(meta["scored_tokens"])
+        start_step = int(state.step)
+        if start_step != resumed_from:
+            raise CheckpointMismatchError(f"checkpoint {resumed_from} in {out_dir} holds step {start_step}")
+
+    rows = padded_rows(config.batch_size, mesh.size)
+    bar = _progress_bar(total_steps, start_step, progress)
+    tokens = 0
+    seconds = 0.0
+    try:
+        for step in range(start_step, total_steps):
+            host_batch = make_batch(sequences, plan[step], config.grad_accum, rows, config.max_length,
+                                    pad_id=int(tokenizer.eos_token_id))
+            n_tokens = int(host_batch["valid"].sum())
+            t0 = time.perf_counter()
+            state, metrics = step_fn(state, shard_batch(host_batch, mesh))
+            metrics = {k: np.asarray(v).item() for k, v in metrics.items()}
+            seconds += time.perf_counter() - t0
+            if not metrics["finite"]:
+                kept = checkpointer.latest_step() if checkpointer is not None else None
+                where = (f"the last good checkpoint (step {kept}) is kept in {checkpointer.directory}"
+                         if kept is not None else "no checkpoint was written")
+                raise TrainingDivergedError(
+                    f"loss became {metrics['loss']} (grad norm {metrics['grad_norm']}) at step {step + 1}; "
+                    f"{where}; lower the learning rate or check the data")
+            losses.append(metrics["loss"])
+            grad_norms.append(metrics["grad_norm"])
+            scored += int(metrics["tokens"])
+            tokens += n_tokens
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{tokens / max(seconds, 1e-9):.0f}")
+            if on_step is not None:
+                on_step(step + 1, metrics)
+            done = step + 1
+            if checkpointer is not None and (done % config.save_every == 0 or done == total_steps):
+                checkpointer.save(done, {"train": state, "plan": plan},
+                                  {"losses": losses, "grad_norms": grad_norms, "scored_tokens": scored,
+                                   "step": done})
+    finally:
+        bar.close()
+        if checkpointer is not None:
+            checkpointer.close()
+
+    params = jax.tree.map(lambda x: jax.numpy.asarray(np.asarray(x)), state.params)  # off the mesh
+    return TrainResult(model=split.merge(params, frozen), losses=losses, grad_norms=grad_norms,
+                       steps=total_steps, scored_tokens=scored, tokens=tokens, seconds=seconds,
+                       resumed_from=resumed_from, n_truncated=sum(s.context_dropped > 0 for s in sequences),
+                       n_examples=len(sequences))
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", desc="finetune", disable=not enabled, smoothing=0.1)
+

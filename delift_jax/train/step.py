@@ -1,0 +1,177 @@
+"""The pure training step: ``train_step(state, batch) -> (state, metrics)`` under ``jax.jit`` with donation.
+
+The model is split once with an NNX filter into *trainable* parameters (``nnx.LoRAParam`` under LoRA, every
+``nnx.Param`` under full fine-tuning), held as a flat ``{dotted path: array}`` dict, and *frozen* state (the base
+weights), which is bound to the step as a replicated argument that is never differentiated nor donated.
+
+Loss: mean negative log-likelihood over the scored tokens only (the response and its final EOS; prompt tokens and
+padding never contribute), weighted by tokens. A batch carries ``m`` micro-batches ``[m, b, ...]``; the step sums
+per-token NLL gradients over them in a ``lax.scan`` and divides by the total number of scored tokens, so
+4 micro-batches of 1 row equal one batch of 4 rows. Logits exist only at scored positions, ``logits_chunk`` rows
+at a time and rematerialized in the backward pass, so no ``[b, t, vocab]`` array is ever built.
+
+Data parallelism: the batch's row axis is sharded over the mesh axis ``"data"`` (``NamedSharding``), parameters
+and optimizer state are replicated; XLA inserts the gradient all-reduce.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from delift_jax.sharding import DATA_AXIS, replicate
+from delift_jax.train.lora import set_dropout
+
+BATCH_FIELDS = ("tokens", "valid", "score_index", "score_target", "score_valid")
+
+
+class TrainState(NamedTuple):
+    """Everything a step changes (and a checkpoint holds): trainable params, optimizer state, step, base key."""
+
+    params: dict
+    opt_state: Any
+    step: jax.Array
+    rng: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSplit:
+    """Static structure to rebuild the model from (trainable params dict, frozen state)."""
+
+    graphdef: Any
+    names: tuple[str, ...]
+    treedef: Any
+
+    def merge(self, params: dict, frozen):
+        trainable = jax.tree.unflatten(self.treedef, [params[name] for name in self.names])
+        return nnx.merge(self.graphdef, trainable, frozen)
+
+
+def _dotted(path) -> str:
+    parts = []
+    for key in path:
+        name = getattr(key, "key", getattr(key, "name", getattr(key, "idx", key)))
+        if name == "value":
+            continue
+        parts.append(str(name))
+    return ".".join(parts)
+
+
+def split_model(model, trainable=nnx.Param) -> tuple[ModelSplit, dict, Any]:
+    """``(split, params, frozen)``: ``params`` is a flat dict of the variables ``trainable`` selects."""
+    graphdef, trainable_state, frozen = nnx.split(model, trainable, ...)
+    leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(trainable_state)
+    names = tuple(_dotted(path) for path, _ in leaves_with_path)
+    if len(set(names)) != len(names):
+        raise RuntimeError("duplicate parameter names after flattening")
+    params = {name: leaf for name, (_, leaf) in zip(names, leaves_with_path)}
+    return ModelSplit(graphdef, names, treedef), params, frozen
+
+
+def chunked_target_logprobs(model, hidden_brd, target_br, chunk: int):
+    """log softmax(logits)[target] at ``[b, r]`` positions, ``chunk`` at a time, rematerialized for the backward."""
+    b, r, d = hidden_brd.shape
+    n = b * r
+    c = min(chunk, n)
+    pad = (-n) % c
+    flat_h = jnp.pad(hidden_brd.reshape(n, d), ((0, pad), (0, 0))).reshape(-1, c, d)
+    flat_t = jnp.pad(target_br.reshape(n), (0, pad)).reshape(-1, c)
+
+    @jax.checkpoint
+    def one_chunk(h_cd, t_c):
+        logits_cv = model.logits(h_cd)
+        picked = jnp.take_along_axis(logits_cv, t_c[:, None], axis=-1)[:, 0]
+        return picked - jax.nn.logsumexp(logits_cv, axis=-1)
+
+    return jax.lax.map(lambda args: one_chunk(*args), (flat_h, flat_t)).reshape(-1)[:n].reshape(b, r)
+
+
+def nll_sum(model, batch: dict, logits_chunk: int) -> tuple[jax.Array, jax.Array]:
+    """(sum of -log p over scored tokens, number of scored tokens) for one ``[b, ...]`` micro-batch."""
+    hidden_btd, _ = model(batch["tokens"], valid_bt=batch["valid"])
+    hidden_brd = jnp.take_along_axis(hidden_btd, batch["score_index"][..., None], axis=1)
+    logp_br = chunked_target_logprobs(model, hidden_brd, batch["score_target"], logits_chunk)
+    mask = batch["score_valid"]
+    return -jnp.sum(jnp.where(mask, logp_br, 0.0)), jnp.sum(mask).astype(jnp.float32)
+
+
+def _train_step(split: ModelSplit, optimizer, logits_chunk: int, dropout: bool, frozen, state: TrainState,
+                batch: dict):
+    step_key = jax.random.fold_in(state.rng, state.step)
+    m = batch["tokens"].shape[0]
+
+    def micro(carry, xs):
+        grad_acc, loss_acc, tok_acc = carry
+        index, micro_batch = xs
+
+        def loss_fn(params):
+            model = split.merge(params, frozen)
+            set_dropout(model, jax.random.fold_in(step_key, index) if dropout else None)
+            total, count = nll_sum(model, micro_batch, logits_chunk)
+            return total, count
+
+        (total, count), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grad_acc = jax.tree.map(jnp.add, grad_acc, grads)
+        return (grad_acc, loss_acc + total, tok_acc + count), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+    (grad_sum, loss_sum, n_tokens), _ = jax.lax.scan(micro, init, (jnp.arange(m), batch))
+    denom = jnp.maximum(n_tokens, 1.0)
+    grads = jax.tree.map(lambda g: g / denom.astype(g.dtype), grad_sum)
+    loss = loss_sum / denom
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jnp.where(ok, new, old)
+    new_state = TrainState(jax.tree.map(keep, params, state.params), jax.tree.map(keep, opt_state, state.opt_state),
+                           state.step + ok.astype(state.step.dtype), state.rng)
+    metrics = {"loss": loss, "tokens": n_tokens, "grad_norm": grad_norm, "finite": ok}
+    return new_state, metrics
+
+
+def make_train_step(split: ModelSplit, optimizer: optax.GradientTransformation, frozen, mesh: Mesh, *,
+                    logits_chunk: int = 512, dropout: bool = False) -> Callable:
+    """The jitted ``train_step(state, batch) -> (state, metrics)``; ``state`` is donated.
+
+    A step whose loss or gradient norm is not finite leaves ``state`` unchanged and reports ``finite=False``.
+    """
+    frozen = replicate(frozen, mesh)
+    jitted = jax.jit(_train_step, static_argnums=(0, 1, 2, 3), donate_argnums=(5,))
+
+    def train_step(state: TrainState, batch: dict):
+        return jitted(split, optimizer, logits_chunk, dropout, frozen, state, batch)
+
+    train_step.jitted = jitted
+    return train_step
+
+
+def init_state(params: dict, optimizer: optax.GradientTransformation, seed: int, mesh: Mesh) -> TrainState:
+    """A fresh, replicated ``TrainState`` (step 0, key ``PRNGKey(seed)``), holding copies of ``params``."""
+    params = jax.tree.map(jnp.array, params)  # own buffers: donation must never delete the caller's arrays
+    state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), jax.random.PRNGKey(seed))
+    return replicate(state, mesh)
+
+
+def shard_batch(batch: dict, mesh: Mesh) -> dict:
+    """Place ``[m, b, ...]`` host arrays with rows (axis 1) split over the ``"data"`` axis."""
+    sharding = NamedSharding(mesh, PartitionSpec(None, DATA_AXIS))
+    return {k: jax.device_put(np.asarray(batch[k]), sharding) for k in BATCH_FIELDS}
+
+
+def _eval_nll(split: ModelSplit, logits_chunk: int, frozen, params, batch):
+    model = split.merge(params, frozen)
+    totals = jax.lax.map(lambda mb: nll_sum(model, mb, logits_chunk), batch)
+    return jnp.sum(totals[0]), jnp.sum(totals[1])
+
+
+eval_nll = jax.jit(_eval_nll, static_argnums=(0, 1))
+"""(sum of NLL, scored tokens) of a ``[m, b, ...]`` batch, without any update (for evaluation and tests)."""
