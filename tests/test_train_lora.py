@@ -69,8 +69,9 @@ def test_adapter_init_is_seeded(tiny_llama):
 def test_only_lora_parameters_change(tiny_llama):
     _, _, model, tokenizer = tiny_llama
     before = _flat_params(model)
-    config = TrainConfig(method="lora", lora=LoRAConfig(rank=4, alpha=8.0, dropout=0.1), learning_rate=1e-2,
-                         max_steps=4, batch_size=2, max_length=128, weight_decay=0.1)
+    config = TrainConfig(method="lora", lora=LoRAConfig(4, 8.0, dropout=0.1), learning_rate=1e-2,
+                         schedule="constant", weight_decay=0.1, batch_size=2, max_length=128, pad_to_max_length=True,
+                         max_steps=4, save_every=2)  # the settings of test_train_loop's LORA_SMALL (one compile)
     result = finetune(model, tokenizer, EXAMPLES, config)
     after = _flat_params(result.model)
     base = {k: v for k, v in after.items() if "lora_" not in k}

@@ -21,6 +21,7 @@ class TrainConfig:
     batch_size: rows per micro-batch; grad_accum: micro-batches per optimizer step (the loss is the token-weighted
     mean over all of them). epochs: passes over the data, unless max_steps (optimizer steps) is given.
     max_length: longest sequence in tokens; longer contexts are cut from the left, responses never.
+    pad_to_max_length: pad every step to max_length (one compiled shape) instead of length buckets.
     save_every: checkpoint every N steps (and at the end) when the run has an output directory.
     """
 
@@ -42,6 +43,7 @@ class TrainConfig:
     max_length: int = 1024
     seed: int = 0
     group_by_length: bool = True
+    pad_to_max_length: bool = False
     logits_chunk: int = 512
     save_every: int = 50
     keep_checkpoints: int = 2

@@ -81,19 +81,30 @@ def padded_rows(batch_size: int, n_devices: int) -> int:
     return -(-batch_size // n_devices) * n_devices
 
 
+def fixed_shape(sequences: Sequence[ScoredSequence], max_length: int) -> tuple[int, int]:
+    """One ``(length, scored length)`` for every step of a run: ``max_length`` and the bucket of the longest
+    response (one compilation; for accelerators, or for tests that must not recompile)."""
+    return max_length, bucket_for(max(s.n_scored for s in sequences), length_ladder(max_length, smallest=16))
+
+
 def make_batch(sequences: Sequence[ScoredSequence], step_rows: np.ndarray, micro_batches: int,
-               rows_per_micro: int, max_length: int, pad_id: int = 0) -> dict:
+               rows_per_micro: int, max_length: int, pad_id: int = 0,
+               shape: tuple[int, int] | None = None) -> dict:
     """Host arrays ``[m, b, t]`` / ``[m, b, r]`` for one optimizer step.
 
     ``step_rows`` (``m * batch_size`` indices, ``-1`` empty) is split into ``m`` consecutive micro-batches, each
     padded to ``rows_per_micro`` rows. Every micro-batch of the step shares one bucketed length ``t`` and one
-    bucketed scored length ``r`` (from ``length_ladder``), so a run compiles one program per bucket pair.
+    bucketed scored length ``r`` (from ``length_ladder``), so a run compiles one program per bucket pair;
+    ``shape=(t, r)`` fixes them instead (see ``fixed_shape``).
     """
     chosen = [int(i) for i in step_rows if i >= 0]
     if not chosen:
         raise DataError("a training step has no examples")
-    t = bucket_for(max(len(sequences[i]) for i in chosen), length_ladder(max_length))
-    r = bucket_for(max(sequences[i].n_scored for i in chosen), length_ladder(max_length, smallest=16))
+    if shape is not None:
+        t, r = shape
+    else:
+        t = bucket_for(max(len(sequences[i]) for i in chosen), length_ladder(max_length))
+        r = bucket_for(max(sequences[i].n_scored for i in chosen), length_ladder(max_length, smallest=16))
     per_micro = len(step_rows) // micro_batches
     m, b = micro_batches, rows_per_micro
     tokens = np.full((m, b, t), pad_id, np.int32)

@@ -19,7 +19,7 @@ from delift_jax.sharding import data_mesh, replicate
 from delift_jax.train.checkpoint import Checkpointer, CheckpointMismatchError, model_fingerprint, \
     sequences_fingerprint
 from delift_jax.train.config import TrainConfig
-from delift_jax.train.data import encode_examples, make_batch, padded_rows, plan_steps
+from delift_jax.train.data import encode_examples, fixed_shape, make_batch, padded_rows, plan_steps
 from delift_jax.train.lora import apply_lora
 from delift_jax.train.optim import make_optimizer
 from delift_jax.train.step import init_state, make_train_step, shard_batch, split_model
@@ -114,13 +114,14 @@ def finetune(model, tokenizer, examples: Sequence[Example], config: TrainConfig 
             raise CheckpointMismatchError(f"checkpoint {resumed_from} in {out_dir} holds step {start_step}")
 
     rows = padded_rows(config.batch_size, mesh.size)
+    shape = fixed_shape(sequences, config.max_length) if config.pad_to_max_length else None
     bar = _progress_bar(total_steps, start_step, progress)
     tokens = 0
     seconds = 0.0
     try:
         for step in range(start_step, total_steps):
             host_batch = make_batch(sequences, plan[step], config.grad_accum, rows, config.max_length,
-                                    pad_id=int(tokenizer.eos_token_id))
+                                    pad_id=int(tokenizer.eos_token_id), shape=shape)
             n_tokens = int(host_batch["valid"].sum())
             t0 = time.perf_counter()
             state, metrics = step_fn(state, shard_batch(host_batch, mesh))

@@ -16,6 +16,8 @@ and divides by the total number of scored tokens, so k micro-batches of b rows e
 
 from __future__ import annotations
 
+import functools
+
 import optax
 
 from delift_jax.errors import DeliftError
@@ -60,7 +62,20 @@ def decay_mask(params: dict) -> dict:
 def make_optimizer(learning_rate: float, total_steps: int, *, warmup_steps: int = 0, schedule: str = "cosine",
                    final_lr_ratio: float = 0.0, weight_decay: float = 0.0, max_grad_norm: float | None = 1.0,
                    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformation:
-    """``clip_by_global_norm -> adamw`` for flat parameter dicts (see the module docstring)."""
+    """``clip_by_global_norm -> adamw`` for flat parameter dicts (see the module docstring).
+
+    Cached: equal settings return the same object, so the jitted train step (static in the optimizer) is
+    compiled once per model structure and settings, not once per run.
+    """
+    if schedule == "constant" and warmup_steps == 0:
+        total_steps = 1  # the schedule does not depend on it: share one optimizer (and one compilation)
+    return _make_optimizer(learning_rate, total_steps, warmup_steps, schedule, final_lr_ratio, weight_decay,
+                           max_grad_norm, b1, b2, eps)
+
+
+@functools.lru_cache(maxsize=64)
+def _make_optimizer(learning_rate, total_steps, warmup_steps, schedule, final_lr_ratio, weight_decay,
+                    max_grad_norm, b1, b2, eps) -> optax.GradientTransformation:
     lr = learning_rate_schedule(learning_rate, total_steps, warmup_steps, schedule, final_lr_ratio)
     parts = []
     if max_grad_norm is not None and max_grad_norm > 0:
