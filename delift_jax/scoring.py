@@ -25,8 +25,8 @@ from jax.sharding import Mesh
 
 from delift_jax.data.records import Example
 from delift_jax.data.templates import DEFAULT_TEMPLATES, Templates
-from delift_jax.data.tokenize import (ScoredSequence, bucket_for, build_sequence, encode_ids, length_ladder,
-                                      pad_batch)
+from delift_jax.data.tokenize import (ScoredSequence, bucket_for, build_sequence, encode_ids, eos_token_id,
+                                      length_ladder, pad_batch)
 from delift_jax.errors import DataError
 from delift_jax.sharding import calls_by_shape, data_mesh, per_device, replicate, split_rows
 
@@ -37,7 +37,7 @@ class ScoringConfig:
 
     max_length: longest sequence; longer ones lose context from the left (scored tokens are kept).
     max_response_tokens: score only the first N response tokens (None: all; use it to bound cost on CPUs).
-    batch_size: rows per call (rounded up to a multiple of the device count).
+    batch_size: rows per device per call.
     logits_chunk: scored positions projected onto the vocabulary at once.
     """
 
@@ -173,17 +173,11 @@ class ScoreTable:
 
 def no_example_sequences(tokenizer, examples: Sequence[Example], config: ScoringConfig,
                          templates: Templates = DEFAULT_TEMPLATES) -> list[ScoredSequence]:
-    eos = _eos_id(tokenizer)
+    eos = eos_token_id(tokenizer)
     return [build_sequence(encode_ids(tokenizer, templates.context_without_example(ex)),
                            encode_ids(tokenizer, ex.response), eos, max_length=config.max_length,
                            max_response_tokens=config.max_response_tokens, what=f"example {i}")
             for i, ex in enumerate(examples)]
-
-
-def _eos_id(tokenizer) -> int:
-    if tokenizer.eos_token_id is None:
-        raise DataError("the tokenizer has no EOS token; DELIFT sequences need one as separator and terminator")
-    return int(tokenizer.eos_token_id)
 
 
 def score_examples(model, tokenizer, examples: Sequence[Example], config: ScoringConfig = ScoringConfig(), *,

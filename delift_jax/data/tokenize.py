@@ -29,6 +29,12 @@ class ScoredSequence:
         return len(self.tokens)
 
 
+def eos_token_id(tokenizer) -> int:
+    if tokenizer.eos_token_id is None:
+        raise DataError("the tokenizer has no EOS token; DELIFT sequences need one as separator and terminator")
+    return int(tokenizer.eos_token_id)
+
+
 def encode_ids(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 

@@ -15,8 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from delift_jax.data.records import Example
-from delift_jax.data.tokenize import ScoredSequence, build_sequence
-from delift_jax.errors import DataError
+from delift_jax.data.tokenize import ScoredSequence, build_sequence, eos_token_id
 from delift_jax.kernel.config import KernelConfig
 
 
@@ -31,12 +30,6 @@ class PairSequences:
     query_lengths: list[int]
     response_ids: list[list[int]]
     n_empty_responses: int
-
-
-def eos_token_id(tokenizer) -> int:
-    if tokenizer.eos_token_id is None:
-        raise DataError("the tokenizer has no EOS token; DELIFT sequences need one as separator and terminator")
-    return int(tokenizer.eos_token_id)
 
 
 def _ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
