@@ -1,0 +1,123 @@
+"""``delift evaluate``: generate for a test set (without and with the selected subset's nearest examples as
+demonstrations), compute metrics, write results JSON and print a markdown table."""
+
+from __future__ import annotations
+
+import argparse
+
+from delift_jax.models.loading import DEFAULT_MODEL
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="HF model directory, .gguf file, or 'smollm2' (built in; default)")
+    parser.add_argument("--data", default="ifbench",
+                        help="test set: built-in dataset name or a JSON/JSONL file (default: ifbench)")
+    parser.add_argument("--skip", type=int, default=0, help="skip the first N test records (default 0)")
+    parser.add_argument("--limit", type=int, default=16, help="evaluate N test examples after --skip (default 16)")
+    parser.add_argument("--pool", help="examples the selection was made from (dataset name or file); enables ICL")
+    parser.add_argument("--indices",
+                        help="selected subset: picks.npy (or a 'delift select' output directory, or .json list) of "
+                             "indices into --pool; without it the whole pool serves as demonstrations")
+    parser.add_argument("--k", type=int, default=5, help="demonstrations per test prompt for ICL (default 5)")
+    parser.add_argument("--metrics", default="rouge,embedding,nll",
+                        help="comma-separated: rouge, embedding, nll, accuracy, judge (default rouge,embedding,nll)")
+    parser.add_argument("--judge-model", help="judge model (default: the evaluated model); a small-judge approximation")
+    parser.add_argument("--judge-max-new-tokens", type=int, default=128,
+                        help="judge feedback length in tokens before its [RESULT] score (default 128)")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="generated tokens per prompt (default 128)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 for greedy decoding (default)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default 1: off)")
+    parser.add_argument("--min-p", type=float, default=0.0, help="min-p sampling threshold (default 0: off)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts per generation call (default 8)")
+    parser.add_argument("--max-length", type=int, default=1024,
+                        help="longest prompt / scored sequence in tokens; longer contexts lose their left end")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
+    parser.add_argument("--out", default="results.json", help="results JSON path (default results.json)")
+
+
+def load_indices(location: str):
+    """Subset indices from a .npy file, a directory holding picks.npy, or a .json list."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from delift_jax.errors import DataError
+
+    path = Path(location).expanduser()
+    if path.is_dir():
+        path = path / "picks.npy"
+    if not path.is_file():
+        raise DataError(f"subset indices {path} do not exist; pass picks.npy from 'delift select'")
+    try:
+        if path.suffix == ".json":
+            return np.asarray(json.loads(path.read_text(encoding="utf-8")))
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read subset indices from {path} ({exc})") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+    import time
+
+    import jax.numpy as jnp
+
+    from delift_jax.data.sources import load_examples
+    from delift_jax.errors import DataError
+    from delift_jax.evaluate.generate import GenerationConfig
+    from delift_jax.evaluate.icl import subset_from_indices
+    from delift_jax.evaluate.judge import JudgeConfig
+    from delift_jax.evaluate.pipeline import EvalSetup, evaluate_model, parse_metrics
+    from delift_jax.evaluate.report import markdown_table, write_json
+    from delift_jax.models import load_model
+    from delift_jax.scoring import ScoringConfig
+
+    metrics = parse_metrics(args.metrics)
+    if args.limit is not None and args.limit < 1:
+        raise DataError(f"--limit {args.limit} must be at least 1")
+    if args.skip < 0:
+        raise DataError(f"--skip {args.skip} must be >= 0")
+    if args.indices and not args.pool:
+        raise DataError("--indices index into --pool; give the pool the selection was made from")
+    generation = GenerationConfig(temperature=args.temperature, top_p=args.top_p, min_p=args.min_p,
+                                  max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_length,
+                                  batch_size=args.batch_size, seed=args.seed)
+    examples = load_examples(args.data)[args.skip:]
+    test = examples[:args.limit] if args.limit is not None else examples
+    if not test:
+        raise DataError(f"no test examples in {args.data!r} after skipping {args.skip}")
+    pool = None
+    if args.pool:
+        pool = load_examples(args.pool)
+        if args.indices:
+            pool = subset_from_indices(pool, load_indices(args.indices))
+
+    start = time.perf_counter()
+    model, tokenizer, _ = load_model(args.model, dtype=getattr(jnp, args.dtype))
+    judge_model = judge_tokenizer = None
+    if "judge" in metrics and args.judge_model:
+        judge_model, judge_tokenizer, _ = load_model(args.judge_model, dtype=getattr(jnp, args.dtype))
+    setup = EvalSetup(generation=generation, metrics=metrics, pool=pool, k=args.k, judge_model=judge_model,
+                      judge_tokenizer=judge_tokenizer,
+                      judge_config=JudgeConfig(max_new_tokens=args.judge_max_new_tokens, batch_size=args.batch_size,
+                                               max_prompt_tokens=2 * args.max_length), scoring=ScoringConfig(max_length=2 * args.max_length),
+                      progress=True)
+    results = evaluate_model(model, tokenizer, test, setup)
+    payload = {
+        "model": args.model, "data": args.data, "skip": args.skip, "n_test": len(test), "metrics": list(metrics),
+        "pool": args.pool, "indices": args.indices, "pool_size": None if pool is None else len(pool),
+        "generation": dataclasses.asdict(generation),
+        "judge": ({"model": args.judge_model or args.model, "label": "small-judge approximation"}
+                  if "judge" in metrics else None),
+        "seconds": round(time.perf_counter() - start, 2), **results,
+    }
+    path = write_json(args.out, payload)
+    print(markdown_table(results["conditions"]))
+    if "judge" in metrics:
+        print("judge scores are a small-judge approximation (Prometheus-style rubric graded by "
+              f"{args.judge_model or args.model}), not Prometheus-2 grades")
+    print(f"results: {path}")
+    return 0
