@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pad-to-max-length", action="store_true",
+                        help="pad every batch to --max-length (one compiled shape; good on accelerators)")
     parser.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps (default 50)")
     parser.add_argument("--keep", type=int, default=2, help="checkpoints to keep (default 2)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
@@ -91,7 +93,7 @@ def config_from_args(args: argparse.Namespace):
                        learning_rate=args.lr, schedule=args.schedule, warmup_steps=args.warmup_steps,
                        weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm or None, epochs=args.epochs,
                        max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
-                       max_length=args.max_length, seed=args.seed, save_every=args.save_every,
+                       max_length=args.max_length, seed=args.seed, pad_to_max_length=args.pad_to_max_length, save_every=args.save_every,
                        keep_checkpoints=args.keep)
 
 
