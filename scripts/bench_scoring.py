@@ -9,7 +9,8 @@ Sequences are the no-example DELIFT sequences (DESIGN 1.1) of real ifbench examp
 ``--max-response-tokens`` scored tokens. tokens/s counts every sequence token processed (unpadded lengths).
 
 - ours: ``TeacherForcedScorer`` (length-sorted batches padded to static buckets, logits only at scored positions).
-  Its first pass compiles every bucket; "compile" below is first-pass time minus the median steady-state pass.
+  A first (untimed) pass compiles every bucket; "compile" is the tracing + lowering + XLA compile time JAX reports
+  for it (``jax.monitoring`` duration events), and the timed passes are checked not to recompile.
 - torch: the same length-sorted batches, each padded to its own longest row (right padding + attention mask), the
   standard ``model(input_ids, attention_mask).logits`` forward over the FULL vocabulary at every position, then
   float32 log-softmax only at the scored positions. bfloat16 = ``model.to(torch.bfloat16)`` (weights and compute).
@@ -18,8 +19,15 @@ Sequences are the no-example DELIFT sequences (DESIGN 1.1) of real ifbench examp
 Each measurement is repeated (``--repeats``) and the median reported: the machine is shared, timings are noisy.
 The last line of output is one JSON object (jax_tok_per_s = our best configuration).
 
-Findings on the 2-core development CPU (jax 0.10.2, torch 2.13; see the docstring of ``main`` for numbers) are
-recorded in the report of the engineer who wrote this script; re-run to reproduce.
+Findings on the 2-core development CPU (jax 0.10.2, torch 2.13), shared with other jobs (load average 4-7, so
+wall-clock medians varied up to 3x between runs; "tok/cpu-s" = tokens per process CPU-second is the steadier one):
+- XLA flags (16 examples, f32, batch 8, tok/cpu-s): default 228 and 226 (two runs), oneDNN dot fusion
+  (``--xla_cpu_experimental_onednn_fusion_type=dot``) 223, XNNPACK dot fusion
+  (``--xla_cpu_experimental_xnn_fusion_type=dot``) 226, YNNPACK (``..._ynn_fusion_type=dot``) 193.
+  ``--xla_cpu_use_thunk_runtime=false`` is ignored by this jaxlib ("no longer supported"); eigen multi-threading
+  is already the default. No flag beat the default, so none is set; ``--xla-flags`` remains for re-checking.
+- Batch size (16 examples, f32, one run): 4: 238 tok/s, 8: 426 tok/s, 16: 202 tok/s (passes 11-24 s: noise);
+  8 (the CLI default) is kept.
 """
 
 from __future__ import annotations
@@ -50,17 +58,34 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+CPU_TIMES: list[float] = []  # process CPU seconds (all threads) of every timed pass, in order
+
+
 def timed(fn, repeats):
+    """Wall-clock seconds of each pass; the process CPU seconds go to CPU_TIMES (robust to a shared machine)."""
     times = []
     result = None
     for _ in range(repeats):
+        cpu = time.process_time()
         start = time.perf_counter()
         result = fn()
         times.append(time.perf_counter() - start)
+        CPU_TIMES.append(time.process_time() - cpu)
     return result, times
 
 
+COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                  "/jax/core/compile/backend_compile_duration")
+_compile_seconds = [0.0]
+
+
+def _on_event(event, duration, **_):
+    if event in COMPILE_EVENTS:
+        _compile_seconds[0] += duration
+
+
 def bench_jax(model_source, dtype_name, sequences, scoring_config, repeats):
+    """(log-probs, compile seconds of the first pass, first-pass seconds, steady-state pass times)."""
     import jax.numpy as jnp
 
     from delift_jax.models import load_model
@@ -68,11 +93,15 @@ def bench_jax(model_source, dtype_name, sequences, scoring_config, repeats):
 
     model, _, _ = load_model(model_source, dtype=getattr(jnp, dtype_name), with_tokenizer=False)
     scorer = TeacherForcedScorer(model, scoring_config)
+    compiled_before = _compile_seconds[0]
     start = time.perf_counter()
     scorer.logprobs(sequences)
     first = time.perf_counter() - start
+    compile_s = _compile_seconds[0] - compiled_before
+    before = _compile_seconds[0]
     logps, times = timed(lambda: scorer.logprobs(sequences), repeats)
-    return logps, first, times
+    assert _compile_seconds[0] == before, "steady-state passes recompiled"
+    return logps, compile_s, first, times
 
 
 def torch_logprobs(model, sequences, batch_size, dtype):
@@ -112,7 +141,7 @@ def bench_torch(hf_dir, dtype_name, sequences, batch_size, repeats):
     torch_logprobs(model, sequences[: min(len(sequences), 2 * batch_size)], batch_size, dtype)  # warm up
     first = time.perf_counter() - start
     logps, times = timed(lambda: torch_logprobs(model, sequences, batch_size, dtype), repeats)
-    return logps, first, times
+    return logps, 0.0, first, times
 
 
 def main(argv=None):
@@ -123,6 +152,8 @@ def main(argv=None):
 
     import jax
     import numpy as np
+
+    jax.monitoring.register_event_duration_secs_listener(_on_event)
 
     from delift_jax.data import load_builtin
     from delift_jax.models import load_model
@@ -149,30 +180,34 @@ def main(argv=None):
     rows = []  # (name, batch, compile_s, median_s, tok/s, all times)
     distances = {}
 
-    def record(name, batch, first, times, logps):
+    def record(name, batch, compile_s, first, times, logps):
         median = statistics.median(times)
-        rows.append((name, batch, first - median, median, n_tokens / median, times))
+        cpu = statistics.median(CPU_TIMES[-len(times):])
+        rows.append((name, batch, compile_s, median, n_tokens / median, cpu))
         distances[(name, batch)] = np.array([rms_distance(np.exp(lp)) for lp in logps])
         print(f"  {name:<14} batch {batch:>3}: median {median:7.2f} s  {n_tokens / median:8.0f} tok/s  "
-              f"(passes {', '.join(f'{t:.2f}' for t in times)}; first pass {first:.2f} s)", flush=True)
+              f"{n_tokens / cpu:6.0f} tok/cpu-s  "
+              f"(passes {', '.join(f'{t:.2f}' for t in times)}; first pass {first:.2f} s, compile {compile_s:.1f} s)",
+              flush=True)
 
     if args.only in ("all", "jax"):
         for dtype_name in args.jax_dtypes:
             for batch in args.batch_sizes:
                 config = ScoringConfig(max_length=args.max_length, max_response_tokens=args.max_response_tokens,
                                        batch_size=batch)
-                logps, first, times = bench_jax(args.model, dtype_name, sequences, config, args.repeats)
-                record(f"jax {dtype_name}", batch, first, times, logps)
+                logps, compile_s, first, times = bench_jax(args.model, dtype_name, sequences, config, args.repeats)
+                record(f"jax {dtype_name}", batch, compile_s, first, times, logps)
     if args.only in ("all", "torch"):
         for dtype_name in ("float32", "bfloat16"):
-            logps, first, times = bench_torch(hf_dir, dtype_name, sequences, args.torch_batch_size, args.repeats)
-            record(f"torch {dtype_name}", args.torch_batch_size, first, times, logps)
+            logps, warm, first, times = bench_torch(hf_dir, dtype_name, sequences, args.torch_batch_size,
+                                                    args.repeats)
+            record(f"torch {dtype_name}", args.torch_batch_size, warm, first, times, logps)
 
     print()
-    print(f"{'implementation':<16}{'batch':>6}{'compile/warmup s':>18}{'median s':>10}{'tok/s':>10}")
-    for name, batch, compile_s, median, tps, _ in rows:
+    print(f"{'implementation':<16}{'batch':>6}{'compile s':>11}{'median s':>10}{'tok/s':>8}{'tok/cpu-s':>11}")
+    for name, batch, compile_s, median, tps, cpu in rows:
         warm = f"{compile_s:.1f}" if name.startswith("jax") else "-"
-        print(f"{name:<16}{batch:>6}{warm:>18}{median:>10.2f}{tps:>10.0f}")
+        print(f"{name:<16}{batch:>6}{warm:>11}{median:>10.2f}{tps:>8.0f}{n_tokens / cpu:>11.0f}")
 
     ref = distances.get(("torch float32", args.torch_batch_size))
     for (name, batch), d in distances.items():
