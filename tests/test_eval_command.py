@@ -35,7 +35,8 @@ def test_evaluate_command_end_to_end(tiny_llama, files, capsys):
     out = root / "results.json"
     args = parse(["--model", str(directory), "--data", str(test), "--pool", str(pool), "--indices",
                   str(root / "picks.npy"), "--k", "2", "--metrics", "rouge,embedding,nll,accuracy,judge",
-                  "--max-new-tokens", "4", "--judge-max-new-tokens", "4", "--batch-size", "2", "--max-length", "256", "--out", str(out)])
+                  "--max-new-tokens", "4", "--judge-max-new-tokens", "4", "--batch-size", "2",
+                  "--max-length", "256", "--out", str(out)])
     assert command.run(args) == 0
     results = json.loads(out.read_text())  # strict JSON (no NaN)
     assert results["n_test"] == 3 and results["pool_size"] == 6

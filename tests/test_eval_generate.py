@@ -67,8 +67,9 @@ def test_greedy_equals_transformers_generate(tiny_llama, prompts, greedy_out):
     eos = tokenizer.eos_token_id
     for i, prompt in enumerate(prompts):
         with torch.no_grad():
-            full = torch_model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                                        do_sample=False, max_new_tokens=MAX_NEW, eos_token_id=eos, pad_token_id=eos)
+            mask = torch.ones(1, len(prompt), dtype=torch.long)
+            full = torch_model.generate(torch.tensor([prompt]), attention_mask=mask, do_sample=False,
+                                        max_new_tokens=MAX_NEW, eos_token_id=eos, pad_token_id=eos)
         new = full[0, len(prompt):].tolist()
         if eos in new:
             new = new[:new.index(eos)]

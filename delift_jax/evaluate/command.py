@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     setup = EvalSetup(generation=generation, metrics=metrics, pool=pool, k=args.k, judge_model=judge_model,
                       judge_tokenizer=judge_tokenizer,
                       judge_config=JudgeConfig(max_new_tokens=args.judge_max_new_tokens, batch_size=args.batch_size,
-                                               max_prompt_tokens=2 * args.max_length), scoring=ScoringConfig(max_length=2 * args.max_length),
+                                               max_prompt_tokens=2 * args.max_length),
+                      scoring=ScoringConfig(max_length=2 * args.max_length),
                       progress=True)
     results = evaluate_model(model, tokenizer, test, setup)
     payload = {
