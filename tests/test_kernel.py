@@ -199,3 +199,23 @@ def test_plan_blocks_cover_pairs_once():
         covered = np.concatenate([np.arange(s, e) for s, e in blocks])
         np.testing.assert_array_equal(covered, np.arange(35))
         assert all(e - s <= max(block_pairs, 5) for s, e in blocks)
+
+
+def test_truncation_is_reported_and_matches_torch(tiny_llama):
+    """A max_length that cuts the demonstration: the pair is truncated from the left, scored tokens kept."""
+    _, torch_model, model, tokenizer = tiny_llama
+    targets, candidates = EXAMPLES[3:5], EXAMPLES[2:3]  # a long demonstration, short targets
+    result = utility_kernel(model, tokenizer, targets, candidates, KernelConfig(max_length=40))
+    assert result.summary["pairs_truncated_now"] == 2
+    eos = tokenizer.eos_token_id
+    for i, target in enumerate(targets):
+        ctx = tokenizer(DEFAULT_TEMPLATES.context_with_example(target, candidates[0]),
+                        add_special_tokens=False)["input_ids"]
+        resp = tokenizer(target.response, add_special_tokens=False)["input_ids"]
+        ctx = ctx[len(ctx) - (40 - 2 - len(resp)):]
+        ids = ctx + [eos] + resp + [eos]
+        assert len(ids) == 40
+        with torch.no_grad():
+            probs = torch.softmax(torch_model(torch.tensor([ids])).logits[0].float(), dim=-1)
+        p = torch.stack([probs[t - 1, ids[t]] for t in range(len(ctx) + 1, len(ids))]).double()
+        assert abs(result.distance_with_example[i, 0] - float(torch.sqrt(torch.mean((1 - p) ** 2)))) < 1e-5

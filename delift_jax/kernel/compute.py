@@ -136,6 +136,10 @@ def utility_kernel(model, tokenizer, targets: Sequence[Example], candidates: Seq
     if seqs.n_empty_responses:
         warnings.warn(f"{seqs.n_empty_responses} responses tokenize to nothing; only their final EOS is scored",
                       stacklevel=2)
+    n_truncated_targets = sum(s.context_dropped > 0 for s in seqs.no_example)
+    if n_truncated_targets:
+        warnings.warn(f"{n_truncated_targets} targets exceed max_length={config.max_length} without an example; "
+                      "their contexts are truncated from the left (scored tokens are kept)", stacklevel=2)
 
     top_k = None
     if config.top_k is not None:
@@ -181,17 +185,21 @@ def utility_kernel(model, tokenizer, targets: Sequence[Example], candidates: Seq
     pair_scorer = PairScorer(model, config, mesh=mesh)
     bar = _pair_bar(sum(e - s for b, (s, e) in enumerate(blocks) if b in mine), progress)
     started = time.perf_counter()
-    n_full = 0
+    n_full = n_truncated_pairs = 0
     for b in mine:
         start, end = blocks[b]
         block_pairs = pairs[start:end]
         full = full_sequences_for(tokenizer, targets, candidate_list, block_pairs, seqs, config)
         n_full += len(full)
+        n_truncated_pairs += sum(seq.context_dropped > 0 for seq in full.values())
         rms, logp = pair_scorer.score(block_pairs, seqs, full, on_progress=bar.update)
         _check_finite(logp, f"block {b}")
         store.write_block(b, block_pairs, rms, logp)
     bar.close()
     elapsed = time.perf_counter() - started
+    if n_truncated_pairs:
+        _log(f"{n_truncated_pairs} pairs exceeded max_length={config.max_length}: their contexts (demonstration "
+             "first) were truncated from the left; scored tokens were kept", True)
 
     if process != 0:
         return None
@@ -200,6 +208,8 @@ def utility_kernel(model, tokenizer, targets: Sequence[Example], candidates: Seq
         "pairs_computed_now": int(sum(blocks[b][1] - blocks[b][0] for b in mine)),
         "seconds_computing_pairs": round(elapsed, 3),
         "pairs_without_prefix_reuse_now": n_full,
+        "pairs_truncated_now": n_truncated_pairs,
+        "targets_truncated": int(n_truncated_targets),
         "estimate": dataclasses.asdict(estimate),
     })
 
