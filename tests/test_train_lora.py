@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from delift_jax.errors import DeliftError
-from delift_jax.train import LoRAConfig, TrainConfig, apply_lora, finetune, merge_lora, merged_copy
+from delift_jax.train import LoRAConfig, TrainConfig, apply_lora, finetune, merged_copy
 from delift_jax.train.lora import lora_modules
 from delift_jax.train.optim import decays, learning_rate_schedule, make_optimizer
 from examples import EXAMPLES

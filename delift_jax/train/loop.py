@@ -128,6 +128,8 @@ def finetune(model, tokenizer, examples: Sequence[Example], config: TrainConfig 
             metrics = {k: np.asarray(v).item() for k, v in metrics.items()}
             seconds += time.perf_counter() - t0
             if not metrics["finite"]:
+                if checkpointer is not None:
+                    checkpointer.wait()  # an asynchronous save of the last good step finishes first
                 kept = checkpointer.latest_step() if checkpointer is not None else None
                 where = (f"the last good checkpoint (step {kept}) is kept in {checkpointer.directory}"
                          if kept is not None else "no checkpoint was written")
