@@ -20,6 +20,7 @@ COMMANDS = {
     "score": ("delift_jax.commands.score", "score responses teacher-forced with a model; print per-example distances"),
     "kernel": ("delift_jax.kernel.command", "compute the DELIFT utility kernel into a resumable directory"),
     "select": ("delift_jax.select.command", "pick a subset from a kernel with submodular maximization"),
+    "finetune": ("delift_jax.train.command", "fine-tune a model (LoRA or full) on a dataset or a selected subset"),
 }
 
 
