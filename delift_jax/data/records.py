@@ -22,14 +22,14 @@ def alpaca_prompt(instruction: str, input_text: str = "") -> str:
 
 
 def example_from_record(record: Mapping, row: int = 0) -> Example:
-    """An ``Example`` from an Alpaca (instruction/input/output) or prompt/response record.
+    """An ``Example`` from one record of any format ``delift_jax.data.fields`` detects (Alpaca, prompt/response or
+    prompt/completion, question/answer(/options), ShareGPT conversations).
 
-    Alpaca responses get the authors' leading space (``" {output}"``); prompt/response records are taken as is.
+    Alpaca and question/answer responses get the authors' leading space (``" {output}"``); prompt/response records
+    are taken as is.
     """
-    if "instruction" in record and "output" in record:
-        return Example(alpaca_prompt(str(record["instruction"]), str(record.get("input") or "")),
-                       f" {record['output']}")
-    if "prompt" in record and "response" in record:
-        return Example(str(record["prompt"]), str(record["response"]))
-    raise DataError(f"record {row} has fields {sorted(record)}; expected instruction/input/output (Alpaca) "
-                    "or prompt/response")
+    from delift_jax.data.fields import resolve_mapping  # fields imports this module
+
+    if not isinstance(record, Mapping):
+        raise DataError(f"record {row} is a {type(record).__name__}, expected an object with named fields")
+    return resolve_mapping(record)(record, row)
