@@ -66,8 +66,11 @@ def mean_log_prob(logp: np.ndarray) -> float:
     return float(np.mean(logp)) if logp.size else 0.0
 
 
-def target_logprobs(model, hidden_brd: jax.Array, target_br: jax.Array, chunk: int) -> jax.Array:
-    """log softmax(logits)[target] for ``[b, r, d]`` hidden states, ``chunk`` positions at a time (float32)."""
+def target_logprobs(model, hidden_brd: jax.Array, target_br: jax.Array, chunk: int, *,
+                    remat: bool = False) -> jax.Array:
+    """log softmax(logits)[target] for ``[b, r, d]`` hidden states, ``chunk`` positions at a time (float32).
+
+    remat: recompute each chunk's logits in the backward pass instead of keeping them (for training)."""
     b, r, d = hidden_brd.shape
     n = b * r
     c = min(chunk, n)
@@ -75,13 +78,14 @@ def target_logprobs(model, hidden_brd: jax.Array, target_br: jax.Array, chunk: i
     flat_h = jnp.pad(hidden_brd.reshape(n, d), ((0, pad), (0, 0))).reshape(-1, c, d)
     flat_t = jnp.pad(target_br.reshape(n), (0, pad)).reshape(-1, c)
 
-    def chunk_logprobs(args):
-        h_cd, t_c = args
+    def chunk_logprobs(h_cd, t_c):
         logits_cv = model.logits(h_cd)
         picked = jnp.take_along_axis(logits_cv, t_c[:, None], axis=-1)[:, 0]
         return picked - jax.nn.logsumexp(logits_cv, axis=-1)
 
-    return jax.lax.map(chunk_logprobs, (flat_h, flat_t)).reshape(-1)[:n].reshape(b, r)
+    if remat:
+        chunk_logprobs = jax.checkpoint(chunk_logprobs)
+    return jax.lax.map(lambda args: chunk_logprobs(*args), (flat_h, flat_t)).reshape(-1)[:n].reshape(b, r)
 
 
 def _response_logprobs(graphdef, mesh, chunk, state, tokens, valid, score_index, score_target):

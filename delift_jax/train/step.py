@@ -26,6 +26,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from delift_jax.scoring import target_logprobs
 from delift_jax.sharding import DATA_AXIS, replicate
 from delift_jax.train.lora import set_dropout
 
@@ -77,20 +78,7 @@ def split_model(model, trainable=nnx.Param) -> tuple[ModelSplit, dict, Any]:
 
 def chunked_target_logprobs(model, hidden_brd, target_br, chunk: int):
     """log softmax(logits)[target] at ``[b, r]`` positions, ``chunk`` at a time, rematerialized for the backward."""
-    b, r, d = hidden_brd.shape
-    n = b * r
-    c = min(chunk, n)
-    pad = (-n) % c
-    flat_h = jnp.pad(hidden_brd.reshape(n, d), ((0, pad), (0, 0))).reshape(-1, c, d)
-    flat_t = jnp.pad(target_br.reshape(n), (0, pad)).reshape(-1, c)
-
-    @jax.checkpoint
-    def one_chunk(h_cd, t_c):
-        logits_cv = model.logits(h_cd)
-        picked = jnp.take_along_axis(logits_cv, t_c[:, None], axis=-1)[:, 0]
-        return picked - jax.nn.logsumexp(logits_cv, axis=-1)
-
-    return jax.lax.map(lambda args: one_chunk(*args), (flat_h, flat_t)).reshape(-1)[:n].reshape(b, r)
+    return target_logprobs(model, hidden_brd, target_br, chunk, remat=True)
 
 
 def nll_sum(model, batch: dict, logits_chunk: int) -> tuple[jax.Array, jax.Array]:
