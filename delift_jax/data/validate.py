@@ -51,7 +51,7 @@ class DataReport:
             action = ("removed, first copy kept (dedupe)" if self.deduplicated
                       else "kept; pass dedupe=True to remove them")
             lines.append(f"{self.source}: {self.n_duplicates} duplicate examples (identical prompt and response) in "
-                         f"{len(self.duplicate_groups)} groups, e.g. rows {', '.join(map(str, first[1:4]))} repeat "
+                         f"{len(self.duplicate_groups)} group(s), e.g. rows {', '.join(map(str, first[1:4]))} repeat "
                          f"row {first[0]}; {action}")
         return lines
 
