@@ -44,32 +44,14 @@ def shortest_examples(n):
 
 
 def torch_pair_distances(torch_model, sequences, batch, dtype):
-    """The authors' procedure: full sequences sorted by length, batches of ``batch``, full logits, softmax in
-    float32, gather at the scored tokens. Returns per-pair RMS distances and the seconds it took."""
-    import torch
+    """The authors' procedure (bench_scoring's torch reference: full sequences sorted by length, batches of
+    ``batch``, full logits, float32 log-softmax at the scored tokens). Returns per-pair RMS distances and seconds."""
+    from bench_scoring import torch_logprobs  # scripts/ is on sys.path when a script runs
 
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    rms = np.zeros(len(sequences))
     start = time.perf_counter()
-    with torch.no_grad():
-        for s in range(0, len(order), batch):
-            rows = order[s:s + batch]
-            width = max(len(sequences[i]) for i in rows)
-            ids = torch.zeros((len(rows), width), dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for r, i in enumerate(rows):
-                ids[r, :len(sequences[i])] = torch.as_tensor(sequences[i].tokens)
-                mask[r, :len(sequences[i])] = 1
-            logits = torch_model(input_ids=ids, attention_mask=mask).logits
-            probs = torch.softmax(logits.float(), dim=-1)
-            for r, i in enumerate(rows):
-                seq = sequences[i]
-                n = len(seq)
-                positions = torch.arange(n - seq.n_scored - 1, n - 1)
-                targets = torch.as_tensor(seq.tokens[n - seq.n_scored:]).long()
-                p = probs[r, positions, targets].double()
-                rms[i] = float(torch.sqrt(torch.mean((1 - p) ** 2)))
-    return rms, time.perf_counter() - start
+    logps = torch_logprobs(torch_model, sequences, batch, dtype)
+    seconds = time.perf_counter() - start
+    return np.array([np.sqrt(np.mean((1 - np.exp(lp.astype(np.float64))) ** 2)) for lp in logps]), seconds
 
 
 def main():
