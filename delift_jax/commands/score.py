@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from delift_jax.data.sources import add_data_arguments
 from delift_jax.models.loading import DEFAULT_MODEL
 
 
@@ -20,12 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="compute dtype (softmax and log-probs stay float32)")
+    add_data_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
 
-    from delift_jax.data.sources import load_examples
+    from delift_jax.data.sources import data_options, load_examples
     from delift_jax.errors import DataError
     from delift_jax.models import load_model
     from delift_jax.scoring import ScoringConfig, score_examples
@@ -34,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"--limit {args.limit} must be at least 1")
     config = ScoringConfig(max_length=args.max_length, max_response_tokens=args.max_response_tokens,
                            batch_size=args.batch_size)
-    examples = load_examples(args.data, limit=args.limit)
+    examples = load_examples(args.data, limit=args.limit, **data_options(args))
     model, tokenizer, _ = load_model(args.model, dtype=getattr(jnp, args.dtype))
     table = score_examples(model, tokenizer, examples, config, progress=True)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from delift_jax.kernel.config import DISTANCES, NORMALIZATIONS
+from delift_jax.data.sources import add_data_arguments
 from delift_jax.models.loading import DEFAULT_MODEL
 
 
@@ -40,13 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--process-id); every process writes its share of blocks into the same --out")
     parser.add_argument("--num-processes", type=int, default=1)
     parser.add_argument("--process-id", type=int, default=0)
+    add_data_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     import jax
     import jax.numpy as jnp
 
-    from delift_jax.data.sources import load_examples
+    from delift_jax.data.sources import data_options, load_examples
     from delift_jax.kernel import KernelConfig, utility_kernel
     from delift_jax.models import load_model
 
@@ -57,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
                           exclude_diagonal=args.exclude_diagonal, max_length=args.max_length,
                           max_response_tokens=args.max_response_tokens, batch_size=args.batch_size,
                           block_pairs=args.block_pairs, top_k=args.top_k)
-    pool = load_examples(args.data, limit=args.limit)
-    targets = load_examples(args.targets, limit=args.limit) if args.targets else pool
+    pool = load_examples(args.data, limit=args.limit, **data_options(args))
+    targets = load_examples(args.targets, limit=args.limit, **data_options(args)) if args.targets else pool
     candidates = pool if args.targets else None
     model, tokenizer, _ = load_model(args.model, dtype=getattr(jnp, args.dtype))
     try:
