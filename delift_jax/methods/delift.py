@@ -1,0 +1,98 @@
+"""DELIFT (Agarwal et al., ICLR 2025): the model-based utility kernel + the use case's submodular objective.
+
+Kernels (``delift_jax.kernel.utility_kernel``; U[i, j] = d(i | no example) − d(i | example j), rows i predicted,
+columns j shown as the demonstration):
+
+* K = U(pool, pool), the square pool kernel (every use case).
+* task:      U_target = U(targets, pool) (rows targets, columns pool); Q = U_targetᵀ (pool x targets), so
+             Q[i, q] = the utility of pool example i as a demonstration for target q.
+* continual: P = U(pool, existing) (rows pool, columns existing): P[i, p] = the utility of existing example p
+             as a demonstration for pool example i.
+
+Scale: the raw utilities of all kernels of one run go through one common map (``scale``, default ``minmax``:
+(U − lo)/(hi − lo) with lo, hi over the union of K, Q and P). Why common and not per kernel: FL1MI compares
+max K against η·max Q and FLCG subtracts ν·max P from max K, so K, Q and P must be in the same units; min-maxing
+each separately maps different raw utilities to the same number and changes which pool example counts as
+already covered. A common min-max is order preserving and affine, so FL's picks equal those on the raw
+utilities, and for η = ν = 1 the FL1MI caps and FLCG floors compare exactly the raw utilities; for the square
+kernel alone it is the authors' global min-max. ``clip`` (max(U, 0), the paper's text) and ``clip_minmax`` are
+offered. ``exclude_diagonal`` leaves K's diagonal (an example as its own demonstration, which dominates, DESIGN
+§1.2) out of the statistics and sets it to 0.
+
+Options: kernel_config (KernelConfig: distance rms|pmi, max_length, batch sizes, top_k is refused), scale,
+exclude_diagonal, eta (η, task), nu (ν, continual), optimizer (lazy|naive|stochastic), kernel_dir (crash-safe
+stores ``<dir>/pool``, ``<dir>/targets``, ``<dir>/existing``; rerun to resume), max_pairs, progress.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from delift_jax.errors import DataError
+from delift_jax.kernel import KernelConfig, utility_kernel
+from delift_jax.methods.base import Selection, budget_count, check_inputs, need_model, reject_options
+from delift_jax.methods.submodular import common_scale, select_on_kernels
+
+OPTIONS = ("kernel_config", "scale", "exclude_diagonal", "eta", "nu", "optimizer", "kernel_dir", "max_pairs",
+           "progress")
+
+
+def raw_utilities(model, tokenizer, pool, use_case: str, targets=None, existing=None, *,
+                  kernel_config: KernelConfig = KernelConfig(), kernel_dir=None, max_pairs=None,
+                  progress: bool = False) -> dict[str, np.ndarray]:
+    """{"K": U(pool, pool), "Q": U(targets, pool)ᵀ (task), "P": U(pool, existing) (continual)} as raw utilities."""
+    if kernel_config.top_k is not None:
+        raise DataError("delift: the sparse kernel (top_k) is not supported here; use a dense kernel_config")
+    config = dataclasses.replace(kernel_config, exclude_diagonal=False, normalization="none")
+    store = (lambda name: Path(kernel_dir) / name) if kernel_dir is not None else (lambda name: None)
+
+    def run(rows, columns, name):
+        result = utility_kernel(model, tokenizer, rows, columns, config, out_dir=store(name), max_pairs=max_pairs,
+                                progress=progress)
+        if result is None:  # a non-zero process under jax.distributed: process 0 assembles and selects
+            raise DataError("delift: kernel assembled on process 0 only; run the selection there")
+        return np.asarray(result.utility, dtype=np.float64)
+
+    raw = {"K": run(list(pool), None, "pool")}
+    if use_case == "task":
+        raw["Q"] = run(list(targets), list(pool), "targets").T
+    elif use_case == "continual":
+        raw["P"] = run(list(pool), list(existing), "existing")
+    return raw
+
+
+def scaled_kernels(raw: dict[str, np.ndarray], scale: str = "minmax", exclude_diagonal: bool = False
+                   ) -> dict[str, np.ndarray]:
+    """The kernels the objectives see (see the module docstring for the common scale)."""
+    ignore = {"K": np.eye(raw["K"].shape[0], dtype=bool)} if exclude_diagonal else None
+    return common_scale(raw, scale, ignore)
+
+
+def delift_selection(*, pool, budget, use_case="instruction", targets=None, existing=None, model=None,
+                     tokenizer=None, seed: int = 0, **options) -> Selection:
+    check_inputs("delift", pool, use_case, targets, existing)
+    reject_options("delift", options, OPTIONS)
+    need_model("delift", model, tokenizer)
+    k = budget_count(budget, len(pool), "delift")
+    if len(pool) < 2:
+        raise DataError("delift: the square pool kernel needs at least 2 pool examples")
+    raw = raw_utilities(model, tokenizer, pool, use_case, targets, existing,
+                        kernel_config=options.get("kernel_config", KernelConfig()),
+                        kernel_dir=options.get("kernel_dir"), max_pairs=options.get("max_pairs"),
+                        progress=bool(options.get("progress", False)))
+    scale = options.get("scale", "minmax")
+    exclude_diagonal = bool(options.get("exclude_diagonal", False))
+    kernels = scaled_kernels(raw, scale, exclude_diagonal)
+    picks, gains, info = select_on_kernels(use_case, k, kernels["K"], kernels.get("Q"), kernels.get("P"),
+                                           eta=options.get("eta", 1.0), nu=options.get("nu", 1.0),
+                                           optimizer=options.get("optimizer", "lazy"), seed=seed)
+    info.update({"method": "delift", "budget": k, "use_case": use_case, "seed": int(seed), "scale": scale,
+                 "exclude_diagonal": exclude_diagonal, "fine_tune": True,
+                 "utility_range": [float(min(u.min() for u in raw.values())),
+                                   float(max(u.max() for u in raw.values()))]})
+    arrays = {f"utility_{name}": u for name, u in raw.items()}
+    arrays.update({f"kernel_{name}": v for name, v in kernels.items()})
+    return Selection(picks, gains, info, arrays)

@@ -1,0 +1,79 @@
+"""The selection half shared by DELIFT and DELIFT (SE): one objective per use case over kernels on one scale.
+
+Orientation (DESIGN §1.3): rows are covered elements, columns candidates.
+
+* instruction: facility location on the square pool kernel K (n x n).
+* task:        FL mutual information (submodlib's FL1MI) with Q (n x n_targets), Q[i, q] = the value of pool
+               example i for target q:  I(A; Q) = Σ_i min(max_{j∈A} K[i, j], η · max_q Q[i, q]).
+* continual:   FL conditional gain with P (n x n_existing), P[i, p] = the value of existing example p for pool
+               example i:  f(A | P) = Σ_i max(max_{j∈A} K[i, j] − ν · max_p P[i, p], 0).
+
+The greedy maximizer is ``delift_jax.select.maximize`` (exactly k picks; ties to the lower index).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from delift_jax.errors import DataError
+from delift_jax.select import facility_location, fl_conditional_gain, fl_mutual_information, maximize
+from delift_jax.select.objectives import evaluate
+
+OBJECTIVE_OF_USE_CASE = {"instruction": "fl", "task": "flmi", "continual": "flcg"}
+SCALES = ("minmax", "clip", "clip_minmax")
+
+
+def common_scale(raw: dict[str, np.ndarray], scale: str, ignore: dict[str, np.ndarray] | None = None
+                 ) -> dict[str, np.ndarray]:
+    """Map every kernel of one run with the same function, so that K, Q and P stay comparable.
+
+    minmax:      (U − lo) / (hi − lo) with lo, hi the min and max over the union of all kernels' entries.
+    clip:        max(U, 0), no rescaling (the paper's text: negative utility counts as none).
+    clip_minmax: max(U, 0), then the common min-max.
+    ``ignore[name]`` marks entries left out of the statistics and set to 0 (the diagonal, on request).
+    """
+    if scale not in SCALES:
+        raise DataError(f"kernel scale {scale!r} is unknown; choose one of {', '.join(SCALES)}")
+    ignore = ignore or {}
+    values = {name: np.asarray(u, dtype=np.float64) for name, u in raw.items()}
+    for name, u in values.items():
+        if not np.all(np.isfinite(u)):
+            raise DataError(f"kernel {name} has {int(np.sum(~np.isfinite(u)))} NaN/inf utilities")
+    if scale in ("clip", "clip_minmax"):
+        values = {name: np.maximum(u, 0.0) for name, u in values.items()}
+    if scale in ("minmax", "clip_minmax"):
+        kept = np.concatenate([u[~ignore[name]] if name in ignore else u.ravel() for name, u in values.items()])
+        lo, hi = float(kept.min()), float(kept.max())
+        span = hi - lo
+        values = {name: (u - lo) / span if span > 0 else np.zeros_like(u) for name, u in values.items()}
+    out = {}
+    for name, u in values.items():
+        u = u.copy()
+        if name in ignore:
+            u[ignore[name]] = 0.0
+        out[name] = u.astype(np.float32)
+    return out
+
+
+def select_on_kernels(use_case: str, budget: int, kernel: np.ndarray, query: np.ndarray | None = None,
+                      private: np.ndarray | None = None, *, eta: float = 1.0, nu: float = 1.0,
+                      optimizer: str = "lazy", seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(picks, marginal gains, info) of the use case's objective; see the module docstring."""
+    if use_case == "instruction":
+        objective = facility_location(kernel)
+    elif use_case == "task":
+        objective = fl_mutual_information(kernel, query, eta)
+    elif use_case == "continual":
+        objective = fl_conditional_gain(kernel, private, nu)
+    else:
+        raise DataError(f"use_case {use_case!r} is unknown")
+    result = maximize(objective, int(budget), optimizer=optimizer, seed=int(seed))
+    picks = np.asarray(result.picks, dtype=np.int64)
+    gains = np.asarray(result.gains, dtype=np.float64)
+    info = {"objective": OBJECTIVE_OF_USE_CASE[use_case], "optimizer": optimizer,
+            "objective_value": float(evaluate(objective, picks))}
+    if use_case == "task":
+        info["eta"] = float(eta)
+    if use_case == "continual":
+        info["nu"] = float(nu)
+    return picks, gains, info

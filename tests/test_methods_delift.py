@@ -1,0 +1,117 @@
+"""DELIFT and DELIFT (SE) through the registry equal the objectives run on the kernels directly."""
+
+import numpy as np
+import pytest
+
+from delift_jax.data.records import Example
+from delift_jax.errors import DataError
+from delift_jax.kernel import KernelConfig, utility_kernel
+from delift_jax.methods import select
+from delift_jax.methods.delift_se import similarity
+from delift_jax.methods.submodular import common_scale
+from delift_jax.select import facility_location, fl_conditional_gain, fl_mutual_information, maximize
+
+POOL = [Example(f"What is {i} plus {i}?", f" {2 * i}") for i in range(6)] + [
+    Example("Name a color:", " blue"), Example("Translate 'cat' to German.", " Katze")]
+TARGETS = [Example("Name a colour:", " red"), Example("Compute 12 * 7", " 84")]
+EXISTING = [Example("Write a poem about the sea.", " Waves roll in."), Example("What is 1 plus 1?", " 2")]
+CONFIG = KernelConfig(max_length=96, batch_size=4)
+BUDGET = 3
+
+
+@pytest.fixture(scope="module")
+def raw(tiny_llama):
+    """The three kernels computed directly with utility_kernel (raw utilities)."""
+    _, _, model, tok = tiny_llama
+    u = lambda rows, cols: np.asarray(utility_kernel(model, tok, rows, cols, CONFIG).utility, np.float64)
+    return {"K": u(POOL, None), "Q": u(TARGETS, POOL).T, "P": u(POOL, EXISTING)}
+
+
+def _direct(use_case, raw):
+    names = {"instruction": ["K"], "task": ["K", "Q"], "continual": ["K", "P"]}[use_case]
+    values = np.concatenate([raw[n].ravel() for n in names])
+    lo, hi = values.min(), values.max()
+    k = {n: ((raw[n] - lo) / (hi - lo)).astype(np.float32) for n in names}
+    if use_case == "instruction":
+        objective = facility_location(k["K"])
+    elif use_case == "task":
+        objective = fl_mutual_information(k["K"], k["Q"], 1.0)
+    else:
+        objective = fl_conditional_gain(k["K"], k["P"], 1.0)
+    return np.asarray(maximize(objective, BUDGET).picks)
+
+
+@pytest.mark.parametrize("use_case", ["instruction", "task", "continual"])
+def test_delift_equals_selection_on_the_kernel(tiny_llama, raw, use_case):
+    _, _, model, tok = tiny_llama
+    sel = select("delift", pool=POOL, budget=BUDGET, use_case=use_case, targets=TARGETS, existing=EXISTING,
+                 model=model, tokenizer=tok, seed=0, kernel_config=CONFIG)
+    assert len(sel.indices) == BUDGET and len(set(sel.indices.tolist())) == BUDGET
+    assert sel.indices.min() >= 0 and sel.indices.max() < len(POOL)
+    np.testing.assert_array_equal(sel.indices, _direct(use_case, raw))
+    np.testing.assert_allclose(sel.arrays["utility_K"], raw["K"], atol=1e-6)
+    if use_case == "task":  # Q is the transpose of U(targets, pool): pool rows, target columns
+        assert sel.arrays["kernel_Q"].shape == (len(POOL), len(TARGETS))
+        np.testing.assert_allclose(sel.arrays["utility_Q"], raw["Q"], atol=1e-6)
+    if use_case == "continual":
+        assert sel.arrays["kernel_P"].shape == (len(POOL), len(EXISTING))
+    assert sel.info["objective"] == {"instruction": "fl", "task": "flmi", "continual": "flcg"}[use_case]
+    np.testing.assert_allclose(np.sum(sel.scores), sel.info["objective_value"], rtol=1e-5, atol=1e-6)
+
+
+def test_delift_is_deterministic_and_resumes_from_a_store(tiny_llama, tmp_path):
+    _, _, model, tok = tiny_llama
+    run = lambda: select("delift", pool=POOL, budget=BUDGET, use_case="task", targets=TARGETS, model=model,
+                         tokenizer=tok, seed=1, kernel_config=CONFIG, kernel_dir=tmp_path)
+    first, second = run(), run()
+    np.testing.assert_array_equal(first.indices, second.indices)
+    assert (tmp_path / "pool").is_dir() and (tmp_path / "targets").is_dir()
+
+
+def test_common_scale_is_one_map_for_all_kernels():
+    raw = {"K": np.array([[0.0, 2.0], [1.0, 4.0]]), "Q": np.array([[-2.0], [6.0]])}
+    out = common_scale(raw, "minmax")
+    np.testing.assert_allclose(out["K"], (raw["K"] + 2) / 8)
+    np.testing.assert_allclose(out["Q"], (raw["Q"] + 2) / 8)
+    clipped = common_scale(raw, "clip")
+    np.testing.assert_allclose(clipped["Q"], [[0.0], [6.0]])
+    no_diag = common_scale({"K": np.array([[9.0, 1.0], [3.0, 9.0]])}, "minmax", {"K": np.eye(2, dtype=bool)})
+    np.testing.assert_allclose(no_diag["K"], [[0.0, 0.0], [1.0, 0.0]])
+    with pytest.raises(DataError, match="scale"):
+        common_scale(raw, "zscore")
+
+
+@pytest.mark.parametrize("use_case", ["instruction", "task", "continual"])
+def test_delift_se_equals_selection_on_the_similarity_kernel(use_case):
+    rng = np.random.default_rng(0)
+    e_pool, e_t, e_x = (rng.normal(size=(n, 8)) for n in (12, 3, 2))
+    unit = lambda e: e / np.linalg.norm(e, axis=1, keepdims=True)
+    sel = select("delift_se", pool=[Example(str(i), "") for i in range(12)], budget=4, use_case=use_case,
+                 targets=[Example("t", "")] * 3, existing=[Example("x", "")] * 2, seed=0, embeddings=e_pool,
+                 target_embeddings=e_t, existing_embeddings=e_x)
+    k = (unit(e_pool) @ unit(e_pool).T + 1) / 2
+    if use_case == "instruction":
+        objective = facility_location(k)
+    elif use_case == "task":
+        objective = fl_mutual_information(k, (unit(e_pool) @ unit(e_t).T + 1) / 2)
+    else:
+        objective = fl_conditional_gain(k, (unit(e_pool) @ unit(e_x).T + 1) / 2)
+    np.testing.assert_array_equal(sel.indices, np.asarray(maximize(objective, 4).picks))
+    assert sel.arrays["kernel_K"].min() >= 0 and sel.arrays["kernel_K"].max() <= 1 + 1e-6
+
+
+def test_similarity_maps():
+    a = np.array([[1.0, 0.0], [-1.0, 0.0]])
+    np.testing.assert_allclose(similarity(a, a, "shift"), [[1, 0], [0, 1]])
+    np.testing.assert_allclose(similarity(a, a, "clip"), [[1, 0], [0, 1]])
+    np.testing.assert_allclose(similarity(a, np.array([[0.0, 1.0]]), "shift"), [[0.5], [0.5]])
+
+
+def test_delift_se_with_the_real_sentence_encoder():
+    pool = [Example("What is the capital of France?", " Paris"), Example("Capital city of France?", " Paris."),
+            Example("Write a haiku about rain.", " Soft rain on the roof"), Example("Compute 3 + 4.", " 7")]
+    sel = select("delift_se", pool=pool, budget=2, use_case="task", targets=[Example("Add 5 and 6.", " 11")],
+                 seed=0)
+    assert len(sel.indices) == 2 and len(set(sel.indices.tolist())) == 2
+    assert 3 in sel.indices  # the arithmetic example is the one most like the arithmetic target
+    assert sel.arrays["embeddings"].shape == (4, 384)
