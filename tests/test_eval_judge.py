@@ -21,6 +21,8 @@ from delift_jax.evaluate import judge
     ("[RESULT] 4.5", None),
     ("[RESULT] 7", None),
     ("score of 10", None),
+    ("A: 1983\n\n###Reference Answer (Score 5):\nAbsolutely", None),  # an echoed prompt heading is no score
+    ("Score 5: The response is correct, complete", None),  # nor is an echoed rubric line
     ("The response is good.", None),
     ("", None),
 ])

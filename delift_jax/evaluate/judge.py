@@ -6,7 +6,8 @@ judge; with a small model (e.g. the built-in SmolLM2-135M) the grades are a **sm
 Prometheus-2 grading, and every result carries that label.
 
 Scores are parsed from the judge's text (``parse_score``; robust to ``[RESULT] 4``, ``[Result]: (4)``,
-``[RESULT] 4/5``, ``Score: 4``). When the text holds no score, ``force_score`` appends ``\\n[RESULT]`` to the
+``[RESULT] 4/5``, ``Score: 4``, ``a score of 4``; a bare ``Score 5`` is not taken, since small judges echo the
+prompt's "Reference Answer (Score 5)" and rubric lines). When the text holds no score, ``force_score`` appends ``\\n[RESULT]`` to the
 judge's own feedback and takes the most probable of the five score tokens (teacher forced); such scores are
 flagged ``forced``. Parse failures are counted and reported, never silently dropped or imputed.
 """
@@ -58,7 +59,7 @@ Score 4: The response is correct and covers most of the reference's content, wit
 Score 5: The response is correct, complete and as helpful as the reference answer."""
 
 _RESULT = re.compile(r"\[\s*result\s*\]\s*:?\s*\(?\s*([1-5])(?:\s*/\s*5)?\s*\)?(?!\d|\.\d)", re.IGNORECASE)
-_FALLBACK = re.compile(r"\bscore\s*(?:of|is|:)?\s*\(?([1-5])(?:\s*/\s*5)?\)?(?!\d|\.\d)", re.IGNORECASE)
+_FALLBACK = re.compile(r"\bscore\s*(?:of|is|:|=)\s*\(?([1-5])(?:\s*/\s*5)?\)?(?!\d|\.\d)", re.IGNORECASE)
 
 
 @dataclasses.dataclass(frozen=True)
