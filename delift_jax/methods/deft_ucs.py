@@ -6,8 +6,9 @@ Rule as implemented (the paper's Algorithm "UCS", with its per-cluster quota A a
 2. k-means with ``n_clusters`` clusters (default 7, at most n), seeded k-means++ and Lloyd iterations, best of
    ``n_init`` restarts (``kmeans.py``); d_i = Euclidean distance of e_i to its cluster's centroid.
 3. Quota: the budget is split evenly over the clusters, A_c = ⌊k / C⌋, the remainder one each to the largest
-   clusters (ties: lower cluster id); a cluster smaller than its quota gives all its members and its unused
-   quota is re-split the same way over the others (so exactly k examples are chosen whenever k ≤ n).
+   clusters (ties: lower cluster id); a cluster smaller than its quota gives all its members and the unused
+   quota is re-split the same way over the clusters that still have unchosen members (most unchosen first),
+   so exactly k examples are chosen whenever k ≤ n.
 4. Inside cluster c: the ⌊α·A_c + ½⌋ ("round half up") members closest to the centroid (easy) and the remaining
    A_c − easy members farthest from it (hard), with α = ``easy_fraction`` and β = 1 − α. The paper's weights
    are fractions of the per-cluster quota; α + β = 1 here so that the quota is met exactly. Default α = 0

@@ -44,7 +44,7 @@ def given_embeddings(name: str, options: dict, key: str, n: int) -> np.ndarray |
     value = options.get(key)
     if value is None:
         return None
-    value = np.asarray(value, dtype=np.float32)
+    value = np.asarray(value, dtype=np.float64)
     if value.ndim != 2 or value.shape[0] != n:
         raise DataError(f"{name}: {key} has shape {value.shape}; expected ({n}, d)")
     return value
