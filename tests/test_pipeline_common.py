@@ -96,8 +96,8 @@ def check_run(out: Path, results: dict, pool_records: list[dict], methods, schem
         entry = results["methods"][name]
         assert f"| {name} |" in table
         metrics = entry["metrics"]
-        for key in ("rouge1", "rougeL", "token_nll", "perplexity"):
-            assert key in metrics, (name, key)
+        for metric in ("rouge1", "rougeL", "token_nll", "perplexity"):
+            assert metric in metrics, (name, metric)
         assert metrics["n"] == results["splits"]["test"] == len(test)
         directory = out / entry["directory"]
         indices = np.load(directory / "indices.npy")
