@@ -35,13 +35,14 @@ def ifbench_file(path: Path, n: int) -> Path:
     return path
 
 
-def run_command(argv: list[str], fast: bool = True) -> tuple[dict, str]:
-    """Run ``delift run`` through its module's ``add_arguments``/``run``; (results.json, stdout)."""
+def run_command(argv: list[str], fast: bool = True, after: list[str] = ()) -> tuple[dict, str]:
+    """Run ``delift run`` through its module's ``add_arguments``/``run``; (results.json, stdout). ``after``
+    overrides the FAST settings."""
     from delift_jax.pipeline import command
 
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)
-    args = parser.parse_args(argv + (FAST if fast else []))
+    args = parser.parse_args(argv + (FAST if fast else []) + list(after))
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         assert command.run(args) == 0
