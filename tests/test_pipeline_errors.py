@@ -71,3 +71,17 @@ def test_target_for_instruction_is_a_warning(tiny_llama, tmp_path, capsys):
     assert results["warnings"] == ["--target is used by the task use case only; ignored for instruction"]
     assert results["inputs"]["target"] is None and "warning: --target" in stdout
     assert json.loads((tmp_path / "run" / "results.json").read_text())["methods"]["initial"]["selected"] == 0
+
+
+def test_config_parsing():
+    from delift_jax.errors import DataError
+    from delift_jax.pipeline.config import RunConfig, parse_budget
+
+    assert parse_budget("0.3") == 0.3 and parse_budget("30") == 30 and parse_budget("1.0") == 1.0
+    config = RunConfig(methods="DELIFT (SE),random,Random", budget=5)
+    assert config.methods == ("delift_se", "random") and config.budget == 5
+    json.dumps(config.to_dict())
+    for bad in ({"split": (0.5, 0.5, 0.0)}, {"split": (0.5, 0.2, 0.2)}, {"use_case": "other"}, {"budget": True},
+                {"metrics": "rouge,bleu"}, {"method_options": {"less": {}}}, {"limit": 0}):
+        with pytest.raises(DataError):
+            RunConfig(**bad)

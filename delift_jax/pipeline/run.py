@@ -68,8 +68,8 @@ def load_source(source: str, limit: int | None, what: str, data_options: dict | 
     from delift_jax.data.formats import read_table
 
     options = dict(data_options or {})
-    if source in BUILTIN_DATASETS:
-        options.pop("fields", None)  # field mapping applies to data files only
+    if source in BUILTIN_DATASETS and options.get("fields") is None:
+        options.pop("fields", None)
     try:
         loaded = load_dataset(str(source), limit, **options)
         records = rows = None
