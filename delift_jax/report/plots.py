@@ -1,0 +1,111 @@
+"""Headless matplotlib figures (``matplotlib.figure.Figure`` + the Agg canvas; pyplot's global state is never
+touched, so these work in scripts, tests and notebooks alike). Each function returns the Figure and, given a
+path, also writes a PNG there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+def _figure(width: float = 6.0, height: float = 4.0):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path) -> None:
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, format="png", bbox_inches="tight")
+
+
+def plot_metric_vs_budget(rows: Sequence[Mapping], metric: str, path=None, title: str | None = None):
+    """One line per method: the mean of ``metric`` over seeds against the budget, std over seeds as error bars."""
+    from delift_jax.report.tables import summarize
+
+    summary = summarize([r for r in rows if r["metric"] == metric]).get(metric, {})
+    fig = _figure()
+    ax = fig.add_subplot(1, 1, 1)
+    for method, cells in summary.items():
+        budgets = sorted(cells)
+        means = [cells[b][0] for b in budgets]
+        stds = [cells[b][1] for b in budgets]
+        ax.errorbar(budgets, means, yerr=stds, marker="o", capsize=3, label=method)
+    ax.set_xlabel("budget (fraction of the selection pool)")
+    ax.set_ylabel(metric)
+    ax.set_title(title or f"{metric} vs budget (mean ± std over seeds)")
+    ax.grid(True, alpha=0.3)
+    if summary:
+        ax.legend()
+    _save(fig, path)
+    return fig
+
+
+def plot_kernel_heatmap(kernel, path=None, title: str = "DELIFT utility kernel", picks=None):
+    """Heatmap of a kernel (rows = covered examples, columns = candidates); ``picks`` marks selected columns."""
+    kernel = np.asarray(kernel, dtype=np.float64)
+    fig = _figure(5.5, 4.5)
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(kernel, cmap="viridis", aspect="auto", interpolation="nearest")
+    fig.colorbar(image, ax=ax)
+    if picks is not None:
+        for j in np.asarray(picks).tolist():
+            if j >= 0:
+                ax.axvline(j, color="red", linewidth=0.8, alpha=0.6)
+    ax.set_xlabel("candidate j (demonstration)")
+    ax.set_ylabel("example i (predicted)")
+    ax.set_title(title)
+    _save(fig, path)
+    return fig
+
+
+def plot_greedy_gains(gains, path=None, title: str = "greedy marginal gains"):
+    """Marginal gain of each greedy pick (bars) and the cumulative objective value (line, right axis)."""
+    gains = np.asarray(gains, dtype=np.float64)
+    steps = np.arange(1, gains.size + 1)
+    fig = _figure()
+    ax = fig.add_subplot(1, 1, 1)
+    ax.bar(steps, gains, color="tab:blue", alpha=0.7, label="marginal gain")
+    ax.set_xlabel("greedy step")
+    ax.set_ylabel("marginal gain")
+    twin = ax.twinx()
+    twin.plot(steps, np.cumsum(gains), color="tab:orange", marker=".", label="f(A)")
+    twin.set_ylabel("objective value f(A)")
+    ax.set_title(title)
+    _save(fig, path)
+    return fig
+
+
+def plot_method_metrics(results: Mapping, metric: str, path=None):
+    """Bar chart of one metric per method for a single ``run_use_case`` results dict."""
+    methods = [m for m, e in results.get("methods", {}).items() if metric in (e.get("metrics") or {})]
+    values = [float(results["methods"][m]["metrics"][metric]) for m in methods]
+    fig = _figure()
+    ax = fig.add_subplot(1, 1, 1)
+    ax.bar(methods, values, color="tab:green")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{results.get('use_case', '')}: {metric} per method (held-out test)")
+    _save(fig, path)
+    return fig
+
+
+def load_pool_kernel(kernel_dir) -> np.ndarray:
+    """The square pool kernel of a DELIFT kernel store (``<kernel_dir>/pool`` or the store itself), min-max
+    normalized to [0, 1] (the store of a ``run_use_case`` holds raw utilities: ``kernel.npy`` with no
+    normalization)."""
+    directory = Path(kernel_dir)
+    if (directory / "pool").is_dir():
+        directory = directory / "pool"
+    path = directory / "kernel.npy"
+    if not path.is_file():
+        path = directory / "utility_raw.npy"
+    kernel = np.load(path).astype(np.float64)
+    lo, hi = float(kernel.min()), float(kernel.max())
+    return (kernel - lo) / (hi - lo) if hi > lo else np.zeros_like(kernel)
