@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from delift_jax.atomic_io import atomic_write_text
 
 # Summary columns shown in the markdown table, in this order (those present).
 TABLE_COLUMNS = ("rouge1", "rougeL", "embedding_cosine", "token_nll", "perplexity", "accuracy", "contains",
@@ -32,18 +33,8 @@ def to_jsonable(value):
 
 def write_json(path: str | os.PathLike, payload: dict) -> Path:
     """Write ``payload`` as strict, indented JSON; the file appears complete or not at all."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(to_jsonable(payload), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, text)
 
 
 def markdown_table(conditions: dict) -> str:

@@ -28,15 +28,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
+from delift_jax.atomic_io import atomic_write_text
 from delift_jax.data.records import Example
 from delift_jax.data.sources import load_dataset
 from delift_jax.data.splits import check_disjoint, example_key, shared_examples, split_indices
@@ -114,25 +113,11 @@ def resolve_k(budget, n: int, what: str = "selection pool") -> int:
     return k
 
 
-def write_text(path: Path, text: str) -> Path:
-    """Atomic text write (the file appears complete or not at all)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_jsonl(path: Path, records: Sequence[dict]) -> Path:
     from delift_jax.evaluate.report import to_jsonable
 
     lines = [json.dumps(to_jsonable(dict(r)), ensure_ascii=False, allow_nan=False) + "\n" for r in records]
-    return write_text(path, "".join(lines))
+    return atomic_write_text(path, "".join(lines))
 
 
 def _method_options(name: str, config: RunConfig, method_dir: Path, encoder, progress: bool) -> dict:
@@ -352,6 +337,6 @@ def run_use_case(model_source, data: str, *, use_case: str, budget, methods, out
             "seconds": {"select": round(select_seconds, 3), "train": round(train_seconds, 3),
                         "evaluate": round(time.perf_counter() - t2, 3)}}
         write_json(out / "results.json", results)  # partial results survive a crash of a later method
-        write_text(out / "results.md", markdown_results(results))
+        atomic_write_text(out / "results.md", markdown_results(results))
     echo(f"wrote {out / 'results.json'} and {out / 'results.md'}")
     return results

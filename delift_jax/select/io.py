@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from delift_jax.atomic_io import atomic_save_json, atomic_save_npy
 from delift_jax.errors import SelectionError
 from delift_jax.select.layout import DenseKernel
 from delift_jax.select.sparse import SparseKernel
@@ -72,27 +72,12 @@ def _dense(array: np.ndarray, candidate_major: bool):
     return DenseKernel(np.ascontiguousarray(array.T, dtype=array.dtype if keep else np.float32))
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def save_npy(path: Path, array: np.ndarray) -> None:
-    _atomic_write(Path(path), lambda stream: np.save(stream, array, allow_pickle=False))
+    atomic_save_npy(path, array)
 
 
 def save_json(path: Path, payload: dict) -> None:
-    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
-    _atomic_write(Path(path), lambda stream: stream.write(text.encode()))
+    atomic_save_json(path, payload)
 
 
 def write_selection(out_dir: str | os.PathLike, picks: np.ndarray, gains: np.ndarray, summary: dict) -> dict:
