@@ -60,14 +60,16 @@ print(f"{len(pool)} examples; first prompt: {pool[0].prompt[:120]!r}")'''),
                       "knows the response)."),
     new_code_cell('''from delift_jax.scoring import ScoringConfig, score_examples
 
-scores = score_examples(model, tokenizer, pool, ScoringConfig(max_response_tokens=MAX_RESPONSE_TOKENS))
+scores = score_examples(model, tokenizer, pool,
+                        ScoringConfig(max_length=1024, max_response_tokens=MAX_RESPONSE_TOKENS))
 for i, (d, n) in enumerate(zip(scores.rms, scores.n_scored)):
     print(f"example {i}: d = {d:.4f} over {n} scored tokens")'''),
     new_markdown_cell("## 3. Utility kernel\n\nEvery example as a one-shot demonstration for every other one. The "
-                      "store under `OUT` is crash safe: rerunning the cell resumes (or reloads) it."),
+                      "store under `OUT` is crash safe: rerunning the cell resumes (or reloads) it. Longer contexts are cut from "
+                      "the left (`max_length`); scored response tokens are kept."),
     new_code_cell('''from delift_jax.kernel import KernelConfig, utility_kernel
 
-result = utility_kernel(model, tokenizer, pool, config=KernelConfig(max_response_tokens=MAX_RESPONSE_TOKENS),
+result = utility_kernel(model, tokenizer, pool, config=KernelConfig(max_length=1024, max_response_tokens=MAX_RESPONSE_TOKENS),
                         out_dir=f"{OUT}/quickstart/kernel")
 print("kernel shape:", result.kernel.shape)
 print("raw utility range:", float(result.utility.min()), float(result.utility.max()))'''),
