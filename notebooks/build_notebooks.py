@@ -179,6 +179,8 @@ def build() -> list[Path]:
         notebook = new_notebook(cells=cells, metadata={
             "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
             "language_info": {"name": "python"}})
+        for i, cell in enumerate(notebook.cells):
+            cell["id"] = f"{Path(name).stem.replace('_', '-')}-{i:02d}"  # stable ids: rebuilding changes nothing
         nbformat.validate(notebook)
         path = HERE / name
         nbformat.write(notebook, str(path))
