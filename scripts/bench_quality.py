@@ -34,6 +34,8 @@ def main():
     parser.add_argument("--max-length", type=int, default=1024, help="training / NLL sequence length")
     parser.add_argument("--max-response-tokens", type=int, default=64, help="scored tokens in the DELIFT kernel")
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--split", default="0.8,0.1,0.1", help="train,validation,test fractions of --examples")
+    parser.add_argument("--progress", action="store_true", help="progress bars for kernels, training, generation")
     parser.add_argument("--out", default="runs/bench_quality")
     args = parser.parse_args()
 
@@ -50,7 +52,8 @@ def main():
             "--budget", str(args.budget), "--methods", ",".join(METHODS), "--seed", str(seed),
             "--train-steps", str(args.train_steps), "--max-length", str(args.max_length),
             "--max-response-tokens", str(args.max_response_tokens), "--max-new-tokens", str(args.max_new_tokens),
-            "--metrics", "rouge,nll", "--no-checkpoints", "--out", str(out)])
+            "--split", args.split, "--metrics", "rouge,nll", "--no-checkpoints", "--out", str(out)]
+            + (["--progress"] if args.progress else []))
         if pipeline_command.run(run_args):
             raise SystemExit(f"seed {seed}: delift run failed")
         results = json.loads((out / "results.json").read_text(encoding="utf-8"))
@@ -65,7 +68,8 @@ def main():
               f"{np.mean(rouge[method]):>10.4f} ± {np.std(rouge[method]):.4f}")
     summary = {m: round(float(np.mean(nll[m])), 5) for m in METHODS}
     summary["delift_minus_random"] = round(summary["delift"] - summary["random"], 5)
-    summary.update(examples=args.examples, seeds=args.seeds, budget=args.budget, data=args.data)
+    summary["rougeL"] = {m: round(float(np.mean(rouge[m])), 5) for m in METHODS}
+    summary.update(examples=args.examples, split=args.split, seeds=args.seeds, budget=args.budget, data=args.data)
     print(json.dumps(summary))
 
 
