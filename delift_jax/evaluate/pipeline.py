@@ -1,8 +1,8 @@
 """One evaluation run: generate for a test set without and (optionally) with in-context demonstrations drawn from
 a selected subset, then compute the requested metrics per condition.
 
-Conditions: ``no_icl`` (the no-example template) always; ``icl`` when a demonstration pool (the selected subset)
-is given: the k nearest pool examples precede each test prompt (``icl.py``). Every condition uses the same
+Conditions: ``no_icl`` (the no-example template) unless ``EvalSetup.no_icl`` is False; ``icl`` when a
+demonstration pool (the selected subset) is given: the k nearest pool examples precede each test prompt (``icl.py``). Every condition uses the same
 generation settings and the same layout ``context + [eos]`` -> response -> ``[eos]`` as training and scoring.
 """
 
@@ -36,7 +36,8 @@ def parse_metrics(spec: str | Sequence[str]) -> tuple[str, ...]:
 @dataclasses.dataclass
 class EvalSetup:
     """What an evaluation needs besides the test set. encoder: for ``embedding`` and ICL retrieval; judge_model /
-    judge_tokenizer: default to the evaluated model; scoring: a ``ScoringConfig`` for ``nll``."""
+    judge_tokenizer: default to the evaluated model; scoring: a ``ScoringConfig`` for ``nll``; no_icl: run the
+    no-example condition (False needs a ``pool``: ICL only)."""
 
     generation: GenerationConfig = GenerationConfig()
     metrics: tuple = ("rouge", "nll")
@@ -49,6 +50,7 @@ class EvalSetup:
     scoring: object = None
     templates: Templates = DEFAULT_TEMPLATES
     progress: bool = False
+    no_icl: bool = True
 
 
 def evaluate_model(model, tokenizer, test: Sequence[Example], setup: EvalSetup) -> dict:
@@ -56,11 +58,15 @@ def evaluate_model(model, tokenizer, test: Sequence[Example], setup: EvalSetup) 
     if not test:
         raise DataError("the test set is empty; nothing to evaluate")
     metrics = parse_metrics(setup.metrics)
+    if not setup.no_icl and setup.pool is None:
+        raise DataError("no condition to evaluate: no_icl=False needs a demonstration pool for the ICL condition")
     if ("embedding" in metrics or setup.pool is not None) and setup.encoder is None:
         from delift_jax.evaluate.bert import load_sentence_encoder
 
         setup.encoder = load_sentence_encoder()
-    conditions = {"no_icl": ([setup.templates.context_without_example(ex) for ex in test], None)}
+    conditions = {}
+    if setup.no_icl:
+        conditions["no_icl"] = ([setup.templates.context_without_example(ex) for ex in test], None)
     if setup.pool is not None:
         from delift_jax.evaluate.icl import icl_contexts
 

@@ -58,6 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="comma-separated: rouge, embedding, nll, accuracy, judge (default rouge,nll)")
     group.add_argument("--max-new-tokens", type=int, default=128, help="generated tokens per prompt (default 128)")
     group.add_argument("--eval-batch-size", type=int, default=8, help="prompts per generation call (default 8)")
+    group.add_argument("--icl", type=int, default=0, metavar="K",
+                       help="also evaluate the base model with the K subset examples nearest to each test prompt "
+                            "as demonstrations (the paper's ICL setting; default 0 = off)")
+    group.add_argument("--export-models", action="store_true",
+                       help="write each fine-tuned model (LoRA merged) as a Hugging Face directory <method>/model")
     parser.add_argument("--progress", action="store_true", help="progress bars for kernels, training, generation")
     add_data_arguments(parser)
 
@@ -84,7 +89,8 @@ def config_from_args(args: argparse.Namespace):
                           seed=args.seed),
         generation=GenerationConfig(max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_length,
                                     batch_size=args.eval_batch_size, seed=args.seed),
-        metrics=args.metrics, nll_max_length=args.max_length, checkpoints=not args.no_checkpoints)
+        metrics=args.metrics, nll_max_length=args.max_length, checkpoints=not args.no_checkpoints,
+        icl_k=args.icl, export_models=args.export_models)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,6 +18,10 @@ generation: ``GenerationConfig`` of the evaluation (default greedy, 128 new toke
     (default rouge, nll; see ``delift_jax.evaluate.pipeline.VALID_METRICS``). nll_max_length: longest scored
     sequence for ``nll``. method_options: extra keyword options per method name (e.g. ``{"delift": {"eta": 0.5}}``).
 checkpoints: write fine-tuning checkpoints under each method's directory (a rerun resumes); default True.
+icl_k: also evaluate the base (not fine-tuned) model with the ``icl_k`` examples of each method's subset nearest to
+    each test prompt as in-context demonstrations (the DELIFT paper's ICL setting; fewer when the subset is
+    smaller); 0 (default) skips it.
+export_models: write each fine-tuned model (LoRA merged) as a Hugging Face directory ``<method>/model``.
 """
 
 from __future__ import annotations
@@ -87,6 +91,8 @@ class RunConfig:
     nll_max_length: int = 2048
     method_options: dict = dataclasses.field(default_factory=dict)
     checkpoints: bool = True
+    icl_k: int = 0
+    export_models: bool = False
 
     def __post_init__(self):
         if self.use_case not in USE_CASES:
@@ -107,6 +113,8 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise DataError(f"{name}={value} must be at least 1 (or None for all)")
+        if isinstance(self.icl_k, bool) or not isinstance(self.icl_k, numbers.Integral) or self.icl_k < 0:
+            raise DataError(f"icl_k={self.icl_k!r} must be a whole number of demonstrations >= 0 (0 turns ICL off)")
         unknown = sorted(set(map(canonical_name, self.method_options)) - set(self.methods))
         if unknown:
             raise DataError(f"method_options for {', '.join(unknown)}, which are not among the methods run "

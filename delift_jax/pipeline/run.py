@@ -16,6 +16,8 @@ Artifacts (``out_dir``)::
     <method>/evaluation.json the evaluation summary and per-example generations
     <method>/kernels/        DELIFT's crash-safe kernel stores (pool / targets / existing)
     <method>/train/          fine-tuning checkpoints (RunConfig.checkpoints)
+    <method>/model/          the fine-tuned model as a Hugging Face directory (RunConfig.export_models)
+    <method>/evaluation_icl.json  the base model with the subset as demonstrations (RunConfig.icl_k > 0)
 
 The held-out evaluation set never enters selection: methods receive only the selection pool (instruction and
 continual: the pool's train split) and the selection queries (task: the target set's train + validation splits);
@@ -146,7 +148,8 @@ def markdown_results(results: dict) -> str:
     """A header with the run's facts and a table: one row per method, one column per metric present."""
     methods = results["methods"]
     columns = [c for c in METRIC_COLUMNS if any(c in (m.get("metrics") or {}) for m in methods.values())]
-    head = ["method", "selected", "train steps", "final train loss"] + columns
+    icl_columns = [c for c in METRIC_COLUMNS if any(c in (m.get("icl_metrics") or {}) for m in methods.values())]
+    head = ["method", "selected", "train steps", "final train loss"] + columns + [f"ICL {c}" for c in icl_columns]
     lines = [f"# delift run: {results['use_case']}", "",
              f"- data: `{results['inputs']['data']}`; budget {results['config']['budget']}; seed "
              f"{results['config']['seed']}",
@@ -157,6 +160,7 @@ def markdown_results(results: dict) -> str:
         train = entry.get("train") or {}
         cells = [name, str(entry["selected"]), _cell(train.get("steps")), _cell(train.get("final_loss"))]
         cells += [_cell((entry.get("metrics") or {}).get(c)) for c in columns]
+        cells += [_cell((entry.get("icl_metrics") or {}).get(c)) for c in icl_columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -268,7 +272,7 @@ def run_use_case(model_source, data: str, *, use_case: str, budget, methods, out
 
         echo(f"loading model {model_source}")
         model, tokenizer, _ = load_model(model_source)
-    needs_encoder = "embedding" in config.metrics or any(m in ("delift_se", "deft_ucs") for m in config.methods)
+    needs_encoder = "embedding" in config.metrics or config.icl_k > 0 or any(m in ("delift_se", "deft_ucs") for m in config.methods)
     encoder = None
     if needs_encoder:
         from delift_jax.evaluate.bert import load_sentence_encoder
@@ -293,7 +297,7 @@ def run_use_case(model_source, data: str, *, use_case: str, budget, methods, out
     from delift_jax.evaluate.pipeline import EvalSetup, evaluate_model
     from delift_jax.methods import select
     from delift_jax.scoring import ScoringConfig
-    from delift_jax.train import finetune, merged_copy
+    from delift_jax.train import export_hf, finetune, merged_copy
 
     candidates_arr = np.asarray(candidates, dtype=np.int64)
     for step, name in enumerate(config.methods, 1):
@@ -323,6 +327,8 @@ def run_use_case(model_source, data: str, *, use_case: str, budget, methods, out
                                out_dir=method_dir / "train" if config.checkpoints else None, progress=progress)
             train_summary = trained.summary()
             eval_model = merged_copy(trained.model)
+            if config.export_models:
+                export_hf(eval_model, tokenizer, method_dir / "model")
         train_seconds = time.perf_counter() - t1
 
         echo(f"[{step}/{len(config.methods)}] {name}: evaluating on {len(test)} held-out examples")
@@ -331,9 +337,18 @@ def run_use_case(model_source, data: str, *, use_case: str, budget, methods, out
                           scoring=ScoringConfig(max_length=config.nll_max_length), progress=progress)
         evaluation = evaluate_model(eval_model, tokenizer, test, setup)
         write_json(method_dir / "evaluation.json", evaluation)
+        icl_metrics = None
+        if config.icl_k and subset:
+            echo(f"[{step}/{len(config.methods)}] {name}: base model with {min(config.icl_k, len(subset))} "
+                 "subset demonstrations per test prompt (ICL)")
+            icl_setup = dataclasses.replace(setup, pool=subset, k=min(config.icl_k, len(subset)), no_icl=False)
+            icl_evaluation = evaluate_model(model, tokenizer, test, icl_setup)
+            write_json(method_dir / "evaluation_icl.json", icl_evaluation)
+            icl_metrics = icl_evaluation["conditions"]["icl"]
         results["methods"][name] = {
             "selected": int(len(indices)), "fine_tuned": train_summary is not None, "selection": selection.info,
-            "train": train_summary, "metrics": evaluation["conditions"]["no_icl"], "directory": name,
+            "train": train_summary, "metrics": evaluation["conditions"]["no_icl"], "icl_metrics": icl_metrics,
+            "directory": name, "model": str(method_dir / "model") if config.export_models and train_summary else None,
             "seconds": {"select": round(select_seconds, 3), "train": round(train_seconds, 3),
                         "evaluate": round(time.perf_counter() - t2, 3)}}
         write_json(out / "results.json", results)  # partial results survive a crash of a later method
