@@ -135,6 +135,55 @@ def test_store_resumes_and_refuses_other_runs(tiny_llama, tmp_path):
                        config=KernelConfig(max_length=200, batch_size=3, block_pairs=5))
     with pytest.raises(KernelStoreMismatchError, match="data_sha256"):
         utility_kernel(model, tokenizer, POOL[:5] + [EXAMPLES[6]], config=config, out_dir=tmp_path)
+    # Same text and weights, other token ids (a tokenizer with another EOS): refused, never mixed.
+    with pytest.raises(KernelStoreMismatchError, match="tokens_sha256"):
+        utility_kernel(model, OtherEos(tokenizer), POOL, config=config, out_dir=tmp_path)
+
+    # A finished kernel whose manifest says incomplete (a rerun rewriting the final arrays) is not loaded.
+    import json
+
+    from delift_jax.errors import SelectionError
+    from delift_jax.select.io import load_kernel
+
+    np.testing.assert_array_equal(load_kernel(tmp_path), clipped.kernel)  # the last assembly wrote the files
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps(dict(manifest, complete=False)))
+    with pytest.raises(SelectionError, match="incomplete"):
+        load_kernel(tmp_path)
+
+
+class OtherEos:
+    """The tiny tokenizer with another end-of-sequence id."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+    def __call__(self, *args, **kwargs):
+        return self._tokenizer(*args, **kwargs)
+
+    @property
+    def eos_token_id(self):
+        return self._tokenizer.eos_token_id + 1
+
+
+def test_sparse_store_refuses_another_pool_before_reading_neighbours(tiny_llama, tmp_path):
+    _, _, model, tokenizer = tiny_llama
+    config = KernelConfig(max_length=256, batch_size=3, top_k=2)
+    utility_kernel(model, tokenizer, POOL, config=config, out_dir=tmp_path)
+    with pytest.raises(KernelStoreMismatchError, match="n_targets"):
+        utility_kernel(model, tokenizer, POOL[:4], config=config, out_dir=tmp_path)
+
+
+def test_sparse_exclude_diagonal_spends_no_slot_on_the_diagonal(tiny_llama):
+    _, _, model, tokenizer = tiny_llama
+    result = utility_kernel(model, tokenizer, POOL,
+                            config=KernelConfig(max_length=256, batch_size=3, top_k=2, exclude_diagonal=True))
+    assert result.indices.shape == (len(POOL), 2)
+    assert not np.any(result.indices == np.arange(len(POOL))[:, None])
+    assert result.kernel.min() == 0.0 and result.kernel.max() == 1.0
 
 
 def test_sparse_mode_matches_dense_entries(tiny_llama):

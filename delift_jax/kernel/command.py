@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from delift_jax.kernel.config import DISTANCES, NORMALIZATIONS
 from delift_jax.data.sources import add_data_arguments
@@ -67,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         result = utility_kernel(model, tokenizer, targets, candidates, config, out_dir=args.out,
                                 max_pairs=args.max_pairs, progress=True)
     except KeyboardInterrupt:
-        print(f"interrupted: finished blocks are saved in {args.out}; rerun the same command to resume")
+        print(f"interrupted: finished blocks are saved in {args.out}; rerun the same command to resume",
+              file=sys.stderr)
         return 130
     if result is None:
         print(f"process {jax.process_index()}: my blocks are done; process 0 assembles {args.out}")

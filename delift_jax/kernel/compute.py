@@ -24,6 +24,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from delift_jax.data.records import Example
+from delift_jax.data.tokenize import eos_token_id
 from delift_jax.errors import DataError
 from delift_jax.kernel.config import KernelConfig
 from delift_jax.kernel.embeddings import mean_pooled_embeddings, top_k_pairs
@@ -65,6 +66,17 @@ def data_fingerprint(targets: Sequence[Example], candidates: Sequence[Example] |
     payload = {"targets": [[e.prompt, e.response] for e in targets],
                "candidates": None if candidates is None else [[e.prompt, e.response] for e in candidates]}
     return hashlib.sha256(json.dumps(payload).encode("utf-8")).hexdigest()
+
+
+def tokens_fingerprint(seqs, eos_id) -> str:
+    """SHA-256 over every token id the kernel scores (no-example sequences, demonstration prefixes, continuations),
+    so a store is tied to the tokenizer as well as to the text and the weights."""
+    digest = hashlib.sha256(f"eos:{eos_id}".encode())
+    for sequence in list(seqs.no_example) + list(seqs.continuations):
+        digest.update(np.asarray(sequence.tokens, np.int64).tobytes() + f"|{sequence.n_scored}|".encode())
+    for prefix in seqs.prefixes:
+        digest.update(np.asarray(prefix, np.int64).tobytes() + b"|")
+    return digest.hexdigest()
 
 
 def plan_pairs(n_targets: int, n_candidates: int, top_k: np.ndarray | None) -> np.ndarray:
@@ -122,6 +134,9 @@ def utility_kernel(model, tokenizer, targets: Sequence[Example], candidates: Seq
     candidate_list = list(targets) if square else list(candidates)
     mesh = mesh or data_mesh()
 
+    if out_dir is None and jax.process_count() > 1:
+        raise DataError("a kernel over several processes needs a shared output directory (out_dir / --out) that "
+                        "every process can reach")
     if out_dir is None:
         with tempfile.TemporaryDirectory(prefix="delift-kernel-") as tmp:
             result = utility_kernel(model, tokenizer, targets, candidates, config, out_dir=tmp,
@@ -141,6 +156,16 @@ def utility_kernel(model, tokenizer, targets: Sequence[Example], candidates: Seq
         warnings.warn(f"{n_truncated_targets} targets exceed max_length={config.max_length} without an example; "
                       "their contexts are truncated from the left (scored tokens are kept)", stacklevel=2)
 
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "model_fingerprint": model_fingerprint(model),
+        "data_sha256": data_fingerprint(targets, None if square else candidate_list),
+        "tokens_sha256": tokens_fingerprint(seqs, eos_token_id(tokenizer)),
+        "compute_fingerprint": config.compute_fingerprint({"dtype": str(model.dtype)}),
+        "n_targets": len(targets), "n_candidates": len(candidate_list), "square": square,
+        "mode": "dense" if config.top_k is None else "sparse", "top_k": config.top_k,
+    }
+    store.check_identity(manifest)  # before anything stored (the sparse neighbours) is read back
     top_k = None
     if config.top_k is not None:
         top_k = _sparse_neighbours(model, tokenizer, store, seqs, targets, candidate_list, square, config,
@@ -150,15 +175,7 @@ def utility_kernel(model, tokenizer, targets: Sequence[Example], candidates: Seq
         raise DataError(f"the kernel needs {len(pairs):,} pairs, more than --max-pairs {max_pairs:,}; use the sparse "
                         "mode (--top-k) or raise --max-pairs")
     blocks = plan_blocks(pairs, config.block_pairs)
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "model_fingerprint": model_fingerprint(model),
-        "data_sha256": data_fingerprint(targets, None if square else candidate_list),
-        "compute_fingerprint": config.compute_fingerprint({"dtype": str(model.dtype)}),
-        "n_targets": len(targets), "n_candidates": len(candidate_list), "square": square,
-        "mode": "dense" if top_k is None else "sparse", "top_k": config.top_k,
-        "n_blocks": len(blocks), "n_pairs": int(len(pairs)),
-    }
+    manifest.update(n_blocks=len(blocks), n_pairs=int(len(pairs)))
     process, n_processes = jax.process_index(), jax.process_count()
     if process == 0:
         store.open(manifest)
@@ -230,11 +247,15 @@ def _sparse_neighbours(model, tokenizer, store: KernelStore, seqs, targets, cand
         target_emb = embed(seqs.no_example)
         candidate_emb = target_emb if square else embed(
             build_pair_sequences(tokenizer, candidates, [], config).no_example)
-    return top_k_pairs(target_emb, candidate_emb, config.top_k)
+    # An excluded diagonal would waste one of each row's k slots on a cell forced to 0.
+    return top_k_pairs(target_emb, candidate_emb, config.top_k, exclude_self=square and config.exclude_diagonal)
 
 
 def _assemble(store: KernelStore, pairs, blocks, top_k, config: KernelConfig, square: bool, n_candidates: int,
               run_summary: dict) -> KernelResult:
+    # Final arrays are rewritten below (a rerun may change distance / normalization): until the manifest says
+    # complete again, readers must not take them for a finished kernel.
+    store.update_manifest(complete=False)
     no_example = store.load_npz("no_example.npz")
     rms_pairs = np.full(len(pairs), np.nan)
     logp_pairs = np.full(len(pairs), np.nan)

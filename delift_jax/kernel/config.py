@@ -48,6 +48,8 @@ class KernelConfig:
         if self.normalization not in NORMALIZATIONS:
             raise DataError(f"normalization {self.normalization!r} is unknown; choose one of "
                             f"{', '.join(NORMALIZATIONS)}")
+        if self.max_length < 4:
+            raise DataError(f"max_length={self.max_length} is too small; use at least 4")
         for name in ("max_length", "batch_size", "candidates_per_device", "block_pairs", "logits_chunk"):
             if getattr(self, name) < 1:
                 raise DataError(f"{name}={getattr(self, name)} must be at least 1")
@@ -60,7 +62,8 @@ class KernelConfig:
         """Hash of every setting that changes the stored numbers (not distance/normalization: those are applied
         when the blocks are assembled, so one store serves every choice of them)."""
         fields = dataclasses.asdict(self)
-        for name in ("distance", "normalization", "exclude_diagonal"):
+        # In the sparse mode exclude_diagonal changes which pairs are planned (the neighbours skip the diagonal).
+        for name in ("distance", "normalization") + (("exclude_diagonal",) if self.top_k is None else ()):
             fields.pop(name)
         fields.update(extra or {})
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()

@@ -52,8 +52,12 @@ def mean_pooled_embeddings(model, sequences: Sequence[ScoredSequence], *, max_le
     return out
 
 
-def top_k_pairs(target_embeddings: np.ndarray, candidate_embeddings: np.ndarray, k: int) -> np.ndarray:
-    """For each target, its ``k`` most cosine-similar candidates (ties: lowest index). Returns ``[n_t, k]`` int32."""
+def top_k_pairs(target_embeddings: np.ndarray, candidate_embeddings: np.ndarray, k: int, *,
+                exclude_self: bool = False) -> np.ndarray:
+    """For each target, its ``k`` most cosine-similar candidates (ties: lowest index). Returns ``[n_t, k]`` int32.
+
+    exclude_self: targets and candidates are the same pool; target i never gets candidate i (k <= n - 1).
+    """
     t = np.asarray(target_embeddings, np.float64)
     c = np.asarray(candidate_embeddings, np.float64)
     if t.ndim != 2 or c.ndim != 2 or t.shape[1] != c.shape[1]:
@@ -62,6 +66,10 @@ def top_k_pairs(target_embeddings: np.ndarray, candidate_embeddings: np.ndarray,
         raise DataError("embeddings contain NaN or infinite values")
     t = t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
     c = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
-    k = min(int(k), c.shape[0])
     similarity = t @ c.T
+    if exclude_self:
+        if t.shape[0] != c.shape[0]:
+            raise DataError(f"exclude_self needs one pool as targets and candidates; got {t.shape[0]} and {c.shape[0]}")
+        np.fill_diagonal(similarity, -np.inf)
+    k = min(int(k), c.shape[0] - int(exclude_self))
     return np.argsort(-similarity, axis=1, kind="stable")[:, :k].astype(np.int32)

@@ -6,9 +6,10 @@ a directory made for another model, data or configuration is refused, never sile
 
 Layout::
 
-    manifest.json            identity (format, model fingerprint, data hash, config hash, block grid) + status
+    manifest.json            identity (format, model fingerprint, data hash, token-id hash, config hash, block grid)
+                             + status (``complete`` turns true only once every final array is written)
     no_example.npz           d(i | no example) for every target (rms, mean log p, scored-token counts)
-    blocks/block_00012.npz   pairs (target, candidate) of block 12 and their rms / mean log p
+    blocks/block_000012.npz  pairs (target, candidate) of block 12 and their rms / mean log p
     kernel.npy, utility_raw.npy, distance_*.npy   final outputs (or kernel_indices/values.npy when sparse)
 """
 
@@ -22,10 +23,10 @@ import numpy as np
 from delift_jax.atomic_io import atomic_save_json, atomic_save_npy, atomic_save_npz
 from delift_jax.errors import DeliftError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the token ids (tokenizer) joined the identity
 # Manifest fields that identify what the store holds; everything else (status, summary) may change.
-IDENTITY_FIELDS = ("format_version", "model_fingerprint", "data_sha256", "compute_fingerprint", "n_targets",
-                   "n_candidates", "square", "mode", "top_k", "n_blocks", "n_pairs")
+IDENTITY_FIELDS = ("format_version", "model_fingerprint", "data_sha256", "tokens_sha256", "compute_fingerprint",
+                   "n_targets", "n_candidates", "square", "mode", "top_k", "n_blocks", "n_pairs")
 
 
 class KernelStoreMismatchError(DeliftError):
@@ -56,16 +57,25 @@ class KernelStore:
                                                "choose a new --out directory")
             if not create:
                 raise KernelStoreMismatchError(f"{self.directory} has no manifest.json yet")
-            self.blocks_dir.mkdir(parents=True, exist_ok=True)
+            # The manifest comes first: a crash right after it leaves a store that the rerun resumes.
+            self.directory.mkdir(parents=True, exist_ok=True)
             atomic_save_json(self.manifest_path, dict(manifest, complete=False))
+            self.blocks_dir.mkdir(exist_ok=True)
             return self.read_manifest()
-        differing = [f for f in IDENTITY_FIELDS if existing.get(f) != manifest.get(f)]
+        self.check_identity(manifest, IDENTITY_FIELDS)
+        self.blocks_dir.mkdir(parents=True, exist_ok=True)
+        return existing
+
+    def check_identity(self, manifest: dict, fields=IDENTITY_FIELDS) -> None:
+        """Refuse a store whose manifest differs from ``manifest`` in any of ``fields`` (no store: nothing to do)."""
+        existing = self.read_manifest()
+        if existing is None:
+            return
+        differing = [f for f in fields if f in manifest and existing.get(f) != manifest.get(f)]
         if differing:
             raise KernelStoreMismatchError(
                 f"{self.directory} holds a kernel made with a different {', '.join(differing)}; "
                 "use a new --out directory or delete this one")
-        self.blocks_dir.mkdir(parents=True, exist_ok=True)
-        return existing
 
     def block_path(self, index: int) -> Path:
         return self.blocks_dir / f"block_{index:06d}.npz"

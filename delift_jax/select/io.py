@@ -45,6 +45,7 @@ def load_kernel(location: str | os.PathLike, what: str = "kernel", *, candidate_
         if path.suffix != ".npy":
             raise SelectionError(f"{what} file {path} is not a .npy file; pass a .npy file or a kernel directory")
         return _dense(_load_npy(path, what), candidate_major)
+    _refuse_incomplete(path, what)
     if (path / DENSE_FILE).exists():
         return _dense(_load_npy(path / DENSE_FILE, what), candidate_major)
     if (path / INDICES_FILE).exists() and (path / VALUES_FILE).exists():
@@ -61,6 +62,20 @@ def load_kernel(location: str | os.PathLike, what: str = "kernel", *, candidate_
     raise SelectionError(
         f"{what} directory {path} holds neither {DENSE_FILE} nor {INDICES_FILE} + {VALUES_FILE}"
     )
+
+
+def _refuse_incomplete(directory: Path, what: str) -> None:
+    """A kernel store whose manifest does not say complete holds no finished kernel (a run is unfinished or is
+    rewriting the final arrays); a directory without a manifest (arrays saved by hand) is taken as it is."""
+    try:
+        manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    except FileNotFoundError:
+        return
+    except ValueError as exc:
+        raise SelectionError(f"{directory / MANIFEST_FILE} is not valid JSON ({exc})") from None
+    if isinstance(manifest, dict) and manifest.get("complete") is False:
+        raise SelectionError(f"{what} in {directory} is incomplete (its manifest says complete: false); rerun the "
+                             "kernel command with the same --out to finish it")
 
 
 def _dense(array: np.ndarray, candidate_major: bool):
