@@ -78,6 +78,9 @@ def test_config_parsing():
     from delift_jax.pipeline.config import RunConfig, parse_budget
 
     assert parse_budget("0.3") == 0.3 and parse_budget("30") == 30 and parse_budget("1.0") == 1.0
+    with pytest.raises(DataError, match="ambiguous"):  # one example, or the whole pool?
+        parse_budget("1")
+
     config = RunConfig(methods="DELIFT (SE),random,Random", budget=5)
     assert config.methods == ("delift_se", "random") and config.budget == 5
     json.dumps(config.to_dict())
@@ -85,3 +88,12 @@ def test_config_parsing():
                 {"metrics": "rouge,bleu"}, {"method_options": {"less": {}}}, {"limit": 0}):
         with pytest.raises(DataError):
             RunConfig(**bad)
+
+
+def test_fraction_budgets_do_not_lose_a_pick_to_float_error():
+    from delift_jax.pipeline.run import resolve_k
+    from delift_jax.select.maximize import resolve_budget
+
+    assert 0.29 * 100 < 29  # the float artefact the rounding absorbs
+    assert resolve_budget(0.29, 100) == 29 and resolve_k(0.29, 100) == 29
+    assert resolve_budget(0.3, 10) == 3 and resolve_budget(0.999, 10) == 9

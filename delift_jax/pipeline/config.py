@@ -55,8 +55,11 @@ def check_budget(budget) -> float | int:
 
 
 def parse_budget(text: str) -> float | int:
-    """'0.3' -> 0.3 (a fraction), '30' -> 30 (a count), '1.0' -> 1.0 (all of the pool)."""
+    """'0.3' -> 0.3 (a fraction), '30' -> 30 (a count), '1.0' -> 1.0 (all of the pool); a bare '1' is refused as
+    ambiguous (one example, or all of them?)."""
     text = str(text).strip()
+    if text.lstrip("+") == "1":
+        raise DataError("budget '1' is ambiguous: write 1.0 for the whole pool, or a count of at least 2")
     try:
         value: float | int = int(text) if text.lstrip("+-").isdigit() else float(text)
     except ValueError:

@@ -105,11 +105,13 @@ def _drop_shared(indices: list[int], source: Source, held_out: Sequence[Example]
 
 def resolve_k(budget, n: int, what: str = "selection pool") -> int:
     """Picks for ``budget`` over ``n`` candidates; a one-line DataError for budgets the pool cannot meet."""
+    from delift_jax.select.maximize import fraction_count
+
     if isinstance(budget, int):
         if budget > n:
             raise DataError(f"budget {budget} is above the {what} ({n} examples after holding out the test split)")
         return budget
-    k = int(budget * n)
+    k = fraction_count(budget, n)
     if k < 1:
         raise DataError(f"budget {budget} of the {what} ({n} examples) selects nothing; raise the budget")
     return k

@@ -24,6 +24,11 @@ from delift_jax.select import sharding as S
 from delift_jax.select.objectives import Objective
 
 
+def fraction_count(fraction: float, n: int) -> int:
+    """int(fraction * n) as DESIGN §1.3 says, after absorbing float artefacts (0.29 * 100 = 28.999...96: 29 picks)."""
+    return int(fraction * n + 1e-9)
+
+
 def resolve_budget(budget, n_candidates: int) -> int:
     """Number of picks: a float in (0, 1] is a fraction (k = int(fraction · n)), an int in [1, n] is k itself."""
     if isinstance(budget, bool) or not isinstance(budget, numbers.Real):
@@ -36,7 +41,7 @@ def resolve_budget(budget, n_candidates: int) -> int:
     fraction = float(budget)
     if not math.isfinite(fraction) or not 0.0 < fraction <= 1.0:
         raise SelectionError(f"budget fraction must lie in (0, 1], got {fraction}; pass an int for a count")
-    k = int(fraction * n_candidates)
+    k = fraction_count(fraction, n_candidates)
     if k < 1:
         raise SelectionError(
             f"budget fraction {fraction} of {n_candidates} candidates rounds down to 0 picks; raise the fraction"
