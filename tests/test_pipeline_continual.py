@@ -24,3 +24,11 @@ def test_continual_end_to_end(tiny_llama, tmp_path):
     # FLCG's P = U(pool, existing): rows the selection pool only
     utility = np.load(out / "delift" / "kernels" / "existing" / "utility_raw.npy")
     assert utility.shape == (n, 6)
+    # The model learned the existing data first, and DELIFT's kernels were computed with that model, not the base.
+    import json
+
+    from delift_jax.kernel.compute import model_fingerprint
+
+    assert results["existing_training"]["steps"] >= 1
+    manifest = json.loads((out / "delift" / "kernels" / "existing" / "manifest.json").read_text())
+    assert manifest["model_fingerprint"] != model_fingerprint(tiny_llama[2])

@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="the pool: built-in dataset name or a data file")
     parser.add_argument("--target", help="task use case: the target (benchmark) set; its test split is held out")
     parser.add_argument("--existing", help="continual use case: the data the model already has")
+    parser.add_argument("--continual-start", choices=("existing", "base"), default="existing",
+                        help="continual: fine-tune on --existing first and start every method from that model "
+                             "(existing, default) or start from the base model (base)")
     parser.add_argument("--budget", default="0.3",
                         help="fraction of the selection pool in (0, 1] (e.g. 0.3) or a whole count (e.g. 30)")
     parser.add_argument("--methods", default="delift,random,full,initial",
@@ -90,7 +93,7 @@ def config_from_args(args: argparse.Namespace):
         generation=GenerationConfig(max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_length,
                                     batch_size=args.eval_batch_size, seed=args.seed),
         metrics=args.metrics, nll_max_length=args.max_length, checkpoints=not args.no_checkpoints,
-        icl_k=args.icl, export_models=args.export_models)
+        icl_k=args.icl, continual_start=args.continual_start, export_models=args.export_models)
 
 
 def run(args: argparse.Namespace) -> int:

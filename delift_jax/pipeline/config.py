@@ -21,6 +21,9 @@ checkpoints: write fine-tuning checkpoints under each method's directory (a reru
 icl_k: also evaluate the base (not fine-tuned) model with the ``icl_k`` examples of each method's subset nearest to
     each test prompt as in-context demonstrations (the DELIFT paper's ICL setting; fewer when the subset is
     smaller); 0 (default) skips it.
+continual_start: ``existing`` (default): in the continual use case the model first fine-tunes on the existing
+    data, and selection, every method's fine-tuning and the ``initial`` row start from that model (the model
+    "already has" the existing data, as conditional gain assumes); ``base`` starts everything from the base model.
 export_models: write each fine-tuned model (LoRA merged) as a Hugging Face directory ``<method>/model``.
 """
 
@@ -37,6 +40,7 @@ from delift_jax.train import TrainConfig
 
 DEFAULT_METHODS = ("delift", "random", "full", "initial")
 DEFAULT_METRICS = ("rouge", "nll")
+CONTINUAL_STARTS = ("existing", "base")
 
 
 def check_budget(budget) -> float | int:
@@ -95,6 +99,7 @@ class RunConfig:
     method_options: dict = dataclasses.field(default_factory=dict)
     checkpoints: bool = True
     icl_k: int = 0
+    continual_start: str = "existing"
     export_models: bool = False
 
     def __post_init__(self):
@@ -118,6 +123,9 @@ class RunConfig:
                 raise DataError(f"{name}={value} must be at least 1 (or None for all)")
         if isinstance(self.icl_k, bool) or not isinstance(self.icl_k, numbers.Integral) or self.icl_k < 0:
             raise DataError(f"icl_k={self.icl_k!r} must be a whole number of demonstrations >= 0 (0 turns ICL off)")
+        if self.continual_start not in CONTINUAL_STARTS:
+            raise DataError(f"continual_start {self.continual_start!r} is unknown; choose one of "
+                            f"{', '.join(CONTINUAL_STARTS)}")
         unknown = sorted(set(map(canonical_name, self.method_options)) - set(self.methods))
         if unknown:
             raise DataError(f"method_options for {', '.join(unknown)}, which are not among the methods run "

@@ -18,6 +18,7 @@ Artifacts (``out_dir``)::
     <method>/train/          fine-tuning checkpoints (RunConfig.checkpoints)
     <method>/model/          the fine-tuned model as a Hugging Face directory (RunConfig.export_models)
     <method>/evaluation_icl.json  the base model with the subset as demonstrations (RunConfig.icl_k > 0)
+    existing_model/train/    continual: checkpoints of the first fine-tuning on the existing data
 
 The held-out evaluation set never enters selection: methods receive only the selection pool (instruction and
 continual: the pool's train split) and the selection queries (task: the target set's train + validation splits);
@@ -294,12 +295,22 @@ def run_use_case(model_source, data: str, *, use_case: str, budget, methods, out
                           "existing": len(existing_examples) if existing_examples is not None else None,
                           "evaluation_source": "target" if use_case == "task" else "pool", "test": len(test),
                           "dropped_as_test_duplicates": dropped},
-               "warnings": warnings, "methods": {}}
+               "warnings": warnings, "existing_training": None, "methods": {}}
 
     from delift_jax.evaluate.pipeline import EvalSetup, evaluate_model
     from delift_jax.methods import select
     from delift_jax.scoring import ScoringConfig
     from delift_jax.train import export_hf, finetune, merged_copy
+
+    if use_case == "continual" and config.continual_start == "existing":
+        # The model must already have the existing data (FLCG's premise): it learns it once, and every method then
+        # selects with, continues from, and is compared against that model ("initial" is that model as it is).
+        echo(f"continual: fine-tuning on the {len(existing_examples)} existing examples first")
+        t0 = time.perf_counter()
+        learned = finetune(model, tokenizer, existing_examples, train_config,
+                           out_dir=out / "existing_model" / "train" if config.checkpoints else None, progress=progress)
+        model = merged_copy(learned.model)
+        results["existing_training"] = dict(learned.summary(), seconds=round(time.perf_counter() - t0, 3))
 
     candidates_arr = np.asarray(candidates, dtype=np.int64)
     for step, name in enumerate(config.methods, 1):
