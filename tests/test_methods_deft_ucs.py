@@ -85,3 +85,18 @@ def test_bad_options():
         _run(POINTS, 4, easy_fraction=1.5)
     with pytest.raises(DataError, match="embeddings"):
         select("deft_ucs", pool=[Example(str(i), "") for i in range(10)], budget=4, embeddings=POINTS[:5])
+
+
+def test_random_base_set_then_ucs_on_the_rest():
+    e = np.random.default_rng(0).normal(size=(40, 4))
+    pool = [Example(str(i), "") for i in range(40)]
+    sel = select("deft_ucs", pool=pool, budget=10, seed=3, embeddings=e, n_clusters=3, base_fraction=0.4)
+    base = np.random.default_rng([3, 1]).permutation(40)[:4]
+    np.testing.assert_array_equal(sel.indices[:4], base)                     # D_base: the seeded random draw
+    assert len(set(sel.indices.tolist())) == 10 and sel.info["n_base"] == 4   # UCS adds 6 others, none repeated
+    assert sum(sel.info["cluster_quotas"]) == 6
+    # the default is UCS alone
+    plain = select("deft_ucs", pool=pool, budget=10, seed=3, embeddings=e, n_clusters=3)
+    assert plain.info["n_base"] == 0 and sum(plain.info["cluster_quotas"]) == 10
+    with pytest.raises(DataError, match="base_fraction"):
+        select("deft_ucs", pool=pool, budget=10, embeddings=e, base_fraction=1.5)

@@ -14,11 +14,16 @@ Rule as implemented (the paper's Algorithm "UCS", with its per-cluster quota A a
    are fractions of the per-cluster quota; α + β = 1 here so that the quota is met exactly. Default α = 0
    (hard sampling), the paper's best-performing setting.
 
-Returned indices are DATASET indices into the pool (never positions inside a cluster): cluster by cluster in
-cluster-id order, easy ones first (nearest first), then hard ones (farthest first). Scores are the distances.
-Targets and existing data are not used (the method is unsupervised over the pool).
+5. Optional random base set (the DEFT framework's D_base, final set D_base ∪ UCS(D_remain)): with
+   ``base_fraction`` = f > 0, round(f·k) examples are drawn uniformly at random (seeded) first and UCS picks the
+   other k − round(f·k) from the rest of the pool. Default 0: UCS alone.
 
-Options: n_clusters, easy_fraction, n_init, max_iter, encoder, embeddings (precomputed, rows aligned with pool).
+Returned indices are DATASET indices into the pool (never positions inside a cluster): the base set first (in
+draw order), then cluster by cluster in cluster-id order, easy ones first (nearest first), then hard ones
+(farthest first). Scores are the distances. Targets and existing data are not used (unsupervised over the pool).
+
+Options: n_clusters, easy_fraction, base_fraction, n_init, max_iter, encoder, embeddings (precomputed, rows
+aligned with pool).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from delift_jax.methods.base import Selection, budget_count, check_inputs, rejec
 from delift_jax.methods.embeddings import embed_examples, given_embeddings
 from delift_jax.methods.kmeans import kmeans
 
-OPTIONS = ("n_clusters", "easy_fraction", "n_init", "max_iter", "encoder", "embeddings")
+OPTIONS = ("n_clusters", "easy_fraction", "base_fraction", "n_init", "max_iter", "encoder", "embeddings")
 DEFAULT_CLUSTERS = 7
 
 
@@ -73,6 +78,10 @@ def deft_ucs_selection(*, pool, budget, use_case="instruction", targets=None, ex
     easy_fraction = float(options.get("easy_fraction", 0.0))
     if not 0.0 <= easy_fraction <= 1.0:
         raise DataError(f"deft_ucs: easy_fraction (α) must lie in [0, 1], got {easy_fraction}")
+    base_fraction = float(options.get("base_fraction", 0.0))
+    if not 0.0 <= base_fraction <= 1.0:
+        raise DataError(f"deft_ucs: base_fraction (random D_base share of the budget) must lie in [0, 1], "
+                        f"got {base_fraction}")
     n_clusters = int(options.get("n_clusters", DEFAULT_CLUSTERS))
     if n_clusters < 1:
         raise DataError(f"deft_ucs: n_clusters must be at least 1, got {n_clusters}")
@@ -83,16 +92,21 @@ def deft_ucs_selection(*, pool, budget, use_case="instruction", targets=None, ex
     labels, centroids = kmeans(embeddings, n_clusters, seed=seed, n_init=int(options.get("n_init", 10)),
                                max_iter=int(options.get("max_iter", 100)))
     distances = np.linalg.norm(embeddings.astype(np.float64) - centroids[labels], axis=1)
-    sizes = np.bincount(labels, minlength=n_clusters)
-    quotas = cluster_quotas(sizes, k)
-    chosen, n_easy, n_hard = [], 0, 0
+    # D_base: a seeded random draw (its own stream, independent of the k-means seeding); UCS sees the rest.
+    n_base = int(np.floor(base_fraction * k + 0.5))
+    base = np.random.default_rng([int(seed), 1]).permutation(len(pool))[:n_base].astype(np.int64)
+    in_base = np.zeros(len(pool), bool)
+    in_base[base] = True
+    sizes = np.bincount(labels[~in_base], minlength=n_clusters)
+    quotas = cluster_quotas(sizes, k - n_base)
+    chosen, n_easy, n_hard = [base], 0, 0
     for c in range(n_clusters):
-        easy, hard = easy_hard(np.flatnonzero(labels == c), distances, int(quotas[c]), easy_fraction)
+        easy, hard = easy_hard(np.flatnonzero((labels == c) & ~in_base), distances, int(quotas[c]), easy_fraction)
         chosen.extend([easy, hard])
         n_easy, n_hard = n_easy + len(easy), n_hard + len(hard)
     indices = np.concatenate(chosen).astype(np.int64)
     info = {"method": "deft_ucs", "budget": k, "use_case": use_case, "seed": int(seed), "n_clusters": n_clusters,
-            "easy_fraction": easy_fraction, "hard_fraction": 1.0 - easy_fraction, "n_easy": n_easy,
+            "easy_fraction": easy_fraction, "hard_fraction": 1.0 - easy_fraction, "n_base": n_base, "n_easy": n_easy,
             "n_hard": n_hard, "cluster_sizes": sizes.tolist(), "cluster_quotas": quotas.tolist(), "fine_tune": True}
     return Selection(indices, distances[indices], info,
                      {"labels": labels, "centroids": centroids, "distances": distances, "embeddings": embeddings})
