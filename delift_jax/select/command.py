@@ -1,15 +1,34 @@
 """``delift select``: pick a subset from a kernel with submodular maximization and write picks, gains, summary.
 
     delift select --kernel DIR --objective fl|flmi|fl2mi|flcg --budget 0.3 --optimizer naive|lazy|stochastic \
-                  --seed S --out DIR [--query-kernel Q] [--private-kernel P] [--eta 1] [--nu 1] [--devices N]
+                  --seed S --out DIR [--query-kernel Q] [--private-kernel P] [--eta 1] [--nu 1] [--scale common]
 
-Writes OUT/picks.npy (int32, pick order), OUT/gains.npy (float32 marginal gains) and OUT/summary.json (objective
-value, budget, seed, timings, ...), each atomically.
+What each file must hold (rows are the covered elements, DESIGN §1.3; a kernel store is a directory written by
+``delift kernel``, whose U[target, candidate] has the --targets (or the pool) as rows and the --data as columns):
+
+* --kernel K: (n_pool, n_pool), K[i, j] = the utility of pool example j as a demonstration for pool example i:
+  the store of ``delift kernel --data POOL`` (or a .npy of that orientation).
+* --query-kernel Q (flmi, fl2mi): (n_pool, n_targets), Q[i, q] = the utility of pool example i as a demonstration
+  for target q. Give the store of ``delift kernel --data POOL --targets TARGETS`` (it holds U = Qᵀ and is transposed
+  here), or a .npy already (n_pool, n_targets).
+* --private-kernel P (flcg): (n_pool, n_existing), P[i, p] = the utility of existing example p as a demonstration
+  for pool example i. Give the store of ``delift kernel --data EXISTING --targets POOL`` (it holds P as it is), or a
+  .npy already (n_pool, n_existing).
+
+A store is oriented from its manifest and the pool size (the rows of K); one made the other way round is used in
+the orientation that fits, with a warning; one that fits neither way, or a .npy whose rows are not the pool, is
+refused in one line. Scale: flmi and flcg compare K with η·max Q / ν·max P, so with ``--scale common`` (default)
+stores that ``delift kernel`` min-max normalized separately are re-normalized jointly from their raw utilities
+(one min-max over K and Q / P together, as the pipeline does); ``--scale stored`` keeps the stored values.
+
+Writes OUT/picks.npy (int32, pick order, indices into the pool), OUT/gains.npy (float32 marginal gains) and
+OUT/summary.json (objective value, budget, seed, orientation, scale, timings, ...), each atomically.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from delift_jax.errors import SelectionError
@@ -25,9 +44,21 @@ def parse_budget(text: str):
         raise SelectionError(f"budget must be a fraction like 0.3 or a count like 300, got {text!r}") from None
 
 
+ORIENTATION = (
+    "Orientation (rows = covered pool examples): K is (n_pool, n_pool); Q is (n_pool, n_targets), Q[i, q] = utility "
+    "of pool example i as a demonstration for target q; P is (n_pool, n_existing), P[i, p] = utility of existing "
+    "example p as a demonstration for pool example i. Stores written by `delift kernel` hold U[target, candidate] "
+    "(rows --targets, columns --data) and are oriented from their manifest: the store of --data POOL --targets "
+    "TARGETS becomes Q = U^T, the store of --data EXISTING --targets POOL is P = U. A plain .npy must already have "
+    "the orientation above; a mismatch is an error that names the expected shape."
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kernel", help="K: a .npy file or a kernel directory (kernel.npy, or kernel_indices.npy + "
-                        "kernel_values.npy + manifest.json); rows = covered elements, columns = candidates")
+    parser.epilog = ORIENTATION
+    parser.add_argument("--kernel", help="K (n_pool, n_pool), rows = covered pool examples, columns = candidates: "
+                        "a .npy file or a kernel directory (the store of `delift kernel --data POOL`, or kernel.npy, "
+                        "or kernel_indices.npy + kernel_values.npy + manifest.json)")
     parser.add_argument("--objective", default="fl", choices=["fl", "flmi", "fl2mi", "flcg"],
                         help="fl: facility location; flmi: FL mutual information with --query-kernel (FL1MI); "
                         "fl2mi: the FL2MI variant (needs only --query-kernel); flcg: conditional gain against "
@@ -37,8 +68,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizer", default="lazy", choices=["naive", "lazy", "stochastic"])
     parser.add_argument("--seed", type=int, default=0, help="PRNG seed (stochastic greedy)")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--query-kernel", help="Q (n_rows, n_targets): utility of each pool example for each target")
-    parser.add_argument("--private-kernel", help="P (n_rows, n_existing): utility against the existing data")
+    parser.add_argument("--query-kernel",
+                        help="Q for flmi / fl2mi, Q[i, q] = utility of pool example i as a demonstration for target "
+                        "q: the store of `delift kernel --data POOL --targets TARGETS` (transposed here), or a .npy "
+                        "of shape (n_pool, n_targets)")
+    parser.add_argument("--private-kernel",
+                        help="P for flcg, P[i, p] = utility of existing example p as a demonstration for pool example "
+                        "i: the store of `delift kernel --data EXISTING --targets POOL` (used as stored), or a .npy "
+                        "of shape (n_pool, n_existing)")
+    parser.add_argument("--scale", choices=["common", "stored"], default="common",
+                        help="flmi / flcg: common (default) re-normalizes kernel stores that were min-max normalized "
+                        "separately with one min-max over the raw utilities of K and Q / P together; stored keeps "
+                        "each store's own values (a warning says they are not on one scale)")
     parser.add_argument("--eta", type=float, default=1.0, help="η of flmi / fl2mi (default 1)")
     parser.add_argument("--nu", type=float, default=1.0, help="ν of flcg (default 1)")
     parser.add_argument("--epsilon", type=float, default=0.01, help="stochastic greedy ε (sample ⌈(n/k)ln(1/ε)⌉)")
@@ -57,16 +98,15 @@ def run(args) -> int:
 
     started = time.perf_counter()
     budget = parse_budget(args.budget)
-    if args.kernel is None and args.objective != "fl2mi":
-        raise SelectionError(f"objective {args.objective} needs --kernel")
-    kernel = None if args.kernel is None else io.load_kernel(args.kernel, "kernel", candidate_major=True)
-    query = None if args.query_kernel is None else io.load_kernel(args.query_kernel, "query kernel")
-    private = None if args.private_kernel is None else io.load_kernel(args.private_kernel, "private kernel")
+    kernel, side, notes, layout = _load_inputs(args, io)
+    for line in notes:
+        print(f"warning: {line}", file=sys.stderr)
     loaded = time.perf_counter()
 
-    objective = sel.make_objective(args.objective, kernel, query_kernel=query, private_kernel=private,
-                                   eta=args.eta, nu=args.nu)
-    del kernel  # the objective holds the only copy
+    role = SIDE_ROLE.get(args.objective)
+    objective = sel.make_objective(args.objective, kernel, query_kernel=side if role == "query" else None,
+                                   private_kernel=side if role == "private" else None, eta=args.eta, nu=args.nu)
+    del kernel, side  # the objective holds the only copies
     n_rows = objective.n_rows  # before any padding for a mesh
     mesh = None
     if args.devices != 1:
@@ -106,6 +146,8 @@ def run(args) -> int:
         "private_kernel": args.private_kernel,
         "eta": args.eta if args.objective in ("flmi", "fl2mi") else None,
         "nu": args.nu if args.objective == "flcg" else None,
+        **layout,
+        "warnings": notes,
         "optimizer": args.optimizer,
         "seed": args.seed,
         "epsilon": args.epsilon if args.optimizer == "stochastic" else None,
@@ -124,3 +166,44 @@ def run(args) -> int:
     print(f"selected {n_selected} of {objective.n_candidates} ({args.objective}, {args.optimizer}): "
           f"objective {summary['objective_value']:.6g} in {summary['timings_s']['select']:.3f} s -> {paths['summary']}")
     return 0
+
+
+SIDE_ROLE = {"flmi": "query", "fl2mi": "query", "flcg": "private"}
+
+
+def _load_inputs(args, io):
+    """(K or None, Q / P oriented with rows = pool or None, warning lines, summary fields) for the objective."""
+    objective = args.objective
+    if args.kernel is None and objective != "fl2mi":
+        raise SelectionError(f"objective {objective} needs --kernel")
+    role = SIDE_ROLE.get(objective)
+    side_location = {"query": args.query_kernel, "private": args.private_kernel, None: None}[role]
+    if role == "query" and side_location is None:
+        raise SelectionError(f"objective {objective} needs a query kernel Q (--query-kernel)")
+    if role == "private" and side_location is None:
+        raise SelectionError("objective flcg needs a private kernel P (--private-kernel)")
+    notes = [f"{flag} is not used by objective {objective}; ignored"
+             for flag, value, used in (("--query-kernel", args.query_kernel, role == "query"),
+                                       ("--private-kernel", args.private_kernel, role == "private"))
+             if value is not None and not used]
+
+    kernel_source = None if args.kernel is None else io.open_kernel(args.kernel, "kernel K")
+    side_source = None if role is None else io.open_kernel(side_location, io.ROLES[role])
+    scalings = [None, None]
+    if objective in ("flmi", "flcg"):
+        scalings, note = io.plan_scale([kernel_source, side_source], args.scale)
+        notes += [note] if note else []
+    kernel = None
+    if objective == "fl2mi":  # K only gives the pool size to check Q against
+        n_pool = None if kernel_source is None else int(io.kernel_shape(kernel_source)[-1])
+    else:
+        kernel = io.load_kernel(kernel_source, candidate_major=True, scaling=scalings[0])
+        n_pool = int(kernel.shape[0])
+    layout = {"scale": args.scale if objective in ("flmi", "flcg") else None,
+              "common_scale_range": None if scalings[0] is None else [scalings[0].low, scalings[0].high]}
+    if role is None:
+        return kernel, None, notes, layout
+    side, how, note = io.load_oriented(side_source, role, n_pool, scalings[1])
+    notes += [note] if note else []
+    layout[f"{role}_kernel_orientation"] = how
+    return kernel, side, notes, layout

@@ -1,13 +1,38 @@
-"""Reading kernels from disk and writing selections atomically.
+"""Reading kernels from disk (oriented and on one scale for the objective) and writing selections atomically.
 
-A kernel location is either a ``.npy`` file (dense K, rows = covered elements) or a directory holding
-``kernel.npy`` (dense) or ``kernel_indices.npy`` + ``kernel_values.npy`` (sparse top-k) with ``manifest.json``
-giving ``n_candidates``. Outputs are written to a temporary file in the same directory and renamed into place, so a
-crash never leaves a half-written file behind.
+A kernel location is a ``.npy`` file or a directory holding ``kernel.npy`` (dense) or ``kernel_indices.npy`` +
+``kernel_values.npy`` (sparse top-k) with ``manifest.json`` giving ``n_candidates``. A directory written by
+``delift kernel`` (a *store*: its manifest has ``n_targets``, ``n_candidates``, ``square``) holds
+U[target, candidate]: rows are the examples whose responses are predicted (``--targets``, or the pool when square),
+columns the examples shown as the demonstration (the pool, ``--data``).
+
+Orientation (DESIGN §1.3; rows are covered elements):
+
+* K (``--kernel``): (n_pool, n_pool); a store is used as it is (U of the pool against itself).
+* Q (``--query-kernel``): (n_pool, n_targets), Q[i, q] = the utility of pool example i as a demonstration for
+  target q. A store from ``delift kernel --data POOL --targets T`` holds U[q, i], so Q = Uᵀ (done here).
+* P (``--private-kernel``): (n_pool, n_existing), P[i, p] = the utility of existing example p as a demonstration
+  for pool example i. A store from ``delift kernel --data EXISTING --targets POOL`` holds exactly that: P = U.
+
+A store is oriented from its manifest: the DESIGN orientation when its pool side has n_pool entries (always, for a
+square store), else the other one (the store then measures the other direction; a warning says so), else a
+one-line error. A plain ``.npy`` file (or a directory without a store manifest) must already be (n_pool, m); a
+transposed one is refused with the fix. n_pool is the number of rows of K (for fl2mi: its columns; fl2mi without
+``--kernel`` has no pool size to check a plain file against).
+
+Scale: FL1MI caps K at η·max_q Q[i, q] and FLCG floors it at ν·max_p P[i, p], so K and Q / P must be in the same
+units. ``delift kernel`` min-maxes each store on its own. ``plan_scale`` therefore re-normalizes min-maxed stores
+jointly from their raw utilities (``utility_raw.npy`` / ``utility_raw_values.npy``): one (U − lo)/(hi − lo) with
+lo, hi over the union of the kernels' raw utilities (K's diagonal left out when the store excluded it), as
+``delift_jax.methods.delift`` does. Where that is impossible it says why, in one line.
+
+Outputs are written to a temporary file in the same directory and renamed into place, so a crash never leaves a
+half-written file behind.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -22,7 +47,50 @@ from delift_jax.select.sparse import SparseKernel
 DENSE_FILE = "kernel.npy"
 INDICES_FILE = "kernel_indices.npy"
 VALUES_FILE = "kernel_values.npy"
+RAW_DENSE_FILE = "utility_raw.npy"
+RAW_VALUES_FILE = "utility_raw_values.npy"
 MANIFEST_FILE = "manifest.json"
+STORE_FIELDS = ("n_targets", "n_candidates", "square")
+MINMAX = ("minmax", "clip_minmax")
+ROLES = {"query": "query kernel Q", "private": "private kernel P"}
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSource:
+    """Where a kernel lives. manifest: the directory's manifest.json (None for a .npy file or no manifest)."""
+
+    path: Path
+    what: str
+    manifest: dict | None
+
+    @property
+    def is_store(self) -> bool:
+        """Written by ``delift kernel`` (so its orientation and normalization are known)."""
+        return isinstance(self.manifest, dict) and all(f in self.manifest for f in STORE_FIELDS)
+
+    @property
+    def is_sparse(self) -> bool:
+        return self.path.is_dir() and not (self.path / DENSE_FILE).exists()
+
+    @property
+    def normalization(self) -> str | None:
+        return (self.manifest.get("summary") or {}).get("normalization") if self.is_store else None
+
+    @property
+    def exclude_diagonal(self) -> bool:
+        return bool((self.manifest.get("summary") or {}).get("exclude_diagonal")) if self.is_store else False
+
+    def label(self) -> str:
+        return f"{self.what} {self.path}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Scaling:
+    """Re-normalize raw utilities as (max(U, 0) if clip_minmax else U − low) / (high − low)."""
+
+    method: str
+    low: float
+    high: float
 
 
 def _load_npy(path: Path, what: str) -> np.ndarray:
@@ -32,50 +100,87 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
         raise SelectionError(f"cannot read {what} {path}: {exc}") from None
 
 
-def load_kernel(location: str | os.PathLike, what: str = "kernel", *, candidate_major: bool = False):
-    """Load a dense or sparse kernel from ``location`` (.npy file or kernel directory).
-
-    With ``candidate_major`` a dense kernel comes back as a DenseKernel (laid out as Kᵀ on the host, so only one
-    n × n array reaches the device); otherwise as a numpy (n_rows, n_candidates) array.
-    """
+def open_kernel(location: str | os.PathLike, what: str = "kernel") -> KernelSource:
+    """Check that ``location`` holds a finished kernel and read its manifest (nothing big is read)."""
     path = Path(location)
     if not path.exists():
         raise SelectionError(f"{what} not found: {path}")
     if path.is_file():
         if path.suffix != ".npy":
             raise SelectionError(f"{what} file {path} is not a .npy file; pass a .npy file or a kernel directory")
-        return _dense(_load_npy(path, what), candidate_major)
-    _refuse_incomplete(path, what)
-    if (path / DENSE_FILE).exists():
-        return _dense(_load_npy(path / DENSE_FILE, what), candidate_major)
-    if (path / INDICES_FILE).exists() and (path / VALUES_FILE).exists():
-        indices = np.asarray(_load_npy(path / INDICES_FILE, f"{what} indices"))
-        values = np.asarray(_load_npy(path / VALUES_FILE, f"{what} values"))
-        try:
-            manifest = json.loads((path / MANIFEST_FILE).read_text())
-            n_candidates = int(manifest["n_candidates"])
-        except FileNotFoundError:
-            raise SelectionError(f"sparse {what} in {path} has no {MANIFEST_FILE} giving n_candidates") from None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise SelectionError(f"{path / MANIFEST_FILE} must be JSON with an integer n_candidates ({exc})") from None
-        return SparseKernel(indices, values, n_candidates)
-    raise SelectionError(
-        f"{what} directory {path} holds neither {DENSE_FILE} nor {INDICES_FILE} + {VALUES_FILE}"
-    )
+        return KernelSource(path, what, None)
+    manifest = _read_manifest(path, what)
+    if not (path / DENSE_FILE).exists() and not ((path / INDICES_FILE).exists() and (path / VALUES_FILE).exists()):
+        raise SelectionError(f"{what} directory {path} holds neither {DENSE_FILE} nor {INDICES_FILE} + {VALUES_FILE}")
+    return KernelSource(path, what, manifest)
 
 
-def _refuse_incomplete(directory: Path, what: str) -> None:
-    """A kernel store whose manifest does not say complete holds no finished kernel (a run is unfinished or is
-    rewriting the final arrays); a directory without a manifest (arrays saved by hand) is taken as it is."""
+def _read_manifest(directory: Path, what: str) -> dict | None:
+    """A store whose manifest does not say complete holds no finished kernel (a run is unfinished or is rewriting
+    the final arrays); a directory without a manifest (arrays saved by hand) is taken as it is."""
     try:
         manifest = json.loads((directory / MANIFEST_FILE).read_text())
     except FileNotFoundError:
-        return
+        return None
     except ValueError as exc:
         raise SelectionError(f"{directory / MANIFEST_FILE} is not valid JSON ({exc})") from None
     if isinstance(manifest, dict) and manifest.get("complete") is False:
         raise SelectionError(f"{what} in {directory} is incomplete (its manifest says complete: false); rerun the "
                              "kernel command with the same --out to finish it")
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _n_candidates(source: KernelSource) -> int:
+    try:
+        return int(source.manifest["n_candidates"])
+    except TypeError:
+        raise SelectionError(f"sparse {source.label()} has no {MANIFEST_FILE} giving n_candidates") from None
+    except (ValueError, KeyError) as exc:
+        raise SelectionError(f"{source.path / MANIFEST_FILE} must be JSON with an integer n_candidates ({exc})") \
+            from None
+
+
+def kernel_shape(source: KernelSource) -> tuple[int, ...]:
+    """The (n_rows, n_candidates) of the dense kernel ``source`` stands for, from headers only."""
+    if source.path.is_file():
+        return tuple(_load_npy(source.path, source.what).shape)
+    if not source.is_sparse:
+        return tuple(_load_npy(source.path / DENSE_FILE, source.what).shape)
+    return (int(_load_npy(source.path / INDICES_FILE, source.what).shape[0]), _n_candidates(source))
+
+
+def _stored(source: KernelSource, scaling: Scaling | None):
+    """The normalized kernel: a (memory-mapped) dense array, or a SparseKernel of numpy arrays; with ``scaling``
+    recomputed from the raw utilities."""
+    path, what = source.path, source.what
+    if path.is_file():
+        return _load_npy(path, what)
+    if not source.is_sparse:
+        if scaling is not None:
+            return _rescaled(_load_npy(path / RAW_DENSE_FILE, f"{what} raw utilities"), scaling,
+                             source.exclude_diagonal)
+        return _load_npy(path / DENSE_FILE, what)
+    indices = np.asarray(_load_npy(path / INDICES_FILE, f"{what} indices"))
+    n_candidates = _n_candidates(source)
+    if scaling is not None:
+        values = _rescaled(_load_npy(path / RAW_VALUES_FILE, f"{what} raw utilities"), scaling,
+                           source.exclude_diagonal, indices)
+    else:
+        values = np.asarray(_load_npy(path / VALUES_FILE, f"{what} values"))
+    return SparseKernel(indices, values, n_candidates)
+
+
+def load_kernel(location, what: str = "kernel", *, candidate_major: bool = False, scaling: Scaling | None = None):
+    """Load K from ``location`` (.npy file or kernel directory) as stored, or re-normalized with ``scaling``.
+
+    With ``candidate_major`` a dense kernel comes back as a DenseKernel (laid out as Kᵀ on the host, so only one
+    n × n array reaches the device); otherwise as a numpy (n_rows, n_candidates) array.
+    """
+    source = location if isinstance(location, KernelSource) else open_kernel(location, what)
+    kernel = _stored(source, scaling)
+    if isinstance(kernel, SparseKernel):
+        return kernel
+    return _dense(kernel, candidate_major)
 
 
 def _dense(array: np.ndarray, candidate_major: bool):
@@ -85,6 +190,163 @@ def _dense(array: np.ndarray, candidate_major: bool):
         return np.asarray(array)
     keep = array.dtype == np.float32 or array.dtype.name == "bfloat16"  # float32/bfloat16 stay as stored
     return DenseKernel(np.ascontiguousarray(array.T, dtype=array.dtype if keep else np.float32))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Orientation of Q and P.
+
+
+def load_oriented(source: KernelSource, role: str, n_pool: int | None, scaling: Scaling | None = None):
+    """Q (role "query") or P (role "private") with rows = the n_pool pool examples; see the module docstring.
+
+    Returns (kernel, how, warning): kernel a numpy (n_pool, m) array (or a SparseKernel from a hand-made sparse
+    directory, taken as it is), how a short description of the orientation used, warning a line or None.
+    """
+    name = ROLES[role]
+    kernel = _stored(source, scaling)
+    if not source.is_store:
+        shape = kernel.shape
+        if len(shape) != 2:
+            raise SelectionError(f"{name} {source.path} must be 2-D (n_pool, m), got shape {tuple(shape)}")
+        if n_pool is not None and shape[0] != n_pool:
+            columns, other = ("n_targets", "targets") if role == "query" else ("n_existing", "existing examples")
+            hint = ("it looks transposed: save its transpose (np.save(path, np.load(path).T))" if shape[1] == n_pool
+                    else "pass the kernel store written by `delift kernel`, which select orients itself")
+            raise SelectionError(f"{name} {source.path} has shape {tuple(shape)} but must be ({n_pool}, {columns}) "
+                                 f"with rows = the {n_pool} pool examples and columns = the {other}; {hint}")
+        return (kernel if isinstance(kernel, SparseKernel) else np.asarray(kernel)), "as given (rows = pool)", None
+
+    n_targets, n_candidates = int(source.manifest["n_targets"]), int(source.manifest["n_candidates"])
+    if isinstance(kernel, SparseKernel):  # the pool may sit on the columns: densify (absent entries are 0)
+        dense = np.zeros((n_targets, n_candidates), np.float32)
+        np.put_along_axis(dense, np.asarray(kernel.indices, np.int64), np.asarray(kernel.values, np.float32), 1)
+        kernel = dense
+    kernel = np.asarray(kernel)
+    transpose_first = role == "query"  # Q = Uᵀ (pool = columns of U); P = U (pool = rows of U)
+    pool_side = {True: n_candidates, False: n_targets}
+    if n_pool is None or pool_side[transpose_first] == n_pool:
+        transpose, warning = transpose_first, None
+    elif pool_side[not transpose_first] == n_pool:
+        transpose, warning = not transpose_first, _other_direction(source, role)
+    else:
+        store = "--data POOL --targets TARGETS" if role == "query" else "--data EXISTING --targets POOL"
+        raise SelectionError(
+            f"{name} {source.path} is a kernel store of U ({n_targets} targets x {n_candidates} candidates): neither "
+            f"Uᵀ ({n_candidates}, {n_targets}) nor U ({n_targets}, {n_candidates}) has the {n_pool} rows of the pool "
+            f"(--kernel); recompute it on the same pool with `delift kernel {store}`")
+    how = "store, transposed (Uᵀ)" if transpose else "store, as stored (U)"
+    return (kernel.T if transpose else kernel), how, warning
+
+
+def _other_direction(source: KernelSource, role: str) -> str:
+    if role == "query":
+        return (f"query kernel Q {source.path} has the pool as its rows (made with --targets POOL), so it measures "
+                "each target as a demonstration for the pool and is used as is; Q means each pool example as a "
+                "demonstration for the targets: recompute with `delift kernel --data POOL --targets TARGETS`")
+    return (f"private kernel P {source.path} has the pool as its columns (made with --data POOL), so it measures each "
+            "pool example as a demonstration for the existing data and is used transposed; P means each existing "
+            "example as a demonstration for the pool: recompute with `delift kernel --data EXISTING --targets POOL`")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# One scale for K and Q / P.
+
+
+def plan_scale(sources: list[KernelSource], mode: str = "common") -> tuple[list[Scaling | None], str | None]:
+    """How to put kernels compared directly on one scale: (a Scaling or None per source, a warning line or None).
+
+    mode "common" re-normalizes min-maxed stores jointly from their raw utilities (all of them, on one formula,
+    unless every store's own range already is the common one); "stored" keeps them (with a warning if they were
+    min-maxed separately).
+    """
+    keep: list[Scaling | None] = [None] * len(sources)
+    if len({s.path.resolve() for s in sources}) < 2:
+        return keep, None
+    methods = [s.normalization for s in sources]
+    if not any(m in MINMAX for m in methods):
+        if all(s.is_store for s in sources) and len(set(methods)) > 1:
+            return keep, _mixed(sources)
+        return keep, None  # the same pointwise map (none / exp) everywhere, or plain arrays: nothing known to fix
+    fix = "recompute them with `delift kernel --normalization none` (raw utilities share one scale)"
+    plain = [s for s in sources if not s.is_store]
+    if plain:
+        return keep, (f"{', '.join(s.label() for s in plain)} has no kernel-store manifest, so it cannot be put on "
+                      f"one scale with the separately min-max-normalized {_names(s for s in sources if s.is_store)}; "
+                      f"pass the stores of `delift kernel` for both or {fix}")
+    if len(set(methods)) > 1:
+        return keep, _mixed(sources)
+    separately = f"{_names(sources)} were min-max normalized separately, so their values are not on one scale"
+    if mode == "stored":
+        return keep, f"{separately} (--scale stored); drop --scale stored to min-max them jointly, or {fix}"
+    raws = []
+    for source in sources:
+        name = RAW_VALUES_FILE if source.is_sparse else RAW_DENSE_FILE
+        if not (source.path / name).exists():
+            return keep, f"{separately} and {source.path} has no {name} to re-normalize from; {fix}"
+        indices = np.asarray(_load_npy(source.path / INDICES_FILE, source.what)) if source.is_sparse else None
+        raws.append((_load_npy(source.path / name, f"{source.what} raw utilities"), indices))
+    method = methods[0]
+    ranges = [_range(raw, method, s.exclude_diagonal, indices) for s, (raw, indices) in zip(sources, raws)]
+    low, high = min(r[0] for r in ranges), max(r[1] for r in ranges)
+    if not np.isfinite(low) or all(r == (low, high) for r in ranges):
+        return keep, None
+    return [Scaling(method, low, high)] * len(sources), None
+
+
+def _names(sources) -> str:
+    return " and ".join(s.label() for s in sources)
+
+
+def _mixed(sources) -> str:
+    methods = ", ".join(f"{s.what}: {s.normalization}" for s in sources)
+    return (f"the kernels compared directly were normalized differently ({methods}), so they are not on one scale; "
+            "recompute them with one `delift kernel --normalization` (none keeps raw utilities on one scale)")
+
+
+def _row_blocks(array: np.ndarray):
+    step = max(1, (1 << 22) // max(1, array.shape[1]))
+    for start in range(0, array.shape[0], step):
+        yield start, np.asarray(array[start:start + step], dtype=np.float64)
+
+
+def _diagonal(start: int, shape: tuple[int, int], indices: np.ndarray | None) -> np.ndarray:
+    """Mask of the entries of rows start.. that sit on K's diagonal (column index == row index)."""
+    rows = np.arange(start, start + shape[0])[:, None]
+    columns = np.arange(shape[1])[None, :] if indices is None else indices[start:start + shape[0]]
+    return columns == rows
+
+
+def _range(raw: np.ndarray, method: str, exclude_diagonal: bool, indices: np.ndarray | None) -> tuple[float, float]:
+    """(min, max) of the utilities that the store's normalization took its statistics from."""
+    low, high = np.inf, -np.inf
+    for start, block in _row_blocks(raw):
+        if not np.all(np.isfinite(block)):
+            raise SelectionError("raw utilities are NaN or infinite; recompute the kernel (float32 compute)")
+        if method == "clip_minmax":
+            block = np.maximum(block, 0.0)
+        if exclude_diagonal:
+            block = block[~_diagonal(start, block.shape, indices)]
+        if block.size:
+            low, high = min(low, float(block.min())), max(high, float(block.max()))
+    return low, high
+
+
+def _rescaled(raw: np.ndarray, scaling: Scaling, exclude_diagonal: bool, indices: np.ndarray | None = None):
+    """float32 (U − low) / (high − low) (clipped at 0 first for clip_minmax); the excluded diagonal is 0."""
+    span = scaling.high - scaling.low
+    out = np.empty(raw.shape, np.float32)
+    for start, block in _row_blocks(raw):
+        if scaling.method == "clip_minmax":
+            block = np.maximum(block, 0.0)
+        block = (block - scaling.low) / span if span > 0 else np.zeros_like(block)
+        if exclude_diagonal:
+            block[_diagonal(start, block.shape, indices)] = 0.0
+        out[start:start + len(block)] = block
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Writing a selection.
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:
