@@ -3,6 +3,14 @@
 Writes to ``--out``: ``run.json`` and ``checkpoints/`` (resumable: run the same command again after an
 interruption), ``results.json`` (the loss curve and throughput), and, unless ``--no-export``, ``model/``: the
 merged model as a Hugging Face directory. The results JSON is also printed as the last line.
+
+``--indices`` index into the examples of ``--data`` *as loaded*: after ``--limit`` and the data options
+(``--dedupe``, ``--drop-empty``, ``--format`` / field mapping). Give the same ``--data``, ``--limit`` and data
+options as the ``delift kernel`` run the selection was made on, or the indices pick other examples. A
+``delift select`` output (``picks.npy`` beside its ``summary.json``) is checked: its candidate count must equal the
+number of loaded examples and, when its square kernel directory is found, the examples must hash to the kernel's
+``data_sha256``. ``results.json`` records ``data_sha256`` (all loaded examples, comparable with that manifest field)
+and ``examples_sha256`` (the examples trained on, in order).
 """
 
 from __future__ import annotations
@@ -12,15 +20,19 @@ import json
 import sys
 from pathlib import Path
 
+from delift_jax.data.sources import add_data_arguments
 from delift_jax.models.loading import DEFAULT_MODEL
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="HF model directory, .gguf file or 'smollm2' (default)")
     parser.add_argument("--data", default="ifbench", help="built-in dataset name or JSON/JSONL file (default ifbench)")
-    parser.add_argument("--limit", type=int, default=None, help="use the first N examples of --data")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="use the first N examples of --data (after --dedupe / --drop-empty)")
     parser.add_argument("--indices", default=None,
-                        help="a .npy/.json/.txt file of example indices (e.g. the output of 'delift select')")
+                        help="a .npy/.json/.txt file of example indices (e.g. picks.npy of 'delift select') into "
+                             "--data as loaded: give the same --limit, --dedupe, --drop-empty and field options as "
+                             "'delift kernel' (a select output is checked against its kernel)")
     parser.add_argument("--out", required=True, help="run directory: checkpoints, results.json, model/")
     parser.add_argument("--method", choices=("lora", "full"), default="lora", help="default: lora")
     parser.add_argument("--lora-rank", type=int, default=8)
@@ -48,6 +60,65 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--save-params", default=None, help=argparse.SUPPRESS)  # tests: trainable params as .npz
     parser.add_argument("--sleep-per-step", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: slow a run
+    add_data_arguments(parser)
+
+
+def examples_sha256(examples) -> str:
+    """SHA-256 of the examples' (prompt, response) list: ``data_sha256`` of a square kernel over the same list."""
+    from delift_jax.kernel.compute import data_fingerprint
+
+    return data_fingerprint(list(examples), None)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def check_selection_data(indices_path: str | None, examples: list, what: str = "--data") -> str | None:
+    """Refuse a ``delift select`` output made for other examples than ``examples`` (the loaded ground set).
+
+    Only a ``picks.npy`` (or a directory holding it) beside a select ``summary.json`` carries provenance: its
+    ``n_candidates`` must equal ``len(examples)``, and when the summary's kernel is a directory whose manifest
+    describes a square kernel over those candidates, the examples must hash to its ``data_sha256``. Returns what
+    was checked ("kernel data_sha256", "candidate count") or None (no provenance: only the index range is checked).
+    """
+    from delift_jax.errors import DataError
+
+    if indices_path is None:
+        return None
+    path = Path(indices_path).expanduser()
+    if path.is_dir():
+        path = path / "picks.npy"
+    summary = _read_json(path.parent / "summary.json") if path.name == "picks.npy" else None
+    if not isinstance(summary, dict) or not isinstance(summary.get("n_candidates"), int):
+        return None
+    fix = (f"give {what} the same data, --limit and data options (--dedupe, --drop-empty, --format/field mapping) "
+           "as the 'delift kernel' run the selection was made on")
+    n_candidates = summary["n_candidates"]
+    if n_candidates != len(examples):
+        raise DataError(f"{path} was selected from {n_candidates} candidates but {what} gives {len(examples)} "
+                        f"examples, so its indices would pick other examples; {fix}")
+    kernel = summary.get("kernel")
+    manifest = _read_json(Path(kernel).expanduser() / "manifest.json") if isinstance(kernel, str) else None
+    if (not isinstance(manifest, dict) or manifest.get("square") is not True
+            or manifest.get("n_candidates") != n_candidates or not isinstance(manifest.get("data_sha256"), str)):
+        return "candidate count"
+    if examples_sha256(examples) != manifest["data_sha256"]:
+        raise DataError(f"{path} was selected on kernel {kernel}, made for other examples than the {len(examples)} "
+                        f"that {what} gives (same count, different content or order); {fix}")
+    return "kernel data_sha256"
+
+
+def data_options_summary(options: dict) -> dict:
+    """``data_options(args)`` as JSON: the field map as a dict, a format name as given."""
+    import dataclasses
+
+    fields = options.get("fields")
+    return {"fields": dataclasses.asdict(fields) if dataclasses.is_dataclass(fields) else fields,
+            "dedupe": options.get("dedupe", False), "drop_empty": options.get("drop_empty", False)}
 
 
 def select_examples(examples: list, indices_path: str | None) -> list:
@@ -103,20 +174,26 @@ def run(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    from delift_jax.data.sources import load_examples
+    from delift_jax.data.sources import data_options, load_examples
     from delift_jax.models import load_model
     from delift_jax.train.export import export_hf
     from delift_jax.train.loop import finetune
 
     config = config_from_args(args)
-    examples = select_examples(load_examples(args.data, limit=args.limit), args.indices)
+    options = data_options(args)
+    loaded = load_examples(args.data, limit=args.limit, **options)
+    selection_check = check_selection_data(args.indices, loaded)
+    examples = select_examples(loaded, args.indices)
     model, tokenizer, _ = load_model(args.model, dtype=getattr(jnp, args.dtype))
     out = Path(args.out).expanduser()
     on_step = (lambda step, metrics: time.sleep(args.sleep_per_step)) if args.sleep_per_step > 0 else None
     result = finetune(model, tokenizer, examples, config, out, progress=not args.no_progress, on_step=on_step)
 
-    summary = {"model": str(args.model), "data": str(args.data), "indices": args.indices, "out": str(out),
-               **result.summary(), "config": config.to_dict()}
+    summary = {"model": str(args.model), "data": str(args.data), "limit": args.limit,
+               "data_options": data_options_summary(options), "data_sha256": examples_sha256(loaded),
+               "indices": args.indices, "selection_check": selection_check,
+               "examples_sha256": examples_sha256(examples),
+               "out": str(out), **result.summary(), "config": config.to_dict()}
     if not args.no_export:
         summary["export"] = str(export_hf(result.model, tokenizer, out / "model"))
     if args.save_params:
