@@ -70,6 +70,12 @@ def example_key(example: Example) -> tuple[str, str]:
     return example.prompt, example.response
 
 
+def prompt_key(example: Example) -> str:
+    """The prompt, case- and whitespace-folded: two examples asking the same thing share it (whatever their
+    responses), so the stricter leakage checks use it."""
+    return " ".join(example.prompt.lower().split())
+
+
 def split_examples(examples: Sequence[T], fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0, *,
                    group_duplicates: bool = True) -> tuple[list[T], list[T], list[T]]:
     """(train, validation, test) lists of examples; see the module docstring. Examples keep their order."""
@@ -78,15 +84,18 @@ def split_examples(examples: Sequence[T], fractions: Sequence[float] = (0.8, 0.1
     return tuple([examples[i] for i in part] for part in parts)  # type: ignore[return-value]
 
 
-def shared_examples(a: Sequence[Example], b: Sequence[Example]) -> list[int]:
-    """Indices into ``b`` of examples that also occur (same prompt and response) in ``a``."""
-    seen = {example_key(e) for e in a}
-    return [i for i, e in enumerate(b) if example_key(e) in seen]
+def shared_examples(a: Sequence[Example], b: Sequence[Example], key=example_key) -> list[int]:
+    """Indices into ``b`` of examples that also occur in ``a`` (same ``key``: by default prompt and response;
+    ``prompt_key`` matches the same question whatever its response)."""
+    seen = {key(e) for e in a}
+    return [i for i, e in enumerate(b) if key(e) in seen]
 
 
-def check_disjoint(pool: Sequence[Example], held_out: Sequence[Example], *, what: str = "held-out") -> None:
-    """Raise ``SplitError`` if any held-out example also occurs in the pool used for selection or training."""
-    shared = shared_examples(pool, held_out)
+def check_disjoint(pool: Sequence[Example], held_out: Sequence[Example], *, what: str = "held-out",
+                   key=example_key) -> None:
+    """Raise ``SplitError`` if any held-out example also occurs (same ``key``) in the pool used for selection or
+    training."""
+    shared = shared_examples(pool, held_out, key)
     if shared:
         raise SplitError(f"{len(shared)} of {len(held_out)} {what} examples also occur in the selection pool "
                          f"(e.g. {what} example {shared[0]}); the held-out data must stay out of selection")

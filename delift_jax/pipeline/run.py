@@ -22,8 +22,8 @@ Artifacts (``out_dir``)::
 
 The held-out evaluation set never enters selection: methods receive only the selection pool (instruction and
 continual: the pool's train split) and the selection queries (task: the target set's train + validation splits);
-pool, query and existing examples identical to a held-out example are dropped (with a warning), and
-``check_disjoint`` asserts it before anything is selected.
+pool, query and existing examples asking a held-out question (same prompt, case- and whitespace-folded) are
+dropped (with a warning), and ``check_disjoint`` asserts it before anything is selected.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import numpy as np
 from delift_jax.atomic_io import atomic_write_text
 from delift_jax.data.records import Example
 from delift_jax.data.sources import load_dataset
-from delift_jax.data.splits import check_disjoint, example_key, shared_examples, split_indices
+from delift_jax.data.splits import check_disjoint, prompt_key, shared_examples, split_indices
 from delift_jax.errors import DataError
 from delift_jax.pipeline.config import RunConfig
 
@@ -90,16 +90,18 @@ def load_source(source: str, limit: int | None, what: str, data_options: dict | 
 
 def _split(source: Source, fractions, seed: int, what: str) -> tuple[list[int], list[int], list[int]]:
     try:
-        return split_indices(len(source.examples), fractions, seed, [example_key(e) for e in source.examples])
+        # Examples asking the same question (folded prompt) stay in one split, whatever their responses.
+        return split_indices(len(source.examples), fractions, seed, [prompt_key(e) for e in source.examples])
     except DataError as exc:
         raise DataError(f"{what} {source.name!r}: {exc}") from None
 
 
 def _drop_shared(indices: list[int], source: Source, held_out: Sequence[Example], what: str) -> tuple[list[int], int]:
-    """Indices whose example does not occur in ``held_out`` (and how many were dropped, with a warning)."""
-    shared = set(shared_examples(held_out, [source.examples[i] for i in indices]))
+    """Indices whose prompt (case- and whitespace-folded) is no held-out test prompt, and how many were dropped
+    (with a warning): a pool example asking a test question leaks its answer even with another response."""
+    shared = set(shared_examples(held_out, [source.examples[i] for i in indices], prompt_key))
     if shared:
-        log.warning("%s: %d example(s) identical to a held-out test example were dropped from selection",
+        log.warning("%s: %d example(s) asking a held-out test question were dropped from selection",
                     what, len(shared))
     return [i for pos, i in enumerate(indices) if pos not in shared], len(shared)
 
@@ -251,11 +253,11 @@ def run_use_case(model_source, data: str, *, use_case: str, budget, methods, out
     pool_examples = [pool.examples[i] for i in candidates]
     query_examples = [target.examples[i] for i in queries] if queries is not None else None
     existing_examples = [prior.examples[i] for i in existing_idx] if existing_idx is not None else None
-    check_disjoint(pool_examples, test, what="held-out test")
+    check_disjoint(pool_examples, test, what="held-out test", key=prompt_key)
     if query_examples is not None:
-        check_disjoint(query_examples, test, what="held-out test")
+        check_disjoint(query_examples, test, what="held-out test", key=prompt_key)
     if existing_examples is not None:
-        check_disjoint(existing_examples, test, what="held-out test")
+        check_disjoint(existing_examples, test, what="held-out test", key=prompt_key)
     k = resolve_k(config.budget, len(pool_examples))
     splits.update(selection_pool=candidates, selection_queries=queries,
                   evaluation={"source": "target" if use_case == "task" else "pool", "indices": test_idx})
