@@ -268,3 +268,23 @@ def test_truncation_is_reported_and_matches_torch(tiny_llama):
             probs = torch.softmax(torch_model(torch.tensor([ids])).logits[0].float(), dim=-1)
         p = torch.stack([probs[t - 1, ids[t]] for t in range(len(ctx) + 1, len(ids))]).double()
         assert abs(result.distance_with_example[i, 0] - float(torch.sqrt(torch.mean((1 - p) ** 2)))) < 1e-5
+
+
+def test_waiting_process_stops_at_a_failure_report_of_this_run(tmp_path):
+    import os
+    import time
+
+    from delift_jax.kernel.compute import _wait_for
+    from delift_jax.kernel.store import KernelStore
+
+    store = KernelStore(tmp_path)
+    store.save_text("failed_process_1.txt", "DataError: 3 non-finite scores in block 7")
+    old = time.time() - 3600
+    os.utime(tmp_path / "failed_process_1.txt", (old, old))
+    with pytest.raises(DataError, match="timed out"):     # a report from an earlier run is ignored
+        _wait_for(lambda: False, 0.2, "the blocks of other processes", store, since=time.time() - 60)
+    store.save_text("failed_process_1.txt", "DataError: 3 non-finite scores in block 7")
+    started = time.monotonic()
+    with pytest.raises(DataError, match="process 1: DataError: 3 non-finite scores in block 7"):
+        _wait_for(lambda: False, 600, "the blocks of other processes", store, since=time.time() - 60)
+    assert time.monotonic() - started < 5

@@ -147,6 +147,7 @@ def utility_kernel(model, tokenizer, targets: Sequence[Example], candidates: Seq
             return result
 
     store = KernelStore(out_dir)
+    run_started = time.time()  # failure reports of other processes older than this belong to an earlier run
     seqs = build_pair_sequences(tokenizer, targets, candidate_list, config)
     if seqs.n_empty_responses:
         warnings.warn(f"{seqs.n_empty_responses} responses tokenize to nothing; only their final EOS is scored",
@@ -168,6 +169,10 @@ def utility_kernel(model, tokenizer, targets: Sequence[Example], candidates: Seq
     store.check_identity(manifest)  # before anything stored (the sparse neighbours) is read back
     top_k = None
     if config.top_k is not None:
+        if jax.process_index() != 0:
+            # One set of neighbours for every process: process 0's, never a recomputation that could drift.
+            _wait_for(lambda: store.read_manifest() is not None and store.has("neighbours.npy"), wait_timeout_s,
+                      "the sparse neighbours of process 0", store, run_started)
         top_k = _sparse_neighbours(model, tokenizer, store, seqs, targets, candidate_list, square, config,
                                    embeddings, mesh)
     pairs = plan_pairs(len(targets), len(candidate_list), top_k)
@@ -180,7 +185,8 @@ def utility_kernel(model, tokenizer, targets: Sequence[Example], candidates: Seq
     if process == 0:
         store.open(manifest)
     else:
-        _wait_for(lambda: store.read_manifest() is not None, wait_timeout_s, "the manifest of process 0")
+        _wait_for(lambda: store.read_manifest() is not None, wait_timeout_s, "the manifest of process 0", store,
+                  run_started)
         store.open(manifest, create=False)
     if top_k is not None and process == 0 and not store.has("neighbours.npy"):
         store.save_npy("neighbours.npy", top_k)
@@ -203,15 +209,20 @@ def utility_kernel(model, tokenizer, targets: Sequence[Example], candidates: Seq
     bar = _pair_bar(sum(e - s for b, (s, e) in enumerate(blocks) if b in mine), progress)
     started = time.perf_counter()
     n_full = n_truncated_pairs = 0
-    for b in mine:
-        start, end = blocks[b]
-        block_pairs = pairs[start:end]
-        full = full_sequences_for(tokenizer, targets, candidate_list, block_pairs, seqs, config)
-        n_full += len(full)
-        n_truncated_pairs += sum(seq.context_dropped > 0 for seq in full.values())
-        rms, logp = pair_scorer.score(block_pairs, seqs, full, on_progress=bar.update)
-        _check_finite(logp, f"block {b}")
-        store.write_block(b, block_pairs, rms, logp)
+    try:
+        for b in mine:
+            start, end = blocks[b]
+            block_pairs = pairs[start:end]
+            full = full_sequences_for(tokenizer, targets, candidate_list, block_pairs, seqs, config)
+            n_full += len(full)
+            n_truncated_pairs += sum(seq.context_dropped > 0 for seq in full.values())
+            rms, logp = pair_scorer.score(block_pairs, seqs, full, on_progress=bar.update)
+            _check_finite(logp, f"block {b}")
+            store.write_block(b, block_pairs, rms, logp)
+    except Exception as exc:
+        if n_processes > 1:  # tell process 0, which would otherwise wait for these blocks until its timeout
+            store.save_text(f"failed_process_{process}.txt", f"{type(exc).__name__}: {exc}")
+        raise
     bar.close()
     elapsed = time.perf_counter() - started
     if n_truncated_pairs:
@@ -220,7 +231,8 @@ def utility_kernel(model, tokenizer, targets: Sequence[Example], candidates: Seq
 
     if process != 0:
         return None
-    _wait_for(lambda: len(store.finished_blocks()) >= len(blocks), wait_timeout_s, "the blocks of other processes")
+    _wait_for(lambda: len(store.finished_blocks()) >= len(blocks), wait_timeout_s, "the blocks of other processes",
+              store, run_started)
     return _assemble(store, pairs, blocks, top_k, config, square, len(candidate_list), {
         "pairs_computed_now": int(sum(blocks[b][1] - blocks[b][0] for b in mine)),
         "seconds_computing_pairs": round(elapsed, 3),
@@ -312,9 +324,15 @@ def _check_finite(values: np.ndarray, what: str) -> None:
         raise DataError(f"{bad} non-finite scores in {what}; nothing was saved for it (try float32 compute)")
 
 
-def _wait_for(condition, timeout_s: float, what: str) -> None:
+def _wait_for(condition, timeout_s: float, what: str, store: KernelStore | None = None,
+              since: float = 0.0) -> None:
+    """Poll ``condition``; give up at the timeout or as soon as another process reports (after the wall-clock time
+    ``since``) a failure in ``store``."""
     deadline = time.monotonic() + timeout_s
     while not condition():
+        failed = store.failures(since) if store is not None else []
+        if failed:
+            raise DataError(f"stopped waiting for {what}: {failed[0]} (fix it and rerun every process to resume)")
         if time.monotonic() > deadline:
             raise DataError(f"timed out after {timeout_s:.0f} s waiting for {what}; rerun to resume")
         time.sleep(0.5)

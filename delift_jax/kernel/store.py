@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from delift_jax.atomic_io import atomic_save_json, atomic_save_npy, atomic_save_npz
+from delift_jax.atomic_io import atomic_save_json, atomic_save_npy, atomic_save_npz, atomic_write_text
 from delift_jax.errors import DeliftError
 
 FORMAT_VERSION = 2  # 2: the token ids (tokenizer) joined the identity
@@ -104,6 +104,15 @@ class KernelStore:
 
     def save_npy(self, name: str, array: np.ndarray) -> None:
         atomic_save_npy(self.directory / name, array)
+
+    def save_text(self, name: str, text: str) -> None:
+        atomic_write_text(self.directory / name, text)
+
+    def failures(self, since: float = 0.0) -> list[str]:
+        """Reports of processes that failed (``failed_process_<i>.txt`` written at or after the wall-clock time
+        ``since``: older ones belong to an earlier run), as "process i: message"."""
+        return [f"process {p.stem.rsplit('_', 1)[1]}: {p.read_text(encoding='utf-8').strip()}"
+                for p in sorted(self.directory.glob("failed_process_*.txt")) if p.stat().st_mtime >= since]
 
     def update_manifest(self, **fields) -> None:
         manifest = self.read_manifest() or {}

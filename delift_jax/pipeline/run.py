@@ -277,7 +277,8 @@ def run_use_case(model_source, data: str, *, use_case: str, budget, methods, out
 
         echo(f"loading model {model_source}")
         model, tokenizer, _ = load_model(model_source)
-    needs_encoder = "embedding" in config.metrics or config.icl_k > 0 or any(m in ("delift_se", "deft_ucs") for m in config.methods)
+    needs_encoder = ("embedding" in config.metrics or config.icl_k > 0
+                     or any(m in ("delift_se", "deft_ucs") for m in config.methods))
     encoder = None
     if needs_encoder:
         from delift_jax.evaluate.bert import load_sentence_encoder
