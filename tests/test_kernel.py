@@ -1,5 +1,7 @@
 """The utility kernel against a plain PyTorch implementation of the authors' teacher-forced procedure."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -288,3 +290,17 @@ def test_waiting_process_stops_at_a_failure_report_of_this_run(tmp_path):
     with pytest.raises(DataError, match="process 1: DataError: 3 non-finite scores in block 7"):
         _wait_for(lambda: False, 600, "the blocks of other processes", store, since=time.time() - 60)
     assert time.monotonic() - started < 5
+
+
+def test_rectangular_sparse_mode_accepts_a_candidate_longer_than_max_length(tiny_llama):
+    """A dense run truncates a too-long demonstration from the left; the sparse mode's candidate embeddings must not
+    fail on it either, and its utilities equal the dense ones."""
+    _, _, model, tokenizer = tiny_llama
+    long_candidate = Example("Repeat the list.", " ".join(f"item{i}" for i in range(60)))
+    candidates = [long_candidate] + POOL[:3]
+    config = KernelConfig(max_length=64, batch_size=3)  # no response cap: the long response cannot fit
+    assert len(tokenizer(long_candidate.response, add_special_tokens=False)["input_ids"]) > 64
+    dense = utility_kernel(model, tokenizer, POOL[3:], candidates, config=config)
+    sparse = utility_kernel(model, tokenizer, POOL[3:], candidates, config=dataclasses.replace(config, top_k=2))
+    np.testing.assert_allclose(sparse.utility, np.take_along_axis(dense.utility, sparse.indices, axis=1),
+                               atol=1e-6, rtol=0)

@@ -257,8 +257,12 @@ def _sparse_neighbours(model, tokenizer, store: KernelStore, seqs, targets, cand
         embed = lambda sequences: mean_pooled_embeddings(model, sequences, max_length=config.max_length,
                                                          batch_size=config.batch_size, mesh=mesh)
         target_emb = embed(seqs.no_example)
+        # Candidates are embedded like targets (no-example layout); a response too long to fit is capped here
+        # (similarity only), where a dense run would truncate the demonstration rather than fail.
+        cap = min(config.max_response_tokens or config.max_length, config.max_length // 2)
         candidate_emb = target_emb if square else embed(
-            build_pair_sequences(tokenizer, candidates, [], config).no_example)
+            build_pair_sequences(tokenizer, candidates, [], dataclasses.replace(config, max_response_tokens=cap))
+            .no_example)
     # An excluded diagonal would waste one of each row's k slots on a cell forced to 0.
     return top_k_pairs(target_emb, candidate_emb, config.top_k, exclude_self=square and config.exclude_diagonal)
 
