@@ -3,13 +3,15 @@ Full vs Initial, several seeds, held-out NLL and ROUGE-L.
 
 Each seed makes its own split of the pool (``delift run`` semantics: selection never sees the held-out test
 part), selects ``--budget`` of the selection pool with each method, fine-tunes SmolLM2 with LoRA on the subset
-and scores the held-out responses. The DELIFT kernel over ``--examples`` × 0.8 pool examples costs one forward
-pass per pair (150 examples: 14,400 pairs — hours on 2 CPU cores, minutes on an accelerator).
+and scores the held-out responses. The DELIFT kernel over the selection pool (``--examples`` × the train
+fraction of ``--split``) costs one forward pass per pair: TruthfulQA's short pairs run at ≈14 pairs/s on 2 CPU
+cores (150 examples at split 0.7: 11,025 pairs, ≈13 min a seed); ifbench's long ones take hours per seed there.
 
 The last line is one JSON object: ``delift``, ``random``, ``full``, ``initial`` (mean held-out token NLL over
 seeds) and ``delift_minus_random``.
 
     python scripts/bench_quality.py --examples 150 --seeds 0 1 2 --out runs/bench_quality
+    python scripts/bench_quality.py --data truthfulqa --examples 150 --split 0.7,0.1,0.2 --max-new-tokens 32  # README
 """
 
 from __future__ import annotations
