@@ -97,3 +97,23 @@ def test_two_processes_under_jax_distributed_match_one(tiny_llama, pool_file, tm
     assert blocks == list(range(12))
     np.testing.assert_array_equal(np.load(out / "kernel.npy"), reference_kernel[0])
     np.testing.assert_array_equal(np.load(out / "utility_raw.npy"), reference_kernel[1])
+
+
+def test_two_processes_share_process_0s_sparse_neighbours(tiny_llama, pool_file, tmp_path):
+    """Sparse mode under jax.distributed: process 1 waits for and uses process 0's stored neighbours, and the
+    result equals a one-process sparse run."""
+    single = tmp_path / "single"
+    run_to_end(kernel_command(tiny_llama[0], pool_file, single, "--top-k", "3"))
+    out = tmp_path / "kernel"
+    coordinator = f"127.0.0.1:{free_port()}"
+    env = dict(os.environ, XLA_FLAGS="")
+    processes = [subprocess.Popen(kernel_command(tiny_llama[0], pool_file, out, "--top-k", "3", "--coordinator",
+                                                 coordinator, "--num-processes", "2", "--process-id", str(rank)),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                 for rank in (0, 1)]
+    outputs = [p.communicate(timeout=300) for p in processes]
+    for process, (stdout, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr[-3000:]
+    assert not list(out.glob("failed_process_*.txt"))
+    for name in ("neighbours.npy", "kernel_indices.npy", "kernel_values.npy", "utility_raw_values.npy"):
+        np.testing.assert_array_equal(np.load(out / name), np.load(single / name), err_msg=name)
