@@ -3,13 +3,16 @@
 Instruction tuning end to end with SmolLM2-135M-Instruct on real TruthfulQA pairs (built in): a seeded split,
 DELIFT against Random, Full data and the untuned model (Initial), LoRA fine-tuning on each subset, evaluation on
 the held-out split; prints the comparison table and writes plots (metric per method, kernel heatmap, greedy
-gain curve). Everything is a thin wrapper over ``delift run`` with small settings.
+gain curve). Everything is a thin wrapper over ``delift run`` with small settings. Each run starts fresh: the
+outputs of an earlier demo in ``--out`` (possibly from another version, whose kernel store would be refused) are
+replaced.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 from delift_jax.models.loading import DEFAULT_MODEL
@@ -24,16 +27,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
 
 
+METHODS = ("delift", "random", "full", "initial")
+PLOTS = ("rougeL_per_method.png", "kernel_heatmap.png", "greedy_gains.png")
+
+
+def clear_previous_demo(out: Path) -> bool:
+    """Remove what an earlier demo wrote to ``out`` (only those names); True if there was any."""
+    found = False
+    for name in METHODS:
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+            found = True
+    for name in ("results.json", "results.md", "splits.json") + PLOTS:
+        if (out / name).is_file():
+            (out / name).unlink()
+            found = True
+    return found
+
+
 def run(args: argparse.Namespace) -> int:
     from delift_jax.pipeline import command as pipeline_command
 
     out = Path(args.out)
+    if clear_previous_demo(out):
+        print(f"replacing the previous demo outputs in {out}")
     parser = argparse.ArgumentParser()
     pipeline_command.add_arguments(parser)
     run_args = parser.parse_args([
         "--use-case", "instruction", "--model", str(args.model), "--data", str(args.data),
         "--limit", str(args.examples), "--split", "0.6,0.1,0.3", "--budget", str(args.budget),
-        "--methods", "delift,random,full,initial", "--train-steps", str(args.train_steps),
+        "--methods", ",".join(METHODS), "--train-steps", str(args.train_steps),
         "--max-response-tokens", "16", "--max-new-tokens", "16", "--metrics", "rouge,nll", "--no-checkpoints",
         "--out", str(out),
     ])
@@ -54,7 +77,7 @@ def write_plots(out: Path, budget: float) -> list[Path]:
     from delift_jax.select import facility_location, maximize
 
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    paths = [out / "rougeL_per_method.png", out / "kernel_heatmap.png", out / "greedy_gains.png"]
+    paths = [out / name for name in PLOTS]
     plot_method_metrics(results, "rougeL", paths[0])
     kernel = load_pool_kernel(out / "delift" / "kernels")
     selection = maximize(facility_location(kernel.astype(np.float32)), budget, optimizer="lazy")
