@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
+from delift_jax.atomic_io import atomic_directory
 from delift_jax.models.config import ModelConfig
 from delift_jax.models.weights import model_to_hf_tensors
 from delift_jax.train.lora import has_lora, merge_lora
@@ -68,16 +69,16 @@ def export_hf(model, tokenizer, directory: str | Path) -> Path:
     from safetensors.numpy import save_file
 
     directory = Path(directory).expanduser()
-    directory.mkdir(parents=True, exist_ok=True)
     plain = merged_copy(model)
     tensors = model_to_hf_tensors(plain)
     # safetensors' numpy writer knows no bfloat16: those are widened to float32 (lossless).
     tensors = {k: np.ascontiguousarray(v if v.dtype in (np.float32, np.float16) else v.astype(np.float32))
                for k, v in tensors.items()}
     dtype = str(next(iter(tensors.values())).dtype)
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
     config = to_hf_config(plain.config, dtype=dtype)
-    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(directory))
+    with atomic_directory(directory) as staging:  # a crash mid-export leaves no half-written model directory
+        save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(staging))
     return directory
