@@ -1,7 +1,12 @@
 """Atomic file writes: a file appears whole or not at all, whatever crash or kill -9 happens meanwhile.
 
 Write to a temporary file in the same directory, flush and fsync it, rename it over the target (atomic on POSIX),
-then fsync the directory so the rename itself survives a power loss.
+then fsync the directory so the rename itself survives a power loss. A failed write (a full disk, an I/O error)
+removes its temporary file and re-raises, leaving the earlier file (if any) as it was.
+
+Directories are replaced the same way (``atomic_directory``); a process killed while filling one leaves a hidden
+staging directory ``.<name>.<random>.tmp`` beside it, which the next ``atomic_directory`` of the same path
+removes. Arrays are written without pickle (``allow_pickle=False``): object arrays are refused, never pickled.
 """
 
 from __future__ import annotations
@@ -23,9 +28,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            _write_durably(handle, data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -38,13 +41,40 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+def _write_durably(handle, data: bytes) -> None:
+    """Write, flush and fsync ``data`` (one function, so tests can inject ENOSPC / EIO here)."""
+    handle.write(data)
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def staging_leftovers(path: str | os.PathLike) -> list[Path]:
+    """Hidden staging and retired directories ``atomic_directory(path)`` leaves when a process dies inside it."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    return sorted(p for p in path.parent.iterdir()
+                  if p.is_dir() and not p.is_symlink() and p.name.startswith(f".{path.name}.")
+                  and p.name.endswith((".tmp", ".old")))
+
+
+def remove_staging_leftovers(path: str | os.PathLike) -> list[Path]:
+    """Remove what ``staging_leftovers`` finds (an earlier crash's partial copy); returns the removed paths."""
+    removed = staging_leftovers(path)
+    for leftover in removed:
+        shutil.rmtree(leftover, ignore_errors=True)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike):
     """Yield a fresh sibling directory to fill; on success it replaces ``path`` (an earlier directory there is
     removed only then), on any failure it is deleted: ``path`` holds the old complete contents or the new ones,
-    never a partial mix."""
+    never a partial mix. Staging directories of earlier crashes on the same path are removed first (one writer per
+    output path is assumed, as everywhere in this package)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_staging_leftovers(path)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield staging
@@ -77,5 +107,5 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
 
 def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, allow_pickle=False, **arrays)
     return atomic_write_bytes(path, buffer.getvalue())

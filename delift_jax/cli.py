@@ -52,13 +52,34 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def one_line(text: str) -> str:
+    """An error message on one line (a multi-line message would read as several errors)."""
+    return " ".join(str(text).split())
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    enable_compilation_cache()
+    """Run one command; every failure it foresees ends in one ``error:`` line on stderr and exit status 2.
+
+    Arguments are checked before any data or model loads (count options, output paths: ``cli_checks``); an
+    ``OSError`` that still escapes (a disk that fills up during the run) is reported with its path, not as a
+    traceback."""
     try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed its usage line and message (or --help)
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        from delift_jax.cli_checks import check_arguments
+
+        check_arguments(args.command, args)
+        enable_compilation_cache()
         return int(importlib.import_module(args._module).run(args) or 0)
     except DeliftError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        from delift_jax.cli_checks import describe_os_error
+
+        print(f"error: {one_line(describe_os_error(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

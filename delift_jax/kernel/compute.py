@@ -247,7 +247,7 @@ def _sparse_neighbours(model, tokenizer, store: KernelStore, seqs, targets, cand
                        config: KernelConfig, embeddings, mesh) -> np.ndarray:
     """Top-k candidate indices per target. A resumed run reuses the stored ones, so its pairs cannot drift."""
     if store.read_manifest() is not None and store.has("neighbours.npy"):
-        return np.load(store.directory / "neighbours.npy")
+        return np.load(store.directory / "neighbours.npy", allow_pickle=False)
     if embeddings is not None:
         target_emb, candidate_emb = (np.asarray(e) for e in embeddings)
         if target_emb.shape[0] != len(targets) or candidate_emb.shape[0] != len(candidates):

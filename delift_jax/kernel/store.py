@@ -1,36 +1,77 @@
-"""A crash-safe kernel directory: a manifest, one file per finished block, final arrays.
+"""A crash-safe kernel directory: a manifest, one checksummed file per finished block, final arrays.
 
 Every file appears atomically (temporary file, fsync, rename, fsync of the directory), so a crash at any moment
-leaves either the whole file or none of it. Re-running the same command finds the finished blocks and skips them;
-a directory made for another model, data or configuration is refused, never silently reused.
+leaves either the whole file or none of it. Block files carry a SHA-256 of their arrays: a block that fails to read
+or verify is removed and computed again. Re-running the same command finds the finished blocks and skips them; a
+directory made for another model, data or configuration is refused, never silently reused.
+
+Several processes may work on one store: the store lock (``.lock``) serializes creating the store, the shared
+inputs and the assembly; a block is computed only by the process holding its claim (``blocks/.block_*.lock``).
+Both are ``flock`` leases that end with their holder, ``kill -9`` included.
 
 Layout::
 
     manifest.json            identity (format, model fingerprint, data hash, token-id hash, config hash, block grid)
                              + status (``complete`` turns true only once every final array is written)
-    no_example.npz           d(i | no example) for every target (rms, mean log p, scored-token counts)
-    blocks/block_000012.npz  pairs (target, candidate) of block 12 and their rms / mean log p
-    kernel.npy, utility_raw.npy, distance_*.npy   final outputs (or kernel_indices/values.npy when sparse)
+    no_example.npz           d(i | no example) for every target (rms, mean log p, scored-token counts), checksummed
+    neighbours.npy           sparse mode: each target's candidates
+    blocks/block_000012.npz  pairs (target, candidate) of block 12, their rms / mean log p, and a checksum
+    kernel.npy, utility_raw.npy, distance_*.npy, distances.npz   final outputs (sparse: kernel_indices/values.npy)
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
+import tempfile
+import zipfile
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
 from delift_jax.atomic_io import atomic_save_json, atomic_save_npy, atomic_save_npz, atomic_write_text
-from delift_jax.errors import DeliftError
+from delift_jax.errors import DataError, DeliftError
+from delift_jax.kernel.locks import FileLock
 
-FORMAT_VERSION = 2  # 2: the token ids (tokenizer) joined the identity
+FORMAT_VERSION = 3  # 2: the token ids joined the identity; 3: checksummed blocks, block size chosen from the plan
 # Manifest fields that identify what the store holds; everything else (status, summary) may change.
 IDENTITY_FIELDS = ("format_version", "model_fingerprint", "data_sha256", "tokens_sha256", "compute_fingerprint",
                    "n_targets", "n_candidates", "square", "mode", "top_k", "n_blocks", "n_pairs")
+CHECKSUM_KEY = "checksum"
 
 
 class KernelStoreMismatchError(DeliftError):
     """The output directory holds a kernel computed with another model, data or configuration."""
+
+
+class DamagedFileError(DataError):
+    """A stored file cannot be read or does not match its checksum."""
+
+
+def array_checksum(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """SHA-256 (as 32 uint8) over each array's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}:{array.dtype.str}:{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return np.frombuffer(digest.digest(), np.uint8).copy()
+
+
+def read_checked_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a checksummed ``.npz`` (checksum removed); DamagedFileError when unreadable or altered."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise DamagedFileError(f"{path} is unreadable ({type(exc).__name__}: {exc})") from None
+    stored = arrays.pop(CHECKSUM_KEY, None)
+    if stored is None or not np.array_equal(stored, array_checksum(arrays)):
+        raise DamagedFileError(f"{path} does not match its checksum")
+    return arrays
 
 
 class KernelStore:
@@ -38,7 +79,26 @@ class KernelStore:
         self.directory = Path(directory)
         self.manifest_path = self.directory / "manifest.json"
         self.blocks_dir = self.directory / "blocks"
+        self._lock = FileLock(self.directory / ".lock")
 
+    # -- the store lock -------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def exclusive(self, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Hold the store lock (re-entrant within this object); ``on_wait`` hears one line if another holds it."""
+        if self._lock.held:
+            yield
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if not self._lock.acquire(blocking=False):
+            if on_wait is not None:
+                on_wait(f"another process is working on {self.directory}; waiting for it to finish its step")
+            self._lock.acquire(blocking=True)
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    # -- manifest -------------------------------------------------------------------------------------------------
     def read_manifest(self) -> dict | None:
         if not self.manifest_path.is_file():
             return None
@@ -49,61 +109,134 @@ class KernelStore:
                                            "or choose another --out") from None
 
     def open(self, manifest: dict, *, create: bool = True) -> dict:
-        """Create the store with ``manifest`` or check that the existing one holds the same kernel."""
-        existing = self.read_manifest()
-        if existing is None:
-            if self.directory.exists() and any(p for p in self.directory.iterdir() if not p.name.startswith(".")):
+        """Create the store with ``manifest`` or check that the existing one holds the same kernel. Creation runs
+        under the store lock, so two processes can never both create it."""
+        with self.exclusive():
+            existing = self.read_manifest()
+            if existing is not None:
+                self.check_identity(manifest, IDENTITY_FIELDS)
+                self.blocks_dir.mkdir(parents=True, exist_ok=True)
+                return existing
+            if any(not p.name.startswith(".") for p in self.directory.iterdir()):
                 raise KernelStoreMismatchError(f"{self.directory} exists, is not empty and holds no manifest.json; "
                                                "choose a new --out directory")
             if not create:
                 raise KernelStoreMismatchError(f"{self.directory} has no manifest.json yet")
             # The manifest comes first: a crash right after it leaves a store that the rerun resumes.
-            self.directory.mkdir(parents=True, exist_ok=True)
             atomic_save_json(self.manifest_path, dict(manifest, complete=False))
             self.blocks_dir.mkdir(exist_ok=True)
             return self.read_manifest()
-        self.check_identity(manifest, IDENTITY_FIELDS)
-        self.blocks_dir.mkdir(parents=True, exist_ok=True)
-        return existing
 
     def check_identity(self, manifest: dict, fields=IDENTITY_FIELDS) -> None:
         """Refuse a store whose manifest differs from ``manifest`` in any of ``fields`` (no store: nothing to do)."""
         existing = self.read_manifest()
         if existing is None:
             return
+        if "mode" in manifest and (existing.get("mode"), existing.get("top_k")) != (manifest["mode"],
+                                                                                  manifest.get("top_k")):
+            raise KernelStoreMismatchError(
+                f"{self.directory} holds a {_mode_name(existing)} kernel and this run asks for a "
+                f"{_mode_name(manifest)} one; use another --out directory (or the store's own mode to resume it)")
         differing = [f for f in fields if f in manifest and existing.get(f) != manifest.get(f)]
         if differing:
             raise KernelStoreMismatchError(
                 f"{self.directory} holds a kernel made with a different {', '.join(differing)}; "
                 "use a new --out directory or delete this one")
 
+    def update_manifest(self, **fields) -> None:
+        manifest = self.read_manifest() or {}
+        manifest.update(fields)
+        atomic_save_json(self.manifest_path, manifest)
+
+    # -- blocks ---------------------------------------------------------------------------------------------------
     def block_path(self, index: int) -> Path:
         return self.blocks_dir / f"block_{index:06d}.npz"
 
+    def has_block(self, index: int) -> bool:
+        return self.block_path(index).is_file()
+
     def finished_blocks(self) -> set[int]:
+        """Blocks whose files exist (unverified: see ``verified_blocks``)."""
         if not self.blocks_dir.is_dir():
             return set()
         return {int(p.stem.split("_")[1]) for p in self.blocks_dir.glob("block_*.npz")}
 
     def write_block(self, index: int, pairs: np.ndarray, rms: np.ndarray, logp: np.ndarray) -> None:
-        atomic_save_npz(self.block_path(index), pairs=pairs.astype(np.int32), rms=rms, logp=logp)
+        arrays = {"pairs": np.asarray(pairs, np.int32), "rms": np.asarray(rms), "logp": np.asarray(logp)}
+        atomic_save_npz(self.block_path(index), **arrays, **{CHECKSUM_KEY: array_checksum(arrays)})
 
     def read_block(self, index: int) -> dict[str, np.ndarray]:
-        with np.load(self.block_path(index)) as data:
-            return {k: data[k] for k in data.files}
+        """The block's pairs, rms and logp; DamagedFileError when its file is unreadable or fails its checksum."""
+        return read_checked_npz(self.block_path(index))
 
+    def verified_blocks(self, report: Callable[[str], None]) -> set[int]:
+        """Finished blocks whose files read and verify; a damaged one is reported in one line and removed (unless
+        a live process holds its claim), so it is computed again."""
+        finished = set()
+        for index in sorted(self.finished_blocks()):
+            try:
+                self.read_block(index)
+            except DamagedFileError as exc:
+                with self.claim(index) as claimed:
+                    if claimed:
+                        self.block_path(index).unlink(missing_ok=True)
+                        report(f"{exc}; block {index} will be computed again")
+                continue
+            finished.add(index)
+        return finished
+
+    @contextlib.contextmanager
+    def claim(self, index: int) -> Iterator[bool]:
+        """Try to claim block ``index`` without waiting; yields whether this process holds it."""
+        self.blocks_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.blocks_dir / f".block_{index:06d}.lock")
+        got = lock.acquire(blocking=False)
+        try:
+            yield got
+        finally:
+            lock.release()
+
+    def remove_orphans(self) -> int:
+        """Delete temporary files that crashed writers left behind; a block's only when nobody holds its claim.
+        Call under the store lock (the final arrays' writers hold it). Returns how many were removed."""
+        removed = 0
+        for tmp in sorted(self.blocks_dir.glob(".block_*.tmp")) if self.blocks_dir.is_dir() else []:
+            with self.claim(int(tmp.name.split(".")[1].split("_")[1])) as claimed:
+                if claimed:
+                    tmp.unlink(missing_ok=True)
+                    removed += 1
+        for tmp in self.directory.glob(".*.tmp") if self.directory.is_dir() else []:
+            if tmp.is_file() and not tmp.name.startswith(".failed_process_"):
+                tmp.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    # -- other files ----------------------------------------------------------------------------------------------
     def has(self, name: str) -> bool:
         return (self.directory / name).is_file()
+
+    def save_checked_npz(self, name: str, **arrays) -> None:
+        atomic_save_npz(self.directory / name, **arrays, **{CHECKSUM_KEY: array_checksum(arrays)})
+
+    def load_checked_npz(self, name: str) -> dict[str, np.ndarray]:
+        return read_checked_npz(self.directory / name)
 
     def save_npz(self, name: str, **arrays) -> None:
         atomic_save_npz(self.directory / name, **arrays)
 
     def load_npz(self, name: str) -> dict[str, np.ndarray]:
-        with np.load(self.directory / name) as data:
+        with np.load(self.directory / name, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
 
     def save_npy(self, name: str, array: np.ndarray) -> None:
         atomic_save_npy(self.directory / name, array)
+
+    def load_npy(self, name: str) -> np.ndarray:
+        try:
+            return np.load(self.directory / name, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise DamagedFileError(f"{self.directory / name} is unreadable ({type(exc).__name__}: {exc}); "
+                                   "delete it and rerun") from None
 
     def save_text(self, name: str, text: str) -> None:
         atomic_write_text(self.directory / name, text)
@@ -114,7 +247,26 @@ class KernelStore:
         return [f"process {p.stem.rsplit('_', 1)[1]}: {p.read_text(encoding='utf-8').strip()}"
                 for p in sorted(self.directory.glob("failed_process_*.txt")) if p.stat().st_mtime >= since]
 
-    def update_manifest(self, **fields) -> None:
-        manifest = self.read_manifest() or {}
-        manifest.update(fields)
-        atomic_save_json(self.manifest_path, manifest)
+    # -- final arrays, staged then published together ------------------------------------------------------------
+    def staging_path(self, name: str) -> Path:
+        """A fresh temporary file beside ``name`` (removed as an orphan by the next run if never published)."""
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.directory)
+        os.close(fd)
+        return Path(tmp)
+
+    def publish(self, staged: dict[str, Path]) -> None:
+        """Make each staged file durable and rename it onto its final name, then make the renames durable."""
+        for tmp in staged.values():
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+        for name, tmp in staged.items():
+            os.replace(tmp, self.directory / name)
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _mode_name(manifest: dict) -> str:
+    return f"sparse (top-{manifest.get('top_k')})" if manifest.get("mode") == "sparse" else "dense"

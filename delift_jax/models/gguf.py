@@ -215,6 +215,7 @@ def load_gguf_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
+        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True,
+                                             trust_remote_code=False)
     except Exception as exc:
         raise ModelLoadError(f"cannot build a tokenizer from {path} ({str(exc).splitlines()[0]})") from None

@@ -73,7 +73,7 @@ def load_tokenizer(directory: Path, **kwargs):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(directory), local_files_only=True, **kwargs)
+        return AutoTokenizer.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False, **kwargs)
     except (OSError, ValueError, TypeError) as exc:
         raise ModelLoadError(f"cannot load a tokenizer from {directory} ({str(exc).splitlines()[0]}); "
                              "save one there with tokenizer.save_pretrained()") from None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
-from delift_jax.errors import ModelLoadError
+from delift_jax.errors import CorruptCheckpointError, ModelLoadError
 from delift_jax.models.config import ModelConfig
 from delift_jax.models.gguf import convert_gguf_to_hf_directory
 from delift_jax.models.hf import load_hf_directory
@@ -34,6 +34,38 @@ def resolve_model_path(source: str | Path | None) -> Path:
     return path
 
 
+# Weight formats read with pickle, which runs code from the file: never loaded, whatever their origin.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+_CONVERT_HINT = ("convert it to safetensors first (e.g. in Python with transformers: "
+                 "AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir, safe_serialization=True))")
+
+
+def refuse_pickled_weights(path: Path) -> None:
+    """Refuse a pickle-based weights file, or a directory whose only weights are pickle-based."""
+    if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
+        raise ModelLoadError(f"{path} is a pickle-based PyTorch weights file, which is never loaded (unpickling "
+                             f"can run arbitrary code); {_CONVERT_HINT}")
+    if path.is_dir() and not any(path.glob("*.safetensors")):
+        pickled = sorted(p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+        if pickled:
+            raise ModelLoadError(f"{path} holds only pickle-based weights ({', '.join(pickled[:3])}), which are never "
+                                 f"loaded (unpickling can run arbitrary code); {_CONVERT_HINT}")
+
+
+def check_finite_weights(model: CausalLM, source: Path) -> None:
+    """Refuse weights holding NaN or infinity, naming the first such parameter (they would turn every score,
+    loss and metric into NaN far from the cause)."""
+    from flax import nnx
+
+    for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        value = variable.get_value()
+        if not bool(jnp.isfinite(value).all()):
+            bad = int((~jnp.isfinite(value)).sum())
+            raise CorruptCheckpointError(
+                f"{source}: parameter {'.'.join(map(str, path))} {tuple(value.shape)} holds {bad} NaN/inf "
+                "value(s); the weights are damaged: re-export or re-download them")
+
+
 def load_model(source: str | Path | None = None, *, dtype=jnp.float32, param_dtype=jnp.float32,
                with_tokenizer: bool = True) -> tuple[CausalLM, object, ModelConfig]:
     """Load ``(model, tokenizer, config)``.
@@ -42,12 +74,16 @@ def load_model(source: str | Path | None = None, *, dtype=jnp.float32, param_dty
     ``None``/``"smollm2"`` for the built-in SmolLM2-135M-Instruct. dtype: compute dtype; param_dtype: storage
     dtype of the weights. Softmax and log-probabilities are always float32.
     """
-    path = resolve_model_path(source)
+    path = original = resolve_model_path(source)
+    refuse_pickled_weights(path)
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise ModelLoadError(f"{path} is a file but not a .gguf; pass the directory holding config.json instead")
         path = convert_gguf_to_hf_directory(path)
-    return load_hf_directory(path, dtype=dtype, param_dtype=param_dtype, with_tokenizer=with_tokenizer)
+    model, tokenizer, config = load_hf_directory(path, dtype=dtype, param_dtype=param_dtype,
+                                                with_tokenizer=with_tokenizer)
+    check_finite_weights(model, original)
+    return model, tokenizer, config
 
 
 def model_identity(source: str | Path | None) -> str:

@@ -106,6 +106,6 @@ def load_pool_kernel(kernel_dir) -> np.ndarray:
     path = directory / "kernel.npy"
     if not path.is_file():
         path = directory / "utility_raw.npy"
-    kernel = np.load(path).astype(np.float64)
+    kernel = np.load(path, allow_pickle=False).astype(np.float64)
     lo, hi = float(kernel.min()), float(kernel.max())
     return (kernel - lo) / (hi - lo) if hi > lo else np.zeros_like(kernel)
