@@ -3,50 +3,25 @@
     selection = maximize(objective, 0.3, optimizer="lazy")            # k = int(0.3 · n_candidates) picks
     selection = maximize(objective, 100, optimizer="stochastic", seed=0, mesh=row_mesh())
 
-A float budget is a fraction of the candidates, k = int(fraction · n); an int budget is the count k itself.
+A float budget is a fraction of the candidates, k = int(fraction · n); an int budget is the count k itself
+(``delift_jax.budget.resolve_budget``).
 Selectors are cached per (optimizer, k, options, mesh), so repeated calls with same-shaped inputs do not recompile.
 """
 
 from __future__ import annotations
 
 import functools
-import math
-import numbers
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
+from delift_jax.budget import resolve_budget
 from delift_jax.errors import SelectionError
 from delift_jax.select import gains as G
 from delift_jax.select import optimizers as O
 from delift_jax.select import sharding as S
 from delift_jax.select.objectives import Objective
-
-
-def fraction_count(fraction: float, n: int) -> int:
-    """int(fraction * n) as DESIGN §1.3 says, after absorbing float artefacts (0.29 * 100 = 28.999...96: 29 picks)."""
-    return int(fraction * n + 1e-9)
-
-
-def resolve_budget(budget, n_candidates: int) -> int:
-    """Number of picks: a float in (0, 1] is a fraction (k = int(fraction · n)), an int in [1, n] is k itself."""
-    if isinstance(budget, bool) or not isinstance(budget, numbers.Real):
-        raise SelectionError(f"budget must be a fraction in (0, 1] or a count in [1, {n_candidates}], got {budget!r}")
-    if isinstance(budget, numbers.Integral):
-        k = int(budget)
-        if not 1 <= k <= n_candidates:
-            raise SelectionError(f"budget count must lie in [1, {n_candidates}] (the number of candidates), got {k}")
-        return k
-    fraction = float(budget)
-    if not math.isfinite(fraction) or not 0.0 < fraction <= 1.0:
-        raise SelectionError(f"budget fraction must lie in (0, 1], got {fraction}; pass an int for a count")
-    k = fraction_count(fraction, n_candidates)
-    if k < 1:
-        raise SelectionError(
-            f"budget fraction {fraction} of {n_candidates} candidates rounds down to 0 picks; raise the fraction"
-        )
-    return k
 
 
 def _run(optimizer: str, k: int, options: tuple, axis_name):
@@ -111,6 +86,8 @@ def maximize(objective: Objective, budget, *, optimizer: str = "lazy", seed: int
         if S.AXIS not in mesh.shape or len(mesh.shape) != 1:
             raise SelectionError(f"mesh must be 1-D with the axis name {S.AXIS!r}, got axes {tuple(mesh.shape)}")
         objective = S.shard_rows(objective, mesh)
+    else:
+        objective = S.index_columns(objective)  # sparse kernels: O(degree) work per pick (columns.py)
     select = build_selector(objective, budget, optimizer=optimizer, epsilon=epsilon, batch=batch, rounds=rounds,
                             stop_if_non_positive=stop_if_non_positive, chunk=chunk, mesh=mesh)
     return select(objective, jax.random.key(int(seed)))

@@ -36,6 +36,7 @@ from jax import lax
 from delift_jax.errors import SelectionError
 from delift_jax.select import gains as G
 from delift_jax.select.objectives import Objective
+from delift_jax.select.sparse import SparseKernel
 
 OPTIMIZERS = ("naive", "lazy", "stochastic")
 DEFAULT_BATCH = 16
@@ -61,6 +62,10 @@ class _Loop(NamedTuple):
     taken: jax.Array  # bool[n_candidates]
     picks: jax.Array
     gains: jax.Array
+
+
+def _column_indexed(objective: Objective) -> bool:
+    return isinstance(objective.kernel, SparseKernel) and objective.kernel.column_index is not None
 
 
 def _start(objective: Objective, k: int) -> _Loop:
@@ -116,7 +121,14 @@ def naive_greedy(objective: Objective, k: int, *, stop_if_non_positive: bool = F
 
 def lazy_greedy(objective: Objective, k: int, *, batch: int = DEFAULT_BATCH, rounds: int = DEFAULT_ROUNDS,
                 stop_if_non_positive: bool = False, chunk: int = G.DEFAULT_CHUNK, axis_name=None) -> Selection:
-    """Block-lazy greedy: stale upper bounds, the top ``batch`` re-evaluated at once, a full pass after ``rounds``."""
+    """Block-lazy greedy: stale upper bounds, the top ``batch`` re-evaluated at once, a full pass after ``rounds``.
+
+    A sparse kernel with a column index takes the O(degree)-per-pick lazy greedy of sparse_greedy.py instead."""
+    if _column_indexed(objective):
+        from delift_jax.select import sparse_greedy
+
+        return sparse_greedy.lazy_greedy(objective, k, batch=batch, stop_if_non_positive=stop_if_non_positive,
+                                         axis_name=axis_name)
     n = objective.n_candidates
     batch = max(1, min(batch, n))
     start = _start(objective, k)
@@ -168,7 +180,14 @@ def stochastic_sample_size(n_candidates: int, k: int, epsilon: float) -> int:
 
 def stochastic_greedy(objective: Objective, k: int, key, *, epsilon: float = DEFAULT_EPSILON,
                       stop_if_non_positive: bool = False, chunk: int = G.DEFAULT_CHUNK, axis_name=None) -> Selection:
-    """Stochastic greedy: the best of a fresh uniform sample of the unpicked candidates at every step."""
+    """Stochastic greedy: the best of a fresh uniform sample of the unpicked candidates at every step.
+
+    A sparse kernel with a column index takes the O(s · degree)-per-step variant of sparse_greedy.py instead."""
+    if _column_indexed(objective):
+        from delift_jax.select import sparse_greedy
+
+        return sparse_greedy.stochastic_greedy(objective, k, key, epsilon=epsilon,
+                                               stop_if_non_positive=stop_if_non_positive, axis_name=axis_name)
     n = objective.n_candidates
     size = stochastic_sample_size(n, k, epsilon)
 

@@ -12,12 +12,15 @@ max(min(0, 0) − 0, 0) = 0 to every gain, so padding never changes a pick or a 
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from delift_jax.errors import SelectionError
+from delift_jax.select import columns as C
 from delift_jax.select.layout import DenseKernel
 from delift_jax.select.objectives import Objective
 from delift_jax.select.sparse import SparseKernel
@@ -47,7 +50,8 @@ def pad_rows(objective: Objective, multiple: int) -> Objective:
         # Distinct indices per padding row with value 0, so the row stays a valid top-k row.
         k_nn = kernel.indices.shape[1]
         filler = jnp.broadcast_to(jnp.arange(k_nn, dtype=jnp.int32), (extra, k_nn))
-        kernel = SparseKernel(jnp.concatenate([kernel.indices, filler]), pad(kernel.values), kernel.n_candidates)
+        kernel = SparseKernel(jnp.concatenate([kernel.indices, filler]), pad(kernel.values), kernel.n_candidates,
+                              kernel.column_index)  # the caller rebuilds the column index for the padded rows
     else:
         kernel = DenseKernel(jnp.pad(kernel.columns, [(0, 0), (0, extra)]))
     cap = None if objective.cap is None else pad(objective.cap)
@@ -58,7 +62,9 @@ def objective_specs(objective: Objective) -> Objective:
     """PartitionSpecs with the same tree structure as ``objective``: row arrays split over "data"."""
     kernel = objective.kernel
     if isinstance(kernel, SparseKernel):
-        kernel_spec = SparseKernel(P(AXIS, None), P(AXIS, None), kernel.n_candidates)
+        index = kernel.column_index
+        index_spec = None if index is None else C.ColumnIndex(P(AXIS), P(AXIS), P(AXIS), index.width)
+        kernel_spec = SparseKernel(P(AXIS, None), P(AXIS, None), kernel.n_candidates, index_spec)
     else:
         kernel_spec = DenseKernel(P(None, AXIS))  # candidate-major: the covered rows are the second axis of Kᵀ
     return Objective(
@@ -73,6 +79,20 @@ def objective_specs(objective: Objective) -> Objective:
 def shard_rows(objective: Objective, mesh: Mesh) -> Objective:
     """Pad to the mesh size and place the row arrays of ``objective`` split over the mesh's "data" axis."""
     objective = pad_rows(objective, mesh.shape[AXIS])
+    objective = index_columns(objective, mesh.shape[AXIS])
     specs = objective_specs(objective)
     return jax.tree.map(lambda spec, x: jax.device_put(x, NamedSharding(mesh, spec)), specs, objective,
                         is_leaf=lambda node: isinstance(node, P))
+
+
+def index_columns(objective: Objective, shards: int = 1) -> Objective:
+    """Attach a column index (columns.py) to a sparse kernel, one shard per ``shards`` equal row blocks, so greedy
+    selection does O(degree) work per pick. Left out (the kernel scanned row-major as before) for dense kernels and
+    when some floor is negative: there a row not listing a pick still rises to its implicit 0, which the index
+    cannot see."""
+    kernel = objective.kernel
+    if not isinstance(kernel, SparseKernel) or float(jnp.min(objective.floor)) < 0:
+        return objective
+    width = None if kernel.column_index is None else kernel.column_index.width
+    index = C.build_column_index(kernel.indices, kernel.values, kernel.n_candidates, shards=shards, width=width)
+    return dataclasses.replace(objective, kernel=kernel._replace(column_index=index))

@@ -23,11 +23,14 @@ import numpy as np
 
 class SparseKernel(NamedTuple):
     """Top-k kernel. ``indices``: int32[n_rows, k_nn] candidate columns; ``values``: float[n_rows, k_nn] utilities;
-    ``n_candidates``: number of candidate columns of the dense kernel this stands for (static, not traced)."""
+    ``n_candidates``: number of candidate columns of the dense kernel this stands for (static, not traced);
+    ``column_index``: optional column index (columns.py) that lets greedy selection touch only the rows listing a
+    candidate; attached by the selector, never needed to describe the kernel."""
 
     indices: jax.Array
     values: jax.Array
     n_candidates: int
+    column_index: object = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -42,8 +45,8 @@ class SparseKernel(NamedTuple):
 # n_candidates is metadata: it fixes array shapes, so it must stay a Python int under jit rather than become a tracer.
 jax.tree_util.register_pytree_node(
     SparseKernel,
-    lambda k: ((k.indices, k.values), k.n_candidates),
-    lambda n_candidates, children: SparseKernel(children[0], children[1], n_candidates),
+    lambda k: ((k.indices, k.values, k.column_index), k.n_candidates),
+    lambda n_candidates, children: SparseKernel(children[0], children[1], n_candidates, children[2]),
 )
 
 
