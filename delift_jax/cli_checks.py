@@ -187,3 +187,21 @@ def describe_os_error(exc: OSError) -> str:
            errno.EROFS: "choose a writable path"}.get(exc.errno, "check the path and rerun the same command")
     text = f"{where}: {reason}" if where is not None else reason
     return f"{text}; {fix}"
+
+
+# Metrics that are NaN/inf only when the model's outputs are (a judge score may be NaN when nothing parsed).
+MODEL_OUTPUT_METRICS = ("token_nll", "nll", "perplexity")
+
+
+def refuse_nonfinite_metrics(conditions: dict, keys: tuple[str, ...] = MODEL_OUTPUT_METRICS) -> None:
+    """Raise ``NonFiniteError`` naming the first condition and metric whose value is NaN or infinite: such a
+    result is a failure of the model's numerics, never a score to write down as a success."""
+    from delift_jax.errors import NonFiniteError
+
+    for condition, summary in conditions.items():
+        for key in keys:
+            value = summary.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
+                raise NonFiniteError(f"{key} of condition {condition} is {value}: the model produced non-finite "
+                                     "log-probabilities (damaged weights, or an overflow in --dtype bfloat16); "
+                                     "nothing was written")

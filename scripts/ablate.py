@@ -138,6 +138,7 @@ def main(argv=None) -> int:
 def ablate(args: argparse.Namespace, budgets) -> int:
     from delift_jax.models import load_model
     from delift_jax.pipeline import run_use_case
+    from delift_jax.atomic_io import atomic_write_text
     from delift_jax.report import markdown_summary, metric_rows, write_csv
 
     out = Path(args.out).expanduser()
@@ -167,7 +168,7 @@ def ablate(args: argparse.Namespace, budgets) -> int:
             write_csv(rows, out / "ablation.csv")  # partial results survive a crash of a later cell
     title = (f"ablation: {args.use_case} on {args.data} ({args.model}); methods {args.methods}; "
              f"seeds {' '.join(map(str, args.seeds))}")
-    (out / "ablation.md").write_text(markdown_summary(rows, title=title), encoding="utf-8")
+    atomic_write_text(out / "ablation.md", markdown_summary(rows, title=title))
     first_kernels = out / "kernels" / f"seed{args.seeds[0]}"
     plots = write_plots(rows, out, first_kernels if first_kernels.is_dir() else None, budgets)
     print((out / "ablation.md").read_text(encoding="utf-8"))

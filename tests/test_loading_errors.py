@@ -90,9 +90,70 @@ def test_missing_path(tmp_path, capsys):
 
 
 def test_file_that_is_not_gguf(tmp_path, capsys):
-    path = tmp_path / "weights.bin"
+    path = tmp_path / "weights.dat"
     path.write_bytes(b"\0" * 16)
     check(capsys, ModelLoadError, path, "not a .gguf")
+
+
+class _Exploding:
+    """Unpickling this object would create a marker file: the test proves no loader ever unpickles."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+@pytest.mark.parametrize("name", ["pytorch_model.bin", "model.pt", "weights.pth", "model.ckpt", "state.pkl"])
+def test_pickle_weights_file_is_refused_unopened(tmp_path, capsys, name):
+    import pickle
+
+    marker = tmp_path / "unpickled"
+    path = tmp_path / name
+    path.write_bytes(pickle.dumps(_Exploding(marker)))
+    check(capsys, ModelLoadError, path, "pickle", "never loaded", "safetensors")
+    assert not marker.exists()
+
+
+def test_directory_with_only_pickle_weights_is_refused(model_dir, capsys):
+    import pickle
+
+    marker = model_dir / "unpickled"
+    (model_dir / "model.safetensors").unlink()
+    (model_dir / "pytorch_model.bin").write_bytes(pickle.dumps(_Exploding(marker)))
+    check(capsys, ModelLoadError, model_dir, "pytorch_model.bin", "pickle", "convert it to safetensors")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_weight_names_the_tensor(model_dir, capsys, bad):
+    tensors = base_tensors(model_dir)
+    name = "model.layers.1.mlp.down_proj.weight"
+    damaged = tensors[name].copy()
+    damaged[3, 5] = bad
+    save_tensors(model_dir, dict(tensors, **{name: damaged}))
+    check(capsys, CorruptCheckpointError, model_dir, "layers.1.mlp.down_proj.kernel", "1 NaN/inf", "damaged")
+
+
+def test_no_loader_trusts_remote_code_or_unpickles():
+    """Source scan: every numpy load refuses pickles and nothing enables remote code."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    sources = list((root / "delift_jax").rglob("*.py")) + list((root / "scripts").rglob("*.py"))
+    offenders = []
+    for source in sources:
+        text = source.read_text(encoding="utf-8")
+        for match in re.finditer(r"np\.load\(([^()]|\([^()]*\))*\)", text):
+            in_hint_text = text[match.end():].startswith(".T))")  # select/io.py tells users how to transpose
+            if "allow_pickle=False" not in match.group(0) and not in_hint_text:
+                offenders.append(f"{source.name}: {match.group(0)}")
+        if re.search(r"trust_remote_code\s*=\s*True", text):
+            offenders.append(f"{source.name}: trust_remote_code=True")
+        if re.search(r"\b(pickle|torch)\.loads?\(", text):
+            offenders.append(f"{source.name}: unpickling call")
+    assert offenders == []
 
 
 def test_directory_without_config(model_dir, capsys):

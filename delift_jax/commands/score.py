@@ -27,18 +27,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
 
+    import numpy as np
+
     from delift_jax.data.sources import data_options, load_examples
-    from delift_jax.errors import DataError
+    from delift_jax.errors import NonFiniteError
     from delift_jax.models import load_model
     from delift_jax.scoring import ScoringConfig, score_examples
 
-    if args.limit is not None and args.limit < 1:
-        raise DataError(f"--limit {args.limit} must be at least 1")
+    # Count options (--limit, --batch-size, ...) are checked by the CLI before this runs (cli_checks).
     config = ScoringConfig(max_length=args.max_length, max_response_tokens=args.max_response_tokens,
                            batch_size=args.batch_size)
     examples = load_examples(args.data, limit=args.limit, **data_options(args))
     model, tokenizer, _ = load_model(args.model, dtype=getattr(jnp, args.dtype))
     table = score_examples(model, tokenizer, examples, config, progress=True)
+    bad = np.flatnonzero(~(np.isfinite(table.rms) & np.isfinite(table.mean_logp)))
+    if bad.size:
+        raise NonFiniteError(f"example {int(bad[0])} (and {bad.size - 1} more) scored NaN/inf: the model produced "
+                             "non-finite probabilities (damaged weights, or an overflow in --dtype bfloat16)")
 
     print(f"{'#':>4}  {'scored':>6}  {'d_rms':>8}  {'mean_logp':>9}  prompt")
     for i, example in enumerate(examples):

@@ -41,11 +41,14 @@ def encode_ids(tokenizer, text: str) -> list[int]:
 
 def build_sequence(context_ids: Sequence[int], response_ids: Sequence[int], eos_id: int, *,
                    max_length: int | None = None, max_response_tokens: int | None = None,
-                   what: str = "example") -> ScoredSequence:
+                   what: str = "example",
+                   fix: str = "raise max_length or cap scored tokens with max_response_tokens") -> ScoredSequence:
     """Assemble one scored sequence from token ids.
 
     max_response_tokens: score only the first N response tokens. The final EOS is then scored only if the
     response really ends within the cap (an EOS after a cut response would be a token the data never had).
+    fix: the remedy the error names when the scored tokens alone exceed ``max_length`` (callers without a
+    response cap name their own options).
     """
     response_ids = list(response_ids)
     scored = response_ids + [eos_id]
@@ -56,8 +59,7 @@ def build_sequence(context_ids: Sequence[int], response_ids: Sequence[int], eos_
     if max_length is not None and len(context_ids) + 1 + len(scored) > max_length:
         keep = max_length - 1 - len(scored)
         if keep < 0:
-            raise DataError(f"{what}: {len(scored)} scored response tokens do not fit max_length={max_length}; "
-                            "raise max_length or cap scored tokens with max_response_tokens")
+            raise DataError(f"{what}: {len(scored)} scored response tokens do not fit max_length={max_length}; {fix}")
         dropped = len(context_ids) - keep
         context_ids = context_ids[len(context_ids) - keep:]
     tokens = np.asarray(context_ids + [eos_id] + scored, dtype=np.int32)

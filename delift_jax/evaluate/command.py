@@ -114,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
 
     import jax.numpy as jnp
 
+    from delift_jax.cli_checks import refuse_nonfinite_metrics
     from delift_jax.data.sources import load_examples
     from delift_jax.data.splits import SplitError, shared_examples
     from delift_jax.errors import DataError
@@ -172,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
                       scoring=ScoringConfig(max_length=2 * args.max_length),
                       progress=True)
     results = evaluate_model(model, tokenizer, test, setup)
+    refuse_nonfinite_metrics(results["conditions"])  # a NaN NLL is a failure, not a null in a results file
     payload = {
         "model": args.model, "data": args.data, "skip": args.skip, "n_test": len(test), "metrics": list(metrics),
         "data_options": data_options_summary(data_opts), "test_sha256": examples_sha256(test),

@@ -59,11 +59,18 @@ def check_finite_weights(model: CausalLM, source: Path) -> None:
 
     for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         value = variable.get_value()
-        if not bool(jnp.isfinite(value).all()):
-            bad = int((~jnp.isfinite(value)).sum())
-            raise CorruptCheckpointError(
-                f"{source}: parameter {'.'.join(map(str, path))} {tuple(value.shape)} holds {bad} NaN/inf "
-                "value(s); the weights are damaged: re-export or re-download them")
+        if bool(jnp.isfinite(value).all()):
+            continue
+        finite = jnp.isfinite(value)
+        names = [str(p) for p in path]
+        shape = tuple(value.shape)
+        if names[0] == "layers" and not names[1].isdigit() and value.ndim > 1:  # layers stacked on axis 0
+            layer = int(jnp.argmin(finite.reshape(value.shape[0], -1).all(axis=1)))
+            names.insert(1, str(layer))
+            finite, shape = finite[layer], shape[1:]
+        raise CorruptCheckpointError(
+            f"{source}: parameter {'.'.join(names)} {shape} holds {int((~finite).sum())} NaN/inf value(s); "
+            "the weights are damaged: re-export or re-download them")
 
 
 def load_model(source: str | Path | None = None, *, dtype=jnp.float32, param_dtype=jnp.float32,

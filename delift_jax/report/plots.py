@@ -21,9 +21,13 @@ def _figure(width: float = 6.0, height: float = 4.0):
 
 def _save(fig, path) -> None:
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png", bbox_inches="tight")
+        import io
+
+        from delift_jax.atomic_io import atomic_write_bytes
+
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", bbox_inches="tight")
+        atomic_write_bytes(path, buffer.getvalue())
 
 
 def plot_metric_vs_budget(rows: Sequence[Mapping], metric: str, path=None, title: str | None = None):

@@ -31,14 +31,17 @@ def metric_rows(results: Mapping, budget=None, seed=None) -> list[dict]:
 
 
 def write_csv(rows: Iterable[Mapping], path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(row)
-    return path
+    """Write the rows atomically (a crash leaves the previous CSV or the new one, never a cut file)."""
+    import io
+
+    from delift_jax.atomic_io import atomic_write_text
+
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    return atomic_write_text(path, buffer.getvalue())
 
 
 def read_csv(path) -> list[dict]:

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from delift_jax.atomic_io import atomic_save_json
 from delift_jax.errors import DeliftError
 
 FINGERPRINT_FILE = "run.json"
@@ -79,11 +80,9 @@ class Checkpointer:
                 recorded = json.loads(marker.read_text())
             except json.JSONDecodeError:
                 raise CheckpointMismatchError(f"{marker} is corrupt; use a new output directory") from None
-            differ = sorted(k for k in set(recorded) | set(self.fingerprint)
-                            if recorded.get(k) != self.fingerprint.get(k))
+            differ = fingerprint_differences(recorded, self.fingerprint)
             if differ:
-                detail = "; ".join(f"{k}: {_short(recorded.get(k))} != {_short(self.fingerprint.get(k))}"
-                                   for k in differ[:3])
+                detail = "; ".join(f"{key}: {old} in the checkpoint, {new} now" for key, old, new in differ)
                 raise CheckpointMismatchError(
                     f"checkpoint directory {self.directory} belongs to another run ({detail}); "
                     "use a new output directory or the same model, data and settings to resume")
@@ -92,9 +91,7 @@ class Checkpointer:
             raise CheckpointMismatchError(f"output directory {self.directory} is not empty and holds no "
                                           f"{FINGERPRINT_FILE}; choose a new or empty directory")
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = marker.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.fingerprint, indent=1, sort_keys=True))
-        tmp.replace(marker)
+        atomic_save_json(marker, self.fingerprint, indent=1)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -118,6 +115,21 @@ class Checkpointer:
         self.manager.close()
 
 
-def _short(value) -> str:
-    text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
-    return text if len(text) <= 60 else text[:57] + "..."
+_MISSING = object()
+
+
+def fingerprint_differences(recorded: dict, current: dict, prefix: str = "") -> list[tuple[str, str, str]]:
+    """``(dotted key, recorded value, current value)`` for every leaf that differs, nested dicts walked down to
+    the differing key (so a long config names only ``config.learning_rate``, with both values in full)."""
+    differences = []
+    for key in sorted(set(recorded) | set(current), key=str):
+        old, new = recorded.get(key, _MISSING), current.get(key, _MISSING)
+        if isinstance(old, dict) and isinstance(new, dict):
+            differences += fingerprint_differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            differences.append((f"{prefix}{key}", _show(old), _show(new)))
+    return differences
+
+
+def _show(value) -> str:
+    return "(absent)" if value is _MISSING else json.dumps(value, sort_keys=True)

@@ -168,6 +168,16 @@ def config_from_args(args: argparse.Namespace):
                        keep_checkpoints=args.keep)
 
 
+def resume_hint(out: Path) -> str:
+    """Where an interrupted run stands: the newest checkpoint step under ``out/checkpoints``, if any."""
+    directory = out / "checkpoints"
+    steps = sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()) \
+        if directory.is_dir() else []
+    if not steps:
+        return f"no checkpoint was written yet in {directory} (one is written every --save-every steps)"
+    return f"the newest checkpoint (step {steps[-1]}) is kept in {directory}"
+
+
 def run(args: argparse.Namespace) -> int:
     import time
 
@@ -177,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
     from delift_jax.data.sources import data_options, load_examples
     from delift_jax.models import load_model
     from delift_jax.train.export import export_hf
+    from delift_jax.atomic_io import atomic_save_json, atomic_save_npz, remove_staging_leftovers
     from delift_jax.train.loop import finetune
 
     config = config_from_args(args)
@@ -186,8 +197,13 @@ def run(args: argparse.Namespace) -> int:
     examples = select_examples(loaded, args.indices)
     model, tokenizer, _ = load_model(args.model, dtype=getattr(jnp, args.dtype))
     out = Path(args.out).expanduser()
+    remove_staging_leftovers(out / "model")  # a partial export of a crashed run (hundreds of MB)
     on_step = (lambda step, metrics: time.sleep(args.sleep_per_step)) if args.sleep_per_step > 0 else None
-    result = finetune(model, tokenizer, examples, config, out, progress=not args.no_progress, on_step=on_step)
+    try:
+        result = finetune(model, tokenizer, examples, config, out, progress=not args.no_progress, on_step=on_step)
+    except KeyboardInterrupt:
+        print(f"interrupted: {resume_hint(out)}; rerun the same command to resume", file=sys.stderr)
+        return 130
 
     summary = {"model": str(args.model), "data": str(args.data), "limit": args.limit,
                "data_options": data_options_summary(options), "data_sha256": examples_sha256(loaded),
@@ -201,9 +217,9 @@ def run(args: argparse.Namespace) -> int:
         from flax import nnx
 
         _, params, _ = split_model(result.model, nnx.LoRAParam if config.method == "lora" else nnx.Param)
-        np.savez(args.save_params, **{k: np.asarray(v) for k, v in params.items()})
+        atomic_save_npz(args.save_params, **{k: np.asarray(v) for k, v in params.items()})
     text = json.dumps(summary)
-    (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
+    atomic_save_json(out / "results.json", summary, indent=1, sort_keys=False)
     print(text)
     return 0
 

@@ -43,7 +43,9 @@ def encode_examples(tokenizer, examples: Sequence[Example], max_length: int,
     eos = eos_id(tokenizer)
     return [build_sequence(encode_ids(tokenizer, templates.context_without_example(ex)),
                            encode_ids(tokenizer, ex.response), eos, max_length=max_length,
-                           what=f"training example {i}")
+                           what=f"training example {i}",
+                           fix="raise --max-length (the response and its EOS are trained on in full) or leave "
+                               "this example out of the training data")
             for i, ex in enumerate(examples)]
 
 
