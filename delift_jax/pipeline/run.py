@@ -38,7 +38,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from delift_jax.atomic_io import atomic_write_text
+from delift_jax.atomic_io import atomic_save_npy, atomic_write_text
 from delift_jax.data.records import Example
 from delift_jax.data.sources import load_dataset
 from delift_jax.data.splits import check_disjoint, prompt_key, shared_examples, split_indices
@@ -326,7 +326,7 @@ def run_use_case(model_source, data: str, *, use_case: str, budget, methods, out
                            **_method_options(name, config, method_dir, encoder, progress))
         select_seconds = time.perf_counter() - t0
         indices = candidates_arr[selection.indices] if len(selection.indices) else np.zeros(0, np.int64)
-        np.save(method_dir / "indices.npy", indices.astype(np.int64))
+        atomic_save_npy(method_dir / "indices.npy", indices.astype(np.int64))
         write_jsonl(method_dir / "subset.jsonl", pool.export_records(indices.tolist()))
         write_json(method_dir / "selection.json",
                    {"method": name, "info": selection.info, "indices": indices,
