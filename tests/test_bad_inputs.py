@@ -1,0 +1,268 @@
+"""Bad inputs and injected I/O faults, driven in-process through ``delift_jax.cli.main``.
+
+Every bad input must end in: exit status 2, exactly one ``error:`` line on stderr that names the problem, no
+traceback, and no new or changed file under the output path. Most cases fail before any model loads (the model
+given is a path that does not exist, so a case that slips past its check fails on the model instead of running).
+
+Injected faults (ENOSPC, EIO) hit the atomic writer while a kernel block, a training checkpoint or a result file
+is written: the run ends in one clean error line, leaves no half-written file, and the same command run again
+finishes with the same result as a run that never failed.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from delift_jax import atomic_io, cli, cli_checks
+
+NO_MODEL = "no/such/model-dir"
+
+
+# ------------------------------------------------------------------------------------------------ the world
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    """Input files every case may name; the working directory is the world directory."""
+    monkeypatch.chdir(tmp_path)
+    records = [{"prompt": f"Question {i}: what is {i} + {i}?", "response": f" It is {2 * i}."} for i in range(6)]
+    Path("data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    Path("empty.jsonl").write_text("")
+    Path("broken.jsonl").write_text('{"prompt": "a", "response": \n')
+    Path("afile").write_text("I am a file\n")
+    Path("adir").mkdir()
+    (Path("adir") / "keep.txt").write_text("keep\n")
+    Path("dangling").symlink_to(tmp_path / "nowhere")
+    np.save("idx_range.npy", np.array([0, 99]))
+    np.save("idx_dup.npy", np.array([1, 1]))
+    np.save("idx_float.npy", np.array([0.5, 1.0]))
+    np.save("idx_empty.npy", np.zeros(0, np.int64))
+    np.save("idx_object.npy", np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    Path("idx.txt").write_text("zero one\n")
+    kernel = np.random.default_rng(0).random((6, 6)).astype(np.float32)
+    np.save("k.npy", kernel)
+    np.save("k_object.npy", np.array([kernel], dtype=object), allow_pickle=True)
+    np.save("k_rect.npy", kernel[:, :4])
+    np.save("k_nan.npy", np.full((6, 6), np.nan, np.float32))
+    Path("weights.bin").write_bytes(pickle.dumps({"w": 1}))
+    Path("model-pickled").mkdir()
+    (Path("model-pickled") / "config.json").write_text("{}")
+    (Path("model-pickled") / "pytorch_model.bin").write_bytes(pickle.dumps({"w": 1}))
+    return tmp_path
+
+
+def snapshot(path: Path):
+    """Everything under ``path`` (kind, and content hash for files); None when it does not exist."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    if path.is_symlink() and not path.exists():
+        return ("dangling", os.readlink(path))
+    if path.is_file():
+        return ("file", hashlib.sha256(path.read_bytes()).hexdigest())
+    return ("dir", {str(p.relative_to(path)): snapshot(p) if p.is_file() else "dir" for p in sorted(path.rglob("*"))})
+
+
+def run_cli(argv, capsys):
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.err, captured.out
+
+
+def assert_clean_error(code, err, fragment):
+    assert "Traceback" not in err, err
+    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2, (code, err)
+    assert len(error_lines) == 1, err
+    assert fragment in error_lines[0], (fragment, error_lines[0])
+
+
+# ------------------------------------------------------------------------------------------------ the matrix
+REQUIRED = {  # the least each command needs besides the output option
+    "score": ["score", "--model", NO_MODEL, "--data", "data.jsonl"],
+    "kernel": ["kernel", "--model", NO_MODEL, "--data", "data.jsonl"],
+    "select": ["select", "--kernel", "k.npy", "--budget", "0.5"],
+    "finetune": ["finetune", "--model", NO_MODEL, "--data", "data.jsonl", "--no-progress"],
+    "evaluate": ["evaluate", "--model", NO_MODEL, "--data", "data.jsonl"],
+    "run": ["run", "--use-case", "instruction", "--model", NO_MODEL, "--data", "data.jsonl"],
+    "demo": ["demo", "--model", NO_MODEL, "--data", "data.jsonl"],
+}
+OUT = {"kernel": "out", "select": "out", "finetune": "out", "evaluate": "out.json", "run": "out", "demo": "out",
+       "score": None}
+DIR_COMMANDS = ("kernel", "select", "finetune", "run", "demo")
+WRONG_CHILD = {"kernel": ("blocks", "file"), "select": ("picks.npy", "dir"), "finetune": ("checkpoints", "file"),
+               "run": ("results.json", "dir"), "demo": ("results.md", "dir")}
+
+CASES: list = []
+
+
+def case(command, extra, fragment, out=None, setup=None, name=None):
+    """One bad input: ``command`` with ``extra`` arguments; ``out`` the output path (the command's default name
+    when None); ``setup(world, monkeypatch)`` prepares the fault."""
+    CASES.append(pytest.param(command, list(extra), fragment, out, setup, id=name or f"{command}:{' '.join(extra)}"))
+
+
+def _make_out_file(world, monkeypatch, out):
+    Path(out).write_text("not a directory\n")
+
+
+def _make_child(kind):
+    """``out`` holding a name the command writes, as the wrong kind (``kind``: (name, the kind it wrongly is))."""
+    def setup(world, monkeypatch, out):
+        Path(out).mkdir()
+        child, child_kind = kind
+        if child_kind == "file":
+            (Path(out) / child).write_text("x")
+        else:
+            (Path(out) / child).mkdir()
+    return setup
+
+
+def _read_only(world, monkeypatch, out):
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    monkeypatch.setattr(cli_checks.tempfile, "mkstemp", refuse)
+
+
+def _disk_full(world, monkeypatch, out):
+    monkeypatch.setattr(cli_checks, "free_bytes", lambda directory: 512 * 1024)
+
+
+# output paths, for every command that writes
+for command in DIR_COMMANDS:
+    case(command, [], "is a file, but a directory is written there", out="afile", name=f"{command}:out-is-a-file")
+    case(command, [], "afile is a file, not a directory", out="afile/sub", name=f"{command}:out-under-a-file")
+    case(command, [], f"{WRONG_CHILD[command][0]} is a {'file' if WRONG_CHILD[command][1] == 'file' else 'directory'}",
+         out="out", setup=_make_child(WRONG_CHILD[command]), name=f"{command}:child-of-wrong-kind")
+    case(command, [], "is not writable", out="out", setup=_read_only, name=f"{command}:not-writable")
+    case(command, [], "no space left", out="out", setup=_disk_full, name=f"{command}:disk-full")
+    case(command, [], "is empty", out="", name=f"{command}:empty-out")
+    case(command, [], "broken symbolic link", out="dangling", name=f"{command}:dangling-symlink")
+case("evaluate", [], "is a directory, but a file is written there", out="adir", name="evaluate:out-is-a-dir")
+case("evaluate", [], "afile is a file, not a directory", out="afile/r.json", name="evaluate:out-under-a-file")
+case("evaluate", [], "is not writable", out="r.json", setup=_read_only, name="evaluate:not-writable")
+case("evaluate", [], "no space left", out="r.json", setup=_disk_full, name="evaluate:disk-full")
+case("evaluate", [], "is empty", out="", name="evaluate:empty-out")
+case("evaluate", [], "broken symbolic link", out="dangling", name="evaluate:dangling-symlink")
+case("evaluate", [], "is a directory", out="adir/sub", name="evaluate:out-is-an-existing-dir",
+     setup=lambda w, m, out: Path(out).mkdir())
+case("finetune", ["--save-params", "adir"], "--save-params adir is a directory", name="finetune:save-params-dir")
+
+# count options, every command that has them
+COUNTS = {
+    "score": [("--limit", -1), ("--limit", 0), ("--batch-size", 0), ("--max-length", 0), ("--max-length", 3),
+              ("--max-response-tokens", -3)],
+    "kernel": [("--limit", -1), ("--limit", 0), ("--max-length", 3), ("--max-response-tokens", 0),
+               ("--batch-size", 0), ("--block-pairs", 0), ("--top-k", 0), ("--max-pairs", 0),
+               ("--num-processes", 0), ("--process-id", -1)],
+    "select": [("--devices", 0), ("--devices", -2)],
+    "finetune": [("--limit", -5), ("--limit", 0), ("--lora-rank", 0), ("--epochs", 0), ("--max-steps", 0),
+                 ("--batch-size", 0), ("--grad-accum", 0), ("--max-length", 2), ("--save-every", 0), ("--keep", 0),
+                 ("--warmup-steps", -1)],
+    "evaluate": [("--limit", 0), ("--limit", -4), ("--skip", -1), ("--pool-limit", 0), ("--k", 0),
+                 ("--max-new-tokens", 0), ("--judge-max-new-tokens", 0), ("--batch-size", -2), ("--max-length", 1)],
+    "run": [("--limit", -1), ("--target-limit", 0), ("--existing-limit", 0), ("--kernel-max-length", 3),
+            ("--max-response-tokens", 0), ("--epochs", 0), ("--train-steps", 0), ("--batch-size", 0),
+            ("--max-length", 0), ("--max-new-tokens", 0), ("--eval-batch-size", 0), ("--icl", -1)],
+    "demo": [("--examples", 0), ("--examples", -3), ("--train-steps", 0)],
+}
+for command, options in COUNTS.items():
+    for option, value in options:
+        case(command, [option, value], f"{option} {value} must", out=OUT[command] and "out",
+             name=f"{command}:{option}={value}")
+case("kernel", ["--num-processes", 2, "--process-id", 2], "--process-id 2 must be below --num-processes 2",
+     name="kernel:process-id-too-large")
+
+# inputs that cannot be used (all refused before a model loads)
+case("kernel", ["--data", "missing.jsonl"], "neither a file nor a built-in dataset", name="kernel:data-missing")
+case("kernel", ["--data", "empty.jsonl"], "empty.jsonl", name="kernel:data-empty")
+case("kernel", ["--data", "broken.jsonl"], "broken.jsonl", name="kernel:data-not-json")
+case("kernel", ["--targets", "missing.jsonl"], "neither a file nor a built-in dataset", name="kernel:targets-missing")
+case("kernel", ["--prompt-field", "prompt"], "give both --prompt-field and --response-field",
+     name="kernel:half-field-map")
+case("kernel", ["--format", "alpaca", "--prompt-field", "p", "--response-field", "r"], "either --format",
+     name="kernel:format-and-fields")
+case("score", ["--data", "missing.jsonl"], "neither a file nor a built-in dataset", name="score:data-missing")
+case("score", ["--data", "empty.jsonl"], "empty.jsonl", name="score:data-empty")
+case("finetune", ["--indices", "missing.npy"], "missing.npy does not exist", name="finetune:indices-missing")
+case("finetune", ["--indices", "idx_range.npy"], "index 99 outside the 6 examples", name="finetune:indices-range")
+case("finetune", ["--indices", "idx_dup.npy"], "repeats example indices", name="finetune:indices-duplicate")
+case("finetune", ["--indices", "idx_float.npy"], "integer example indices", name="finetune:indices-float")
+case("finetune", ["--indices", "idx_empty.npy"], "selects no examples", name="finetune:indices-empty")
+case("finetune", ["--indices", "idx_object.npy"], "cannot read indices", name="finetune:indices-pickled")
+case("finetune", ["--indices", "idx.txt"], "cannot read indices", name="finetune:indices-text-garbage")
+case("finetune", ["--data", "broken.jsonl"], "broken.jsonl", name="finetune:data-not-json")
+case("evaluate", ["--indices", "idx_range.npy"], "--indices index into --pool", name="evaluate:indices-no-pool")
+case("evaluate", ["--pool-limit", 3], "needs --pool", name="evaluate:pool-limit-no-pool")
+case("evaluate", ["--metrics", "rouge,bleu"], "bleu", name="evaluate:unknown-metric")
+case("evaluate", ["--pool", "data.jsonl"], "also occur in the selection pool", name="evaluate:test-in-pool")
+case("evaluate", ["--pool", "data.jsonl", "--pool-limit", 3, "--skip", 3, "--indices", "idx_object.npy"], "cannot read subset indices",
+     name="evaluate:indices-pickled")
+case("evaluate", ["--data", "missing.jsonl"], "neither a file nor a built-in dataset", name="evaluate:data-missing")
+case("select", ["--budget", "lots"], "budget must be a fraction", name="select:budget-word")
+case("select", ["--kernel", "missing.npy"], "missing.npy", name="select:kernel-missing")
+case("select", ["--kernel", "k_object.npy"], "k_object.npy", name="select:kernel-pickled")
+case("select", ["--kernel", "k_nan.npy"], "NaN", name="select:kernel-nan")
+case("select", ["--objective", "flmi"], "needs a query kernel", name="select:flmi-without-q")
+case("select", ["--objective", "flcg"], "needs a private kernel", name="select:flcg-without-p")
+case("select", ["--budget", "0"], "budget", name="select:budget-zero")
+case("select", ["--budget", "7"], "budget", name="select:budget-above-n")
+case("run", ["--budget", "1"], "ambiguous", name="run:budget-one")
+case("run", ["--methods", "delift,magic"], "unknown selection method 'magic'", name="run:unknown-method")
+case("run", ["--split", "0.5,0.5"], "split fractions (0.5, 0.5) must be", name="run:split-two-parts")
+case("run", ["--split", "a,b,c"], "'a,b,c'", name="run:split-words")
+case("run", ["--use-case", "task"], "pass --target", name="run:task-without-target")
+case("run", ["--data", "missing.jsonl"], "data 'missing.jsonl'", name="run:data-missing")
+
+# models that are refused at load (never unpickled; a missing path)
+case("kernel", ["--model", "weights.bin"], "pickle-based PyTorch weights file", name="kernel:model-pickle-file")
+case("finetune", ["--model", "model-pickled"], "convert it to safetensors", name="finetune:model-pickle-dir")
+case("score", ["--model", "missing-model"], "does not exist", name="score:model-missing")
+case("evaluate", ["--model", "afile"], "not a .gguf", name="evaluate:model-plain-file")
+
+
+def _argv(command, extra, out):
+    argv = [a for a in REQUIRED[command]]
+    # later options win in argparse: extras override the defaults above
+    argv += [str(a) for a in extra]
+    if OUT[command] is not None:
+        argv += ["--out", OUT[command] if out is None else out]
+    return argv
+
+
+@pytest.mark.parametrize("command, extra, fragment, out, setup", CASES)
+def test_bad_input_ends_in_one_clean_line(world, monkeypatch, capsys, command, extra, fragment, out, setup):
+    out_path = Path(OUT[command] if out is None else out) if OUT[command] is not None else None
+    if setup is not None:
+        setup(world, monkeypatch, out_path)
+    before = snapshot(out_path) if out_path is not None and str(out_path) not in ("", ".") else None
+    world_before = snapshot(world)
+    code, err, _ = run_cli(_argv(command, extra, out), capsys)
+    assert_clean_error(code, err, fragment)
+    if out_path is not None and str(out_path) not in ("", "."):
+        assert snapshot(out_path) == before
+    assert snapshot(world) == world_before  # nothing new or changed anywhere in the working directory
+
+
+def test_the_matrix_has_at_least_100_cases():
+    assert len(CASES) >= 100
+
+
+def test_oserror_that_escapes_the_checks_is_one_line_with_the_path(world, monkeypatch, capsys):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(world / "out" / "picks.npy"))
+
+    monkeypatch.setattr("delift_jax.select.io.write_selection", full)
+    code, err, _ = run_cli(["select", "--kernel", "k.npy", "--budget", "0.5", "--out", "out"], capsys)
+    assert_clean_error(code, err, "out/picks.npy: no space left on device; free some space")
+
+
+def test_argparse_errors_return_2_without_raising(world, capsys):
+    code, err, _ = run_cli(["kernel", "--limit", "many", "--data", "x", "--out", "o"], capsys)
+    assert code == 2 and "invalid int value" in err and "Traceback" not in err
+    assert not Path("o").exists()
