@@ -101,3 +101,17 @@ def test_approximate_search_recall_against_exact():
     assert N.recall_at_k(approximate, exact) >= 0.95
     assert N.recall_at_k(exact, exact) == 1.0
     assert np.all(np.diff(values, axis=1) <= 1e-6)  # best first
+
+
+def test_top_k_pairs_uses_the_blocked_search_and_encoder_embeddings_are_unit_rows():
+    from delift_jax.data.records import Example
+    from delift_jax.kernel.embeddings import encoder_embeddings, top_k_pairs
+
+    examples = [Example("What is the capital of France?", " Paris."), Example("Capital city of France?", " Paris"),
+                Example("Add 2 and 3.", " 5"), Example("What is 2 + 3?", " 5.")]
+    emb = encoder_embeddings(examples)
+    assert emb.shape == (4, 384)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    pairs = top_k_pairs(emb, emb, 1, exclude_self=True)
+    assert pairs[:, 0].tolist() == [1, 0, 3, 2]
+    assert np.array_equal(pairs, N.exact_top_k(emb, emb, 1, exclude_self=True)[0])

@@ -1,4 +1,5 @@
-"""Similarity for the sparse top-k mode: mean-pooled final hidden states of the scoring model, cosine top-k."""
+"""Similarity for the sparse top-k mode: embeddings (mean-pooled final hidden states of the scoring model, or the
+built-in sentence encoder) and their cosine top-k (kernel/neighbours.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from delift_jax.data.tokenize import ScoredSequence, bucket_for, length_ladder
-from delift_jax.errors import DataError
+from delift_jax.kernel import neighbours
 from delift_jax.sharding import calls_by_shape, data_mesh, per_device, replicate, split_rows
 
 
@@ -53,23 +54,20 @@ def mean_pooled_embeddings(model, sequences: Sequence[ScoredSequence], *, max_le
 
 
 def top_k_pairs(target_embeddings: np.ndarray, candidate_embeddings: np.ndarray, k: int, *,
-                exclude_self: bool = False) -> np.ndarray:
-    """For each target, its ``k`` most cosine-similar candidates (ties: lowest index). Returns ``[n_t, k]`` int32.
+                exclude_self: bool = False, search: str = "exact") -> np.ndarray:
+    """For each target, its ``k`` most cosine-similar candidates. Returns ``[n_t, k]`` int32.
 
-    exclude_self: targets and candidates are the same pool; target i never gets candidate i (k <= n - 1).
+    search: "exact" (blocked on the devices, ties: lowest index, never an n x n array; neighbours.py) or
+    "approximate" (faiss HNSW, optional extra). exclude_self: targets and candidates are the same pool; target i
+    never gets candidate i (k <= n - 1).
     """
-    t = np.asarray(target_embeddings, np.float64)
-    c = np.asarray(candidate_embeddings, np.float64)
-    if t.ndim != 2 or c.ndim != 2 or t.shape[1] != c.shape[1]:
-        raise DataError(f"embeddings must be 2-D with equal widths; got {t.shape} and {c.shape}")
-    if not (np.all(np.isfinite(t)) and np.all(np.isfinite(c))):
-        raise DataError("embeddings contain NaN or infinite values")
-    t = t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
-    c = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
-    similarity = t @ c.T
-    if exclude_self:
-        if t.shape[0] != c.shape[0]:
-            raise DataError(f"exclude_self needs one pool as targets and candidates; got {t.shape[0]} and {c.shape[0]}")
-        np.fill_diagonal(similarity, -np.inf)
-    k = min(int(k), c.shape[0] - int(exclude_self))
-    return np.argsort(-similarity, axis=1, kind="stable")[:, :k].astype(np.int32)
+    return neighbours.top_k(target_embeddings, candidate_embeddings, k, exclude_self=exclude_self, search=search)
+
+
+def encoder_embeddings(examples, *, progress: bool = False) -> np.ndarray:
+    """``[n, 384]`` float32 embeddings of each example's prompt and response by the built-in sentence encoder
+    (all-MiniLM-L6-v2): a similarity that does not depend on the scoring model."""
+    from delift_jax.models.bert import load_sentence_encoder
+
+    texts = [f"{example.prompt}{example.response}" for example in examples]
+    return np.asarray(load_sentence_encoder().encode(texts, progress=progress), np.float32)

@@ -118,12 +118,13 @@ def exact_top_k(queries, candidates, k: int, *, exclude_self: bool = False, quer
 
     Returns (indices int32[n_q, k], similarities float32[n_q, k]), best first. exclude_self: queries and
     candidates are the same pool and query i never gets candidate i. k is clamped to the candidates available.
-    mesh: a 1-D Mesh with axis "data" (default: all devices) over which the query rows are split.
+    mesh: a 1-D Mesh with axis "data" (default: this process's devices) over which the query rows are split.
     """
     q, c, k = _checked(queries, candidates, k, exclude_self)
     if query_tile < 1 or block < 1:
         raise DataError(f"query_tile and block must be >= 1, got {query_tile} and {block}")
-    mesh = mesh or Mesh(np.array(jax.devices()), (AXIS,))
+    # This process's devices only: under jax.distributed one process searches while the others wait for its result.
+    mesh = mesh or Mesh(np.array(jax.local_devices()), (AXIS,))
     n_q, n_c = q.shape[0], c.shape[0]
     block = min(block, n_c)
     query_tile = min(query_tile, -(-n_q // mesh.size))
