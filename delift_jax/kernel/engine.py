@@ -1,15 +1,21 @@
-"""Score (target, candidate) pairs with prefix reuse, sharded over the devices of a mesh.
+"""Score (target, candidate) pairs with prefix reuse, packed into large units sharded over the devices of a mesh.
 
-Each candidate's demonstration runs once; its keys/values are kept and every batch of target continuations
-attends to them (shared by the batch, not copied per row); logits are computed only at scored positions. Calls
-run ``candidates_per_device`` units per device under ``shard_map`` over the mesh axis ``"data"``; padding units
-and rows make every count fit, whatever the number of devices.
+Work is packed by ``kernel.packing``: a unit carries the demonstrations of one or more candidates in a prefix
+row and thousands of continuation tokens packed several to a row. One jitted program per unit shape runs the
+demonstrations, keeps their keys/values on the device, runs every continuation against its own candidate's
+keys/values (shared by all rows, never copied per row) and projects onto the vocabulary only at scored
+positions. Each device runs one unit per call under ``shard_map`` over the mesh axis ``"data"``; calls are
+dispatched asynchronously and the next call is prepared while the current one runs.
+
+The unit size (continuation tokens per device per call) comes from ``KernelConfig.tokens_per_call`` or, when
+that is None, from the device's free memory (a fixed size on CPUs, which report none).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from typing import Callable
+import collections
+import time
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -17,162 +23,172 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from delift_jax.data.tokenize import ScoredSequence, bucket_for, length_ladder, pad_batch
+from delift_jax.data.tokenize import ScoredSequence
 from delift_jax.kernel.config import KernelConfig
+from delift_jax.kernel.packing import Item, PackingSizes, Unit, UnitShape, pack_units
 from delift_jax.kernel.pairs import PairSequences
 from delift_jax.models.llama import KVPrefix
-from delift_jax.scoring import ScoringConfig, TeacherForcedScorer, mean_log_prob, rms_distance, target_logprobs
+from delift_jax.scoring import mean_log_prob, rms_distance, target_logprobs
 from delift_jax.sharding import calls_by_shape, data_mesh, per_device, replicate, split_rows
 
+CPU_TOKENS_PER_CALL = 4096    # on CPUs larger calls gain nothing measurable and hold more memory
+MAX_TOKENS_PER_CALL = 65536
+MEMORY_FRACTION = 0.4         # of the free device memory, for one call's activations
+_UNIT_FIELDS = ("prefix_tokens", "prefix_positions", "prefix_segments", "tokens", "positions", "segments",
+                "row_prefix", "score_index", "score_target")
 
-def _demonstration_kv(graphdef, mesh, state, prefix_tokens_gp, prefix_valid_gp):
-    """Keys and values of each candidate's demonstration: ``[g, layers, p, kv_heads, head_dim]`` each."""
 
-    def on_device(state, tokens_gp, valid_gp):
+def _one_unit(model, chunk, prefix_tokens_p, prefix_positions_p, prefix_segments_p, tokens_bt, positions_bt,
+              segments_bt, row_prefix_b, score_index_s, score_target_s):
+    """log p of the unit's scored tokens ``[s]``: demonstrations first, then the continuations attending to them."""
+    _, (keys, values) = model(prefix_tokens_p[None], positions_bt=prefix_positions_p[None],
+                              valid_bt=prefix_segments_p[None] > 0, segments_bt=prefix_segments_p[None],
+                              stacked_kv=True)
+    # One copy of the prefix keys/values serves every row; a row sees only its own candidate's demonstration.
+    row_valid_bp = (prefix_segments_p[None, :] == row_prefix_b[:, None]) & (row_prefix_b[:, None] > 0)
+    prefix = KVPrefix(keys=keys, values=values, positions=prefix_positions_p[None], valid=row_valid_bp)
+    hidden_btd, _ = model(tokens_bt, positions_bt=positions_bt, valid_bt=segments_bt > 0, segments_bt=segments_bt,
+                          prefix=prefix, stacked_kv=True)
+    b, t, d = hidden_btd.shape
+    hidden_sd = jnp.take(hidden_btd.reshape(b * t, d), score_index_s, axis=0)
+    return target_logprobs(model, hidden_sd[None], score_target_s[None], chunk)[0]
+
+
+def _unit_logprobs(graphdef, mesh, chunk, state, *unit_arrays):
+    """``[units, s]`` log-probabilities, one unit per device (leading axis split over ``"data"``)."""
+
+    def on_device(state, *local):
         model = nnx.merge(graphdef, state)
+        return _one_unit(model, chunk, *(a[0] for a in local))[None]
 
-        def one_candidate(tokens_p, valid_p):
-            positions = jnp.arange(tokens_p.shape[0], dtype=jnp.int32)[None]
-            _, kv = model(tokens_p[None], positions_bt=positions, valid_bt=valid_p[None])
-            return jnp.stack([k[0] for k, _ in kv]), jnp.stack([v[0] for _, v in kv])
-
-        return jax.vmap(one_candidate)(tokens_gp, valid_gp)
-
-    return per_device(on_device, mesh, n_replicated=1)(state, prefix_tokens_gp, prefix_valid_gp)
+    return per_device(on_device, mesh, n_replicated=1)(state, *unit_arrays)
 
 
-def _continuation_logprobs(graphdef, mesh, chunk, state, keys_glpkh, values_glpkh, prefix_valid_gp, cont_tokens_gbt,
-                           cont_valid_gbt, score_index_gbr, score_target_gbr):
-    """log p of every scored continuation token, ``[g, b, r]``, each batch after its candidate's demonstration
-    (its keys/values shared by the whole batch, not copied per row)."""
-
-    def on_device(state, *unit_arrays):
-        model = nnx.merge(graphdef, state)
-
-        def one_candidate(keys_lpkh, values_lpkh, prefix_valid_p, cont_bt, cont_valid_bt, index_br, target_br):
-            p = prefix_valid_p.shape[0]
-            prefix = KVPrefix(keys=tuple(keys_lpkh[:, None]), values=tuple(values_lpkh[:, None]),
-                              positions=jnp.arange(p, dtype=jnp.int32)[None], valid=prefix_valid_p[None])
-            start = jnp.sum(prefix_valid_p, dtype=jnp.int32)  # continuations follow the real (unpadded) prefix
-            b, t = cont_bt.shape
-            positions = start + jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-            hidden_btd, _ = model(cont_bt, positions_bt=positions, valid_bt=cont_valid_bt, prefix=prefix)
-            hidden_brd = jnp.take_along_axis(hidden_btd, index_br[..., None], axis=1)
-            return target_logprobs(model, hidden_brd, target_br, chunk)
-
-        return jax.vmap(one_candidate)(*unit_arrays)
-
-    return per_device(on_device, mesh, n_replicated=1)(state, keys_glpkh, values_glpkh, prefix_valid_gp,
-                                                        cont_tokens_gbt, cont_valid_gbt, score_index_gbr,
-                                                        score_target_gbr)
+_UNIT_LOGPROBS = jax.jit(_unit_logprobs, static_argnums=(0, 1, 2))
 
 
-_DEMONSTRATION_KV = jax.jit(_demonstration_kv, static_argnums=(0, 1))
-_CONTINUATION_LOGPROBS = jax.jit(_continuation_logprobs, static_argnums=(0, 1, 2))
+def tokens_per_call_for(model_config, mesh: Mesh, dtype) -> int:
+    """Continuation tokens per device per call that fit in ``MEMORY_FRACTION`` of the free memory of the mesh's
+    first device (a power of two; ``CPU_TOKENS_PER_CALL`` where the device reports no memory)."""
+    device = mesh.devices.flat[0]
+    try:
+        stats = device.memory_stats()
+    except Exception:  # noqa: BLE001 - backends without memory statistics
+        stats = None
+    if not stats or "bytes_limit" not in stats:
+        return CPU_TOKENS_PER_CALL
+    free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    n = max(1024, int(free * MEMORY_FRACTION / activation_bytes_per_token(model_config, dtype)))
+    return min(MAX_TOKENS_PER_CALL, 1 << (n.bit_length() - 1))
+
+
+def activation_bytes_per_token(config, dtype, attended: int = 2048) -> int:
+    """Peak bytes one continuation token needs inside a layer: hidden states, projections, MLP, and float32
+    attention scores/probabilities over ``attended`` keys (row plus prefix)."""
+    item = jnp.dtype(dtype).itemsize
+    heads = config.num_heads + 2 * config.num_kv_heads
+    dense = item * (6 * config.hidden_size + 2 * heads * config.head_dim + 3 * config.intermediate_size)
+    return dense + 4 * 3 * config.num_heads * attended
+
+
+class StageTimes:
+    """Wall-clock seconds per stage of the engine (host packing, dispatch, waiting for results, unpacking)."""
+
+    def __init__(self):
+        self.seconds: collections.Counter = collections.Counter()
+        self.calls = 0
+        self.shapes: set = set()
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] += seconds
+
+    def top(self, n: int = 6) -> list[tuple[str, float]]:
+        return [(name, round(value, 3)) for name, value in self.seconds.most_common(n)]
 
 
 class PairScorer:
     """Computes d(i | example j) for lists of pairs: RMS of (1 - p) and mean log p over i's scored tokens.
 
-    A unit of work is one candidate with a batch of up to ``batch_size`` of its targets, padded to buckets that
-    depend only on that unit; each device runs ``candidates_per_device`` units per call. Results are therefore
+    Units depend only on the pairs and ``tokens_per_unit`` (never on the number of devices), so results are
     identical for any number of devices.
     """
 
     def __init__(self, model, config: KernelConfig, *, mesh: Mesh | None = None):
         self.config = config
         self.mesh = mesh or data_mesh()
-        self.units_per_call = self.mesh.size * config.candidates_per_device
         self.graphdef, state = nnx.split(model)
         self.state = replicate(state, self.mesh)
-        self.ladder = length_ladder(config.max_length)
-        self.scored_ladder = length_ladder(config.max_length, smallest=16)
-        self.full_scorer = TeacherForcedScorer(
-            model, ScoringConfig(max_length=config.max_length, batch_size=config.batch_size,
-                                 logits_chunk=config.logits_chunk), mesh=self.mesh)
+        tokens = config.tokens_per_call or tokens_per_call_for(model.config, self.mesh, model.dtype)
+        self.sizes = PackingSizes(tokens_per_unit=tokens, max_length=config.max_length)
+        self.profile = StageTimes()
 
     def score(self, pairs: np.ndarray, seqs: PairSequences, full: dict[tuple[int, int], ScoredSequence],
               on_progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(rms, mean_logp) for each row (target, candidate) of ``pairs``, in order. ``full``: the pairs that
         cannot reuse their candidate's prefix, with their own sequences (see ``pairs.full_sequences_for``)."""
-        rms = np.full(len(pairs), np.nan)
-        logp = np.full(len(pairs), np.nan)
-        full_rows = [r for r, (i, j) in enumerate(pairs) if (int(i), int(j)) in full]
-        if full_rows:
-            full_seqs = [full[(int(pairs[r, 0]), int(pairs[r, 1]))] for r in full_rows]
-            for r, lp in zip(full_rows, self.full_scorer.logprobs(full_seqs)):
-                rms[r], logp[r] = rms_distance(np.exp(lp)), mean_log_prob(lp)
-            if on_progress:
-                on_progress(len(full_rows))
-
-        units = self._units(pairs, seqs, set(full_rows))
-        demonstrations = self._demonstrations(sorted({j for j, _, _ in units}), seqs)
-        for shape, call_units in calls_by_shape(units, lambda unit: unit[2], self.units_per_call):
-            out = self._run(shape, call_units, pairs, seqs, demonstrations)
-            for u, (_, rows, _) in enumerate(call_units):
-                for b, r in enumerate(rows):
-                    lp = out[u, b, :seqs.continuations[pairs[r, 0]].n_scored]
-                    rms[r], logp[r] = rms_distance(np.exp(lp)), mean_log_prob(lp)
-            if on_progress:
-                on_progress(sum(len(rows) for _, rows, _ in call_units))
+        items = []
+        for r, (i, j) in enumerate(pairs):
+            sequence = full.get((int(i), int(j)))
+            if sequence is None:
+                cont = seqs.continuations[i]
+                items.append(Item(r, int(j), cont.tokens, cont.n_scored))
+            else:
+                items.append(Item(r, None, sequence.tokens, sequence.n_scored))
+        logps = self.logprobs(items, seqs.prefixes, on_progress)
+        rms = np.array([rms_distance(np.exp(lp)) for lp in logps])
+        logp = np.array([mean_log_prob(lp) for lp in logps])
         return rms, logp
 
-    def _units(self, pairs, seqs, skip: set[int]) -> list[tuple[int, list[int], tuple[int, int, int]]]:
-        """(candidate, pair rows, (prefix, continuation, scored) bucket) per unit, sorted by shape."""
-        by_candidate: dict[int, list[int]] = defaultdict(list)
-        for r, j in enumerate(pairs[:, 1]):
-            if r not in skip:
-                by_candidate[int(j)].append(r)
-        units = []
-        for j, rows in by_candidate.items():
-            rows.sort(key=lambda r: (len(seqs.continuations[pairs[r, 0]]), r))  # little padding per batch
-            p_len = bucket_for(len(seqs.prefixes[j]), self.ladder)
-            for start in range(0, len(rows), self.config.batch_size):
-                chunk = rows[start:start + self.config.batch_size]
-                conts = [seqs.continuations[pairs[r, 0]] for r in chunk]
-                shape = (p_len, bucket_for(max(len(c) for c in conts), self.ladder),
-                         bucket_for(max(c.n_scored for c in conts), self.scored_ladder))
-                units.append((j, chunk, shape))
-        units.sort(key=lambda unit: (unit[2], unit[0], unit[1][0]))
-        return units
+    def score_sequences(self, sequences: Sequence[ScoredSequence]) -> list[np.ndarray]:
+        """log p of every scored token of stand-alone sequences (no demonstration), in input order."""
+        return self.logprobs([Item(k, None, s.tokens, s.n_scored) for k, s in enumerate(sequences)], [])
 
-    def _demonstrations(self, candidates: list[int], seqs: PairSequences) -> dict[int, tuple]:
-        """Each candidate's demonstration run once: (keys, values, valid) on the host, padded to its bucket."""
-        buckets = sorted(((bucket_for(len(seqs.prefixes[j]), self.ladder), j) for j in candidates))
-        out = {}
-        for p_len, group in calls_by_shape([j for _, j in buckets],
-                                           lambda j: bucket_for(len(seqs.prefixes[j]), self.ladder),
-                                           self.units_per_call):
-            tokens = np.zeros((self.units_per_call, p_len), np.int32)
-            valid = np.zeros((self.units_per_call, p_len), bool)
-            for g, j in enumerate(group):
-                tokens[g, :len(seqs.prefixes[j])] = seqs.prefixes[j]
-                valid[g, :len(seqs.prefixes[j])] = True
-            keys, values = _DEMONSTRATION_KV(self.graphdef, self.mesh, self.state, split_rows(tokens, self.mesh),
-                                             split_rows(valid, self.mesh))
-            keys, values = np.asarray(keys), np.asarray(values)
-            for g, j in enumerate(group):
-                out[j] = (keys[g], values[g], valid[g])
+    def logprobs(self, items: Sequence[Item], prefixes: Sequence[np.ndarray],
+                 on_progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
+        """float32 log p of each item's scored tokens, indexed by ``Item.key`` (keys 0..len(items)-1)."""
+        started = time.perf_counter()
+        units = pack_units(items, prefixes, self.sizes)
+        self.profile.add("pack units (host)", time.perf_counter() - started)
+        out: list[np.ndarray | None] = [None] * len(items)
+        pending: collections.deque = collections.deque()
+        for shape, call_units in calls_by_shape(units, lambda unit: unit.shape, self.mesh.size):
+            pending.append((call_units, self._dispatch(shape, call_units)))
+            if len(pending) > 1:  # the device already has the next call queued while this one is read back
+                self._collect(*pending.popleft(), out, on_progress)
+        while pending:
+            self._collect(*pending.popleft(), out, on_progress)
         return out
 
-    def _run(self, shape, call_units, pairs: np.ndarray, seqs: PairSequences, demonstrations: dict) -> np.ndarray:
-        p_len, t_len, r_len = shape
-        g_size, b_size = self.units_per_call, self.config.batch_size
-        layers, _, kv_heads, head_dim = next(iter(demonstrations.values()))[0].shape
-        keys = np.zeros((g_size, layers, p_len, kv_heads, head_dim), next(iter(demonstrations.values()))[0].dtype)
-        values = np.zeros_like(keys)
-        prefix_valid = np.zeros((g_size, p_len), bool)
-        cont_tokens = np.zeros((g_size, b_size, t_len), np.int32)
-        cont_valid = np.zeros((g_size, b_size, t_len), bool)
-        score_index = np.zeros((g_size, b_size, r_len), np.int32)
-        score_target = np.zeros((g_size, b_size, r_len), np.int32)
-        for g, (j, rows, _) in enumerate(call_units):
-            keys[g], values[g], prefix_valid[g] = demonstrations[j]
-            batch = pad_batch([seqs.continuations[pairs[r, 0]] for r in rows], b_size, t_len, r_len)
-            cont_tokens[g], cont_valid[g] = batch.tokens, batch.valid
-            score_index[g], score_target[g] = batch.score_index, batch.score_target
-        put = lambda a: split_rows(a, self.mesh)
-        out = _CONTINUATION_LOGPROBS(self.graphdef, self.mesh, self.config.logits_chunk, self.state, put(keys),
-                                     put(values), put(prefix_valid), put(cont_tokens), put(cont_valid),
-                                     put(score_index), put(score_target))
-        return np.asarray(out)
+    def _dispatch(self, shape: UnitShape, call_units: list[Unit]) -> jax.Array:
+        """Stack the call's units (empty units fill the mesh), put them on the devices, start the call."""
+        started = time.perf_counter()
+        empty = _empty_unit(shape)
+        stacked = [np.stack([getattr(u, f) for u in call_units] + [getattr(empty, f)] * (self.mesh.size -
+                                                                                       len(call_units)))
+                   for f in _UNIT_FIELDS]
+        arrays = [split_rows(a, self.mesh) for a in stacked]
+        self.profile.add("stack + transfer (host)", time.perf_counter() - started)
+        started = time.perf_counter()
+        result = _UNIT_LOGPROBS(self.graphdef, self.mesh, self.config.logits_chunk, self.state, *arrays)
+        stage = "dispatch" if shape in self.profile.shapes else "dispatch incl. compile (first call of a shape)"
+        self.profile.add(stage, time.perf_counter() - started)
+        self.profile.shapes.add(shape)
+        self.profile.calls += 1
+        return result
+
+    def _collect(self, call_units: list[Unit], result: jax.Array, out: list, on_progress) -> None:
+        started = time.perf_counter()
+        result = np.asarray(result)
+        self.profile.add("device compute (waiting for results)", time.perf_counter() - started)
+        for u, unit in enumerate(call_units):
+            for key, slot, n in unit.placed:
+                out[key] = result[u, slot:slot + n].astype(np.float32)
+        if on_progress:
+            on_progress(sum(len(unit.placed) for unit in call_units))
+
+
+def _empty_unit(shape: UnitShape) -> Unit:
+    zeros = lambda *dims: np.zeros(dims, np.int32)
+    return Unit(shape, zeros(shape.prefix), zeros(shape.prefix), zeros(shape.prefix),
+                zeros(shape.rows, shape.length), zeros(shape.rows, shape.length), zeros(shape.rows, shape.length),
+                zeros(shape.rows), zeros(shape.scored), zeros(shape.scored), ())
