@@ -20,73 +20,64 @@ Output directory (``--out``)::
                                     and every later budget resumes the complete store
 
 The model is loaded once. The heatmap and gain curve need ``delift`` among the methods (skipped otherwise).
+Every ``delift run`` flag is accepted, and so are its run files: ``--config run.toml`` gives the settings of every
+cell (flags override it), ``--budgets`` and ``--seeds`` span the grid.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
+from delift_jax.budget import parse_budget
+from delift_jax.errors import DeliftError
+from delift_jax.models import load_model
+from delift_jax.pipeline import RunConfig, run_use_case
+from delift_jax.pipeline import command as run_command
+from delift_jax.pipeline.run import progress_default
+from delift_jax.report import (load_pool_kernel, markdown_summary, metric_rows, plot_greedy_gains, plot_kernel_heatmap,
+                               plot_metric_vs_budget, write_csv)
+from delift_jax.select import facility_location, maximize
+
+DEFAULT_BUDGETS = ["0.05", "0.1", "0.3", "0.5"]
+
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """``delift run``'s flags and run files (``--config run.toml``; flags override the file), plus the grid."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2", help="HF directory, .gguf file or 'smollm2' (default)")
-    parser.add_argument("--data", default="ifbench", help="the pool: built-in dataset name or data file")
-    parser.add_argument("--use-case", default="instruction", choices=("instruction", "task", "continual"))
-    parser.add_argument("--target", help="task use case: the target (benchmark) set")
-    parser.add_argument("--existing", help="continual use case: the data the model already has")
-    parser.add_argument("--methods", default="delift,random,full,initial", help="comma-separated method names")
-    parser.add_argument("--budgets", nargs="+", default=["0.05", "0.1", "0.3", "0.5"],
-                        help="fractions in (0, 1] or whole counts (default 0.05 0.1 0.3 0.5)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="default 0 1 2")
-    parser.add_argument("--limit", type=int, help="keep the first N pool examples")
-    parser.add_argument("--target-limit", type=int, help="keep the first N target examples")
-    parser.add_argument("--existing-limit", type=int, help="keep the first N existing examples")
-    parser.add_argument("--split", default="0.8,0.1,0.1", help="train,validation,test fractions")
-    parser.add_argument("--out", default="runs/ablation", help="output directory (default runs/ablation)")
-    group = parser.add_argument_group("pass-through run settings (small values keep CPU ablations short)")
-    group.add_argument("--kernel-max-length", type=int, default=2048)
-    group.add_argument("--max-response-tokens", type=int, help="kernel: score only the first N response tokens")
-    group.add_argument("--distance", choices=("rms", "pmi"), default="rms")
-    group.add_argument("--train-method", choices=("lora", "full"), default="lora")
-    group.add_argument("--epochs", type=int, default=1)
-    group.add_argument("--train-steps", type=int, help="optimizer steps instead of epochs")
-    group.add_argument("--learning-rate", type=float, default=2e-4)
-    group.add_argument("--batch-size", type=int, default=8)
-    group.add_argument("--max-length", type=int, default=1024, help="training / evaluation sequence length")
-    group.add_argument("--metrics", default="rouge,nll", help="evaluation metrics (default rouge,nll)")
-    group.add_argument("--max-new-tokens", type=int, default=128)
-    group.add_argument("--eval-batch-size", type=int, default=8)
-    group.add_argument("--checkpoints", action="store_true", help="keep fine-tuning checkpoints (default off)")
-    group.add_argument("--progress", action="store_true")
+    run_command.add_arguments(parser)
+    parser.add_argument("--budgets", nargs="+", default=DEFAULT_BUDGETS,
+                        help="fractions in (0, 1] or whole counts (default 0.05 0.1 0.3 0.5); replaces the run "
+                             "file's budget")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
+                        help="default 0 1 2; replaces the run file's seed")
+    parser.add_argument("--checkpoints", action="store_true", help="keep fine-tuning checkpoints (default off)")
+    parser.set_defaults(out="runs/ablation")
     return parser.parse_args(argv)
 
 
-def run_config(args: argparse.Namespace, budget, seed: int, kernel_dir: Path | None):
-    """The RunConfig of one (budget, seed) cell; DELIFT's kernel store is the seed's shared directory."""
-    from delift_jax.evaluate.generate import GenerationConfig
-    from delift_jax.kernel import KernelConfig
-    from delift_jax.pipeline import RunConfig
-    from delift_jax.pipeline.config import check_methods
-    from delift_jax.train import TrainConfig
+def base_config(args: argparse.Namespace):
+    """(RunConfig, RunInputs) shared by every cell: the run file and flags, with this script's defaults
+    (instruction on ifbench, no checkpoints) beneath them."""
+    if args.checkpoints:  # --checkpoints overrides the run file, as --no-checkpoints does
+        args = argparse.Namespace(**dict(vars(args), no_checkpoints=False))
+    defaults = {"use_case": "instruction", "checkpoints": False}
+    return run_command.resolve_run(args, defaults=defaults, input_defaults={"data": "ifbench"})
 
-    methods = check_methods(args.methods)
-    options = {"delift": {"kernel_dir": kernel_dir}} if "delift" in methods and kernel_dir is not None else {}
-    return RunConfig(
-        use_case=args.use_case, budget=budget, methods=methods, seed=seed,
-        split=tuple(float(x) for x in str(args.split).split(",")), limit=args.limit,
-        target_limit=args.target_limit, existing_limit=args.existing_limit,
-        kernel=KernelConfig(max_length=args.kernel_max_length, max_response_tokens=args.max_response_tokens,
-                            distance=args.distance),
-        train=TrainConfig(method=args.train_method, epochs=args.epochs, max_steps=args.train_steps,
-                          learning_rate=args.learning_rate, batch_size=args.batch_size, max_length=args.max_length,
-                          seed=seed),
-        generation=GenerationConfig(max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_length,
-                                    batch_size=args.eval_batch_size, seed=seed),
-        metrics=args.metrics, nll_max_length=args.max_length, method_options=options,
-        checkpoints=args.checkpoints)
+
+def run_config(base: RunConfig, budget, seed: int, kernel_dir: Path | None) -> RunConfig:
+    """The RunConfig of one (budget, seed) cell; DELIFT's kernel store is the seed's shared directory."""
+    options = {name: dict(values) for name, values in base.method_options.items()}
+    if "delift" in base.methods and kernel_dir is not None:
+        options["delift"] = dict(options.get("delift", {}), kernel_dir=kernel_dir)
+    return dataclasses.replace(base, budget=budget, seed=seed, method_options=options,
+                               train=dataclasses.replace(base.train, seed=seed),
+                               generation=dataclasses.replace(base.generation, seed=seed))
 
 
 def budget_label(budget) -> str:
@@ -96,10 +87,6 @@ def budget_label(budget) -> str:
 def write_plots(rows, out: Path, kernel_dir: Path | None, budgets) -> list[Path]:
     """metric_vs_budget_<metric>.png per metric; kernel_heatmap.png and greedy_gains.png from DELIFT's pool
     kernel when ``kernel_dir`` holds one."""
-    import numpy as np
-
-    from delift_jax.report import load_pool_kernel, plot_greedy_gains, plot_kernel_heatmap, plot_metric_vs_budget
-
     written = []
     for metric in dict.fromkeys(r["metric"] for r in rows):
         path = out / f"metric_vs_budget_{metric}.png"
@@ -107,8 +94,6 @@ def write_plots(rows, out: Path, kernel_dir: Path | None, budgets) -> list[Path]
         written.append(path)
     if kernel_dir is not None and ((kernel_dir / "pool" / "kernel.npy").is_file()
                                    or (kernel_dir / "pool" / "utility_raw.npy").is_file()):
-        from delift_jax.select import facility_location, maximize
-
         kernel = load_pool_kernel(kernel_dir)
         largest = max(budgets, key=lambda b: b if isinstance(b, int) else b * kernel.shape[1])
         k = min(largest, kernel.shape[1]) if isinstance(largest, int) else max(1, int(largest * kernel.shape[1]))
@@ -123,9 +108,6 @@ def write_plots(rows, out: Path, kernel_dir: Path | None, budgets) -> list[Path]
 
 
 def main(argv=None) -> int:
-    from delift_jax.errors import DeliftError
-    from delift_jax.pipeline.config import parse_budget
-
     args = parse_args(argv)
     try:
         budgets = [parse_budget(b) for b in args.budgets]
@@ -136,39 +118,34 @@ def main(argv=None) -> int:
 
 
 def ablate(args: argparse.Namespace, budgets) -> int:
-    from delift_jax.models import load_model
-    from delift_jax.pipeline import run_use_case
-    from delift_jax.atomic_io import atomic_write_text
-    from delift_jax.report import markdown_summary, metric_rows, write_csv
-
+    base, inputs = base_config(args)
     out = Path(args.out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
     # validate every setting before the model loads
     for seed in args.seeds:
         for budget in budgets:
-            run_config(args, budget, seed, None)
-    print(f"loading model {args.model}", flush=True)
-    model, tokenizer, _ = load_model(args.model)
+            run_config(base, budget, seed, None)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"loading model {inputs.model}", flush=True)
+    model, tokenizer, _ = load_model(inputs.model)
+    progress = progress_default() if args.progress is None else args.progress
     rows: list[dict] = []
-    total = len(budgets) * len(args.seeds)
-    cell = 0
-    t0 = time.perf_counter()
+    total, cell, t0 = len(budgets) * len(args.seeds), 0, time.perf_counter()
     for seed in args.seeds:
         kernel_dir = out / "kernels" / f"seed{seed}"
         for budget in budgets:
             cell += 1
             print(f"[{cell}/{total}] budget {budget}, seed {seed}", flush=True)
-            config = run_config(args, budget, seed, kernel_dir)
-            results = run_use_case(args.model, args.data, use_case=args.use_case, budget=budget,
+            config = run_config(base, budget, seed, kernel_dir)
+            results = run_use_case(inputs.model, inputs.data, use_case=config.use_case, budget=budget,
                                    methods=config.methods, out_dir=out / "runs" / f"b{budget_label(budget)}_s{seed}",
-                                   targets=args.target, existing=args.existing, config=config, model=model,
-                                   tokenizer=tokenizer, progress=args.progress,
-                                   echo=lambda line: print(f"    {line}", flush=True))
+                                   targets=inputs.target, existing=inputs.existing, config=config,
+                                   data_options=inputs.data_options(), model=model, tokenizer=tokenizer,
+                                   progress=progress, echo=lambda line: print(f"    {line}", flush=True))
             rows += metric_rows(results, budget=budget, seed=seed)
             write_csv(rows, out / "ablation.csv")  # partial results survive a crash of a later cell
-    title = (f"ablation: {args.use_case} on {args.data} ({args.model}); methods {args.methods}; "
+    title = (f"ablation: {base.use_case} on {inputs.data} ({inputs.model}); methods {','.join(base.methods)}; "
              f"seeds {' '.join(map(str, args.seeds))}")
-    atomic_write_text(out / "ablation.md", markdown_summary(rows, title=title))
+    (out / "ablation.md").write_text(markdown_summary(rows, title=title), encoding="utf-8")
     first_kernels = out / "kernels" / f"seed{args.seeds[0]}"
     plots = write_plots(rows, out, first_kernels if first_kernels.is_dir() else None, budgets)
     print((out / "ablation.md").read_text(encoding="utf-8"))

@@ -5,7 +5,8 @@ import pytest
 
 from delift_jax.data.records import Example
 from delift_jax.data.splits import SplitError, check_disjoint, prompt_key
-from delift_jax.pipeline.run import Source, _drop_shared, _split
+from delift_jax.pipeline.inputs import Source
+from delift_jax.pipeline.splits import drop_shared as _drop_shared, split_source as _split
 
 
 def _source(examples):

@@ -2,9 +2,9 @@
 tokenization into scored sequences."""
 
 from delift_jax.data.builtin import BUILTIN_DATASETS, load_builtin
-from delift_jax.data.fields import FORMATS, FieldMap, detect_format, map_records
+from delift_jax.data.fields import FORMATS, FieldMap, detect_format, example_from_record, map_records
 from delift_jax.data.formats import read_table
-from delift_jax.data.records import Example, alpaca_prompt, example_from_record
+from delift_jax.data.records import Example, alpaca_prompt
 from delift_jax.data.sources import LoadedData, field_map, load_dataset, load_examples
 from delift_jax.data.splits import check_disjoint, split_examples, split_indices
 from delift_jax.data.templates import DEFAULT_TEMPLATES, Templates

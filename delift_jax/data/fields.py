@@ -275,3 +275,15 @@ def map_records(records: list, fields: FieldMap | str | None = None, *, source: 
         except FieldError as exc:
             raise FieldError(f"{source}: {exc}") from None
     return examples, mapping.format
+
+
+def example_from_record(record: Mapping, row: int = 0) -> Example:
+    """An ``Example`` from one record of any format detected here (Alpaca, prompt/response or prompt/completion,
+    question/answer(/options), ShareGPT conversations).
+
+    Alpaca and question/answer responses get the authors' leading space (``" {output}"``); prompt/response records
+    are taken as is.
+    """
+    if not isinstance(record, Mapping):
+        raise DataError(f"record {row} is a {type(record).__name__}, expected an object with named fields")
+    return resolve_mapping(record)(record, row)

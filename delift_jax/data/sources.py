@@ -1,6 +1,9 @@
-"""Read examples from a built-in dataset name or a user's data file / ``save_to_disk`` directory.
+"""Read examples from a built-in dataset name, a user's data file / ``save_to_disk`` directory, or records in memory.
 
-``load_examples(source)`` is what the commands call; ``load_dataset`` also returns the ``DataReport``.
+A source is a built-in name, a path, any iterable of mappings (``[{"prompt": ..., "response": ...}, ...]``, a
+generator, a pandas ``DataFrame.to_dict("records")``), a Hugging Face ``datasets.Dataset`` (used through iteration
+only, so ``datasets`` is no dependency), or ``Example`` objects. ``load_examples(source)`` is what the commands
+call; ``load_dataset`` also returns the ``DataReport`` and the records behind the kept examples.
 Findings (empty responses, duplicates) are logged as warnings on the ``delift_jax.data`` logger, so they reach
 stderr even when logging is not configured.
 """
@@ -9,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from pathlib import Path
+from typing import Iterable, Mapping
 
 from delift_jax.data.builtin import BUILTIN_DATASETS, builtin_names, load_builtin
 from delift_jax.data.fields import FORMATS, FieldMap, map_records
@@ -26,8 +31,13 @@ def read_records(path: Path) -> list[dict]:
 
 @dataclasses.dataclass(frozen=True)
 class LoadedData:
+    """examples: those kept; report: what loading found; records: the raw record behind each kept example (None
+    for a built-in dataset or ``Example`` objects); rows: the 0-based position of each kept example in the input."""
+
     examples: list[Example]
     report: DataReport
+    records: list | None = None
+    rows: list[int] | None = None
 
 
 def field_map(prompt_field: str | None = None, response_field: str | None = None, input_field: str | None = None,
@@ -43,39 +53,84 @@ def field_map(prompt_field: str | None = None, response_field: str | None = None
     return FieldMap(prompt_field, response_field, input_field, options_field, context_field)
 
 
-def load_dataset(source: str, limit: int | None = None, *, fields: FieldMap | str | None = None,
+def is_in_memory(source) -> bool:
+    """True for records held in memory (anything iterable but a path or a name)."""
+    return not isinstance(source, (str, bytes, os.PathLike)) and isinstance(source, Iterable)
+
+
+def source_name(source) -> str:
+    """How errors and reports name ``source``: the name or path, or a description of in-memory records."""
+    if not is_in_memory(source):
+        return str(source)
+    size = f" of {len(source)} records" if hasattr(source, "__len__") else ""
+    return f"<{type(source).__name__}{size}>"
+
+
+def in_memory_records(source: Iterable) -> list:
+    """The records of an in-memory source; a ``datasets.DatasetDict`` (a mapping of splits) is refused with the fix."""
+    if isinstance(source, Mapping):
+        splits = ", ".join(map(str, source)) or "none"
+        raise DataError(f"data is a mapping ({splits}), not a list of records; pass one split's records, e.g. "
+                        "dataset['train']")
+    return list(source)
+
+
+def load_dataset(source, limit: int | None = None, *, fields: FieldMap | str | None = None,
                  dedupe: bool = False, drop_empty: bool = False) -> LoadedData:
-    """Examples and the validation report of a built-in dataset name or a data file/directory.
+    """Examples, the validation report and the kept records of a built-in dataset name, a data file/directory or
+    in-memory records (see the module docstring).
 
     ``fields``: a ``FieldMap``, a format name (one of ``FORMATS``) or ``None`` to detect the format from the first
     record. ``dedupe`` removes exact duplicates (first kept); ``drop_empty`` drops empty responses. ``limit`` keeps
     the first ``limit`` examples after that.
     """
-    if source in BUILTIN_DATASETS:
+    name = source_name(source)
+    if is_in_memory(source):
+        records = in_memory_records(source)
+        if records and all(isinstance(r, Example) for r in records):
+            loaded = _validated(records, None, name, "examples", limit, dedupe, drop_empty)
+        else:
+            examples, fmt = map_records(records, fields, source=name)
+            loaded = _validated(examples, records, name, fmt, limit, dedupe, drop_empty)
+    elif source in BUILTIN_DATASETS:
         if fields is not None:
             raise DataError(f"{source} is a built-in dataset; field mapping applies to data files only")
-        examples = load_builtin(source)
-        kept, report = validate_examples(examples, source=f"built-in dataset {source}",
-                                          format=BUILTIN_DATASETS[source].kind, dedupe=dedupe, drop_empty=drop_empty)
+        loaded = _validated(load_builtin(source), None, f"built-in dataset {source}", BUILTIN_DATASETS[source].kind,
+                            limit, dedupe, drop_empty)
     else:
         path = Path(source).expanduser()
         if not path.exists():
             raise DataError(f"data {source!r} is neither a file nor a built-in dataset ({builtin_names()})")
         records = read_table(path)
         examples, fmt = map_records(records, fields, source=str(path))
-        kept, report = validate_examples(examples, source=str(path), format=fmt, dedupe=dedupe,
-                                         drop_empty=drop_empty)
+        loaded = _validated(examples, records, str(path), fmt, limit, dedupe, drop_empty)
+    if not loaded.examples:
+        raise DataError(f"{name} has no examples left after dropping empty responses and duplicates")
+    return loaded
+
+
+def _validated(examples: list[Example], records: list | None, name: str, fmt: str, limit: int | None,
+               dedupe: bool, drop_empty: bool) -> LoadedData:
+    """Validate (dedupe / drop empty), apply ``limit``, and keep the record and row behind each kept example."""
+    kept, report = validate_examples(examples, source=name, format=fmt, dedupe=dedupe, drop_empty=drop_empty)
     report.log()
     if limit is not None:
         kept = kept[:limit]
-    if not kept:
-        raise DataError(f"{source} has no examples left after dropping empty responses and duplicates")
-    return LoadedData(kept, report)
+    rows = kept_rows(report)[:len(kept)]
+    return LoadedData(kept, report, [records[r] for r in rows] if records is not None else None, rows)
 
 
-def load_examples(source: str, limit: int | None = None, *, fields: FieldMap | str | None = None,
+def kept_rows(report: DataReport) -> list[int]:
+    """0-based input positions of the examples validation kept, in order."""
+    drop = set(report.empty_rows) if report.dropped_empty else set()
+    if report.deduplicated:
+        drop.update(r for group in report.duplicate_groups for r in group[1:])
+    return [r - 1 for r in range(1, report.n_records + 1) if r not in drop]
+
+
+def load_examples(source, limit: int | None = None, *, fields: FieldMap | str | None = None,
                   dedupe: bool = False, drop_empty: bool = False) -> list[Example]:
-    """Examples from a built-in dataset name or a data file path (see ``load_dataset``)."""
+    """Examples from a built-in dataset name, a data file path or in-memory records (see ``load_dataset``)."""
     return load_dataset(source, limit, fields=fields, dedupe=dedupe, drop_empty=drop_empty).examples
 
 

@@ -30,8 +30,10 @@ class ScoredSequence:
 
 
 def eos_token_id(tokenizer) -> int:
+    """The tokenizer's EOS id: the separator after the context and the terminator after the response."""
     if tokenizer.eos_token_id is None:
-        raise DataError("the tokenizer has no EOS token; DELIFT sequences need one as separator and terminator")
+        raise DataError("the tokenizer has no EOS token; every sequence (kernel, training, generation) needs one as "
+                        "the separator and terminator")
     return int(tokenizer.eos_token_id)
 
 

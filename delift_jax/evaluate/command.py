@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     from delift_jax.data.sources import load_examples
     from delift_jax.data.splits import SplitError, shared_examples
     from delift_jax.errors import DataError
-    from delift_jax.train.command import check_selection_data, data_options_summary, examples_sha256
+    from delift_jax.commands.selection_data import check_selection_data, data_options_summary, examples_sha256
     from delift_jax.evaluate.generate import GenerationConfig
     from delift_jax.evaluate.icl import subset_from_indices
     from delift_jax.evaluate.judge import JudgeConfig

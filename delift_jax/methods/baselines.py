@@ -5,36 +5,36 @@
 * ``full``: every pool index, in order (the budget is ignored; the pipeline fine-tunes on all of the pool).
 * ``initial``: no index at all. The downstream pipeline skips fine-tuning for an empty selection and evaluates the
   base model as it is (``info["fine_tune"] is False`` says so explicitly).
+
+None of them takes options (``NoOptions``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from delift_jax.methods.base import Selection, budget_count, check_inputs, reject_options
+from delift_jax.methods.base import MethodSelection, NoOptions, budget_count, check_inputs
 
 
 def random_selection(*, pool, budget, use_case="instruction", targets=None, existing=None, model=None,
-                     tokenizer=None, seed: int = 0, **options) -> Selection:
+                     tokenizer=None, seed: int = 0, options: NoOptions = NoOptions()) -> MethodSelection:
     check_inputs("random", pool, use_case, targets, existing)
-    reject_options("random", options, ())
     k = budget_count(budget, len(pool), "random")
     order = np.random.default_rng(int(seed)).permutation(len(pool))
-    return Selection(order[:k], None, {"method": "random", "budget": k, "seed": int(seed), "use_case": use_case,
-                                       "fine_tune": True})
+    info = {"method": "random", "budget": k, "seed": int(seed), "use_case": use_case, "fine_tune": True}
+    return MethodSelection(order[:k], None, info)
 
 
 def full_selection(*, pool, budget=None, use_case="instruction", targets=None, existing=None, model=None,
-                   tokenizer=None, seed: int = 0, **options) -> Selection:
+                   tokenizer=None, seed: int = 0, options: NoOptions = NoOptions()) -> MethodSelection:
     check_inputs("full", pool, use_case, targets, existing)
-    reject_options("full", options, ())
-    return Selection(np.arange(len(pool)), None, {"method": "full", "budget": len(pool), "use_case": use_case,
-                                                   "fine_tune": True, "budget_ignored": budget is not None})
+    info = {"method": "full", "budget": len(pool), "use_case": use_case, "fine_tune": True,
+            "budget_ignored": budget is not None}
+    return MethodSelection(np.arange(len(pool)), None, info)
 
 
 def initial_selection(*, pool, budget=None, use_case="instruction", targets=None, existing=None, model=None,
-                      tokenizer=None, seed: int = 0, **options) -> Selection:
+                      tokenizer=None, seed: int = 0, options: NoOptions = NoOptions()) -> MethodSelection:
     check_inputs("initial", pool, use_case, targets, existing)
-    reject_options("initial", options, ())
-    return Selection(np.zeros(0, np.int64), None, {"method": "initial", "budget": 0, "use_case": use_case,
-                                                    "fine_tune": False})
+    info = {"method": "initial", "budget": 0, "use_case": use_case, "fine_tune": False}
+    return MethodSelection(np.zeros(0, np.int64), None, info)

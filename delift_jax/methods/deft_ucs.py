@@ -28,15 +28,37 @@ aligned with pool).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from delift_jax.errors import DataError
-from delift_jax.methods.base import Selection, budget_count, check_inputs, reject_options
+from delift_jax.methods.base import (MethodOptions, MethodSelection, budget_count, check_at_least, check_fraction,
+                                     check_inputs)
 from delift_jax.methods.embeddings import embed_examples, given_embeddings
 from delift_jax.methods.kmeans import kmeans
 
-OPTIONS = ("n_clusters", "easy_fraction", "base_fraction", "n_init", "max_iter", "encoder", "embeddings")
 DEFAULT_CLUSTERS = 7
+
+
+@dataclasses.dataclass(frozen=True)
+class DeftUcsOptions(MethodOptions):
+    """n_clusters: C (at most n is used); easy_fraction: α; base_fraction: the random D_base share of the budget;
+    n_init / max_iter: k-means restarts and Lloyd iterations; encoder: anything with ``encode(texts) -> [n, d]``
+    (default all-MiniLM-L6-v2); embeddings: precomputed pool embeddings (rows aligned with the pool)."""
+
+    n_clusters: int = DEFAULT_CLUSTERS
+    easy_fraction: float = 0.0
+    base_fraction: float = 0.0
+    n_init: int = 10
+    max_iter: int = 100
+    encoder: object = None
+    embeddings: object = None
+
+    def __post_init__(self):
+        check_fraction("deft_ucs", "easy_fraction (α)", self.easy_fraction)
+        check_fraction("deft_ucs", "base_fraction (random D_base share of the budget)", self.base_fraction)
+        for name in ("n_clusters", "n_init", "max_iter"):
+            check_at_least("deft_ucs", name, getattr(self, name))
 
 
 def cluster_quotas(sizes: np.ndarray, budget: int) -> np.ndarray:
@@ -71,29 +93,19 @@ def easy_hard(members: np.ndarray, distances: np.ndarray, quota: int, easy_fract
 
 
 def deft_ucs_selection(*, pool, budget, use_case="instruction", targets=None, existing=None, model=None,
-                       tokenizer=None, seed: int = 0, **options) -> Selection:
+                       tokenizer=None, seed: int = 0, options: DeftUcsOptions = DeftUcsOptions()) -> MethodSelection:
     check_inputs("deft_ucs", pool, use_case, targets, existing)
-    reject_options("deft_ucs", options, OPTIONS)
     k = budget_count(budget, len(pool), "deft_ucs")
-    easy_fraction = float(options.get("easy_fraction", 0.0))
-    if not 0.0 <= easy_fraction <= 1.0:
-        raise DataError(f"deft_ucs: easy_fraction (α) must lie in [0, 1], got {easy_fraction}")
-    base_fraction = float(options.get("base_fraction", 0.0))
-    if not 0.0 <= base_fraction <= 1.0:
-        raise DataError(f"deft_ucs: base_fraction (random D_base share of the budget) must lie in [0, 1], "
-                        f"got {base_fraction}")
-    n_clusters = int(options.get("n_clusters", DEFAULT_CLUSTERS))
-    if n_clusters < 1:
-        raise DataError(f"deft_ucs: n_clusters must be at least 1, got {n_clusters}")
-    n_clusters = min(n_clusters, len(pool))
-    embeddings = given_embeddings("deft_ucs", options, "embeddings", len(pool))
+    easy_fraction = float(options.easy_fraction)
+    n_clusters = min(int(options.n_clusters), len(pool))
+    embeddings = given_embeddings("deft_ucs", options.embeddings, "embeddings", len(pool))
     if embeddings is None:
-        embeddings = embed_examples(pool, options.get("encoder"))
-    labels, centroids = kmeans(embeddings, n_clusters, seed=seed, n_init=int(options.get("n_init", 10)),
-                               max_iter=int(options.get("max_iter", 100)))
+        embeddings = embed_examples(pool, options.encoder)
+    labels, centroids = kmeans(embeddings, n_clusters, seed=seed, n_init=int(options.n_init),
+                               max_iter=int(options.max_iter))
     distances = np.linalg.norm(embeddings.astype(np.float64) - centroids[labels], axis=1)
     # D_base: a seeded random draw (its own stream, independent of the k-means seeding); UCS sees the rest.
-    n_base = int(np.floor(base_fraction * k + 0.5))
+    n_base = int(np.floor(float(options.base_fraction) * k + 0.5))
     base = np.random.default_rng([int(seed), 1]).permutation(len(pool))[:n_base].astype(np.int64)
     in_base = np.zeros(len(pool), bool)
     in_base[base] = True
@@ -108,5 +120,5 @@ def deft_ucs_selection(*, pool, budget, use_case="instruction", targets=None, ex
     info = {"method": "deft_ucs", "budget": k, "use_case": use_case, "seed": int(seed), "n_clusters": n_clusters,
             "easy_fraction": easy_fraction, "hard_fraction": 1.0 - easy_fraction, "n_base": n_base, "n_easy": n_easy,
             "n_hard": n_hard, "cluster_sizes": sizes.tolist(), "cluster_quotas": quotas.tolist(), "fine_tune": True}
-    return Selection(indices, distances[indices], info,
+    return MethodSelection(indices, distances[indices], info,
                      {"labels": labels, "centroids": centroids, "distances": distances, "embeddings": embeddings})

@@ -19,9 +19,7 @@ kernel alone it is the authors' global min-max. ``clip`` (max(U, 0), the paper's
 offered. ``exclude_diagonal`` leaves K's diagonal (an example as its own demonstration, which dominates, DESIGN
 §1.2) out of the statistics and sets it to 0.
 
-Options: kernel_config (KernelConfig: distance rms|pmi, max_length, batch sizes, top_k is refused), scale,
-exclude_diagonal, eta (η, task), nu (ν, continual), optimizer (lazy|naive|stochastic), kernel_dir (crash-safe
-stores ``<dir>/pool``, ``<dir>/targets``, ``<dir>/existing``; rerun to resume), max_pairs, progress.
+Options: ``DeliftOptions``.
 """
 
 from __future__ import annotations
@@ -33,11 +31,37 @@ import numpy as np
 
 from delift_jax.errors import DataError
 from delift_jax.kernel import KernelConfig, utility_kernel
-from delift_jax.methods.base import Selection, budget_count, check_inputs, need_model, reject_options
-from delift_jax.methods.submodular import common_scale, select_on_kernels
+from delift_jax.methods.base import (MethodOptions, MethodSelection, budget_count, check_at_least, check_choice,
+                                     check_inputs, need_model)
+from delift_jax.methods.submodular import OPTIMIZERS, SCALES, common_scale, select_on_kernels
 
-OPTIONS = ("kernel_config", "scale", "exclude_diagonal", "eta", "nu", "optimizer", "kernel_dir", "max_pairs",
-           "progress")
+
+@dataclasses.dataclass(frozen=True)
+class DeliftOptions(MethodOptions):
+    """kernel_config: ``KernelConfig`` (distance rms | pmi, max_length, batch sizes; a sparse top_k is refused);
+    scale: minmax | clip | clip_minmax (one map for K, Q and P); exclude_diagonal: leave K's diagonal out of the
+    statistics and of the objective; eta (η, task), nu (ν, continual); optimizer: lazy | naive | stochastic;
+    kernel_dir: crash-safe stores ``<dir>/pool``, ``<dir>/targets``, ``<dir>/existing`` (rerun to resume);
+    max_pairs: stop each kernel after this many pairs (resume later); progress: progress bars."""
+
+    kernel_config: KernelConfig = KernelConfig()
+    scale: str = "minmax"
+    exclude_diagonal: bool = False
+    eta: float = 1.0
+    nu: float = 1.0
+    optimizer: str = "lazy"
+    kernel_dir: str | Path | None = None
+    max_pairs: int | None = None
+    progress: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.kernel_config, KernelConfig):
+            raise DataError(f"delift: kernel_config must be a KernelConfig, got {type(self.kernel_config).__name__}")
+        if self.kernel_config.top_k is not None:
+            raise DataError("delift: the sparse kernel (top_k) is not supported here; use a dense kernel_config")
+        check_choice("delift", "scale", self.scale, SCALES)
+        check_choice("delift", "optimizer", self.optimizer, OPTIMIZERS)
+        check_at_least("delift", "max_pairs", self.max_pairs)
 
 
 def raw_utilities(model, tokenizer, pool, use_case: str, targets=None, existing=None, *,
@@ -72,27 +96,21 @@ def scaled_kernels(raw: dict[str, np.ndarray], scale: str = "minmax", exclude_di
 
 
 def delift_selection(*, pool, budget, use_case="instruction", targets=None, existing=None, model=None,
-                     tokenizer=None, seed: int = 0, **options) -> Selection:
+                     tokenizer=None, seed: int = 0, options: DeliftOptions = DeliftOptions()) -> MethodSelection:
     check_inputs("delift", pool, use_case, targets, existing)
-    reject_options("delift", options, OPTIONS)
     need_model("delift", model, tokenizer)
     k = budget_count(budget, len(pool), "delift")
     if len(pool) < 2:
         raise DataError("delift: the square pool kernel needs at least 2 pool examples")
-    raw = raw_utilities(model, tokenizer, pool, use_case, targets, existing,
-                        kernel_config=options.get("kernel_config", KernelConfig()),
-                        kernel_dir=options.get("kernel_dir"), max_pairs=options.get("max_pairs"),
-                        progress=bool(options.get("progress", False)))
-    scale = options.get("scale", "minmax")
-    exclude_diagonal = bool(options.get("exclude_diagonal", False))
-    kernels = scaled_kernels(raw, scale, exclude_diagonal)
+    raw = raw_utilities(model, tokenizer, pool, use_case, targets, existing, kernel_config=options.kernel_config,
+                        kernel_dir=options.kernel_dir, max_pairs=options.max_pairs, progress=bool(options.progress))
+    kernels = scaled_kernels(raw, options.scale, bool(options.exclude_diagonal))
     picks, gains, info = select_on_kernels(use_case, k, kernels["K"], kernels.get("Q"), kernels.get("P"),
-                                           eta=options.get("eta", 1.0), nu=options.get("nu", 1.0),
-                                           optimizer=options.get("optimizer", "lazy"), seed=seed)
-    info.update({"method": "delift", "budget": k, "use_case": use_case, "seed": int(seed), "scale": scale,
-                 "exclude_diagonal": exclude_diagonal, "fine_tune": True,
+                                           eta=options.eta, nu=options.nu, optimizer=options.optimizer, seed=seed)
+    info.update({"method": "delift", "budget": k, "use_case": use_case, "seed": int(seed), "scale": options.scale,
+                 "exclude_diagonal": bool(options.exclude_diagonal), "fine_tune": True,
                  "utility_range": [float(min(u.min() for u in raw.values())),
                                    float(max(u.max() for u in raw.values()))]})
     arrays = {f"utility_{name}": u for name, u in raw.items()}
     arrays.update({f"kernel_{name}": v for name, v in kernels.items()})
-    return Selection(picks, gains, info, arrays)
+    return MethodSelection(picks, gains, info, arrays)

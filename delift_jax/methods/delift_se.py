@@ -10,22 +10,42 @@ Embeddings e (unit norm, all-MiniLM-L6-v2 over ``prompt + "\\n" + response``); s
 Kernels as in DELIFT: K[i, j] = s(pool_i, pool_j); task: Q[i, q] = s(pool_i, target_q); continual:
 P[i, p] = s(pool_i, existing_p). Same objectives (FL / FL1MI / FLCG), same greedy.
 
-Options: encoder, embeddings / target_embeddings / existing_embeddings (precomputed, rows aligned with the sets),
-similarity, exclude_diagonal, eta, nu, optimizer.
+Options: ``DeliftSeOptions``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from delift_jax.errors import DataError
-from delift_jax.methods.base import Selection, budget_count, check_inputs, reject_options
+from delift_jax.methods.base import (MethodOptions, MethodSelection, budget_count, check_choice, check_inputs)
 from delift_jax.methods.embeddings import embed_examples, given_embeddings, normalize_rows
-from delift_jax.methods.submodular import select_on_kernels
+from delift_jax.methods.submodular import OPTIMIZERS, select_on_kernels
 
-OPTIONS = ("encoder", "embeddings", "target_embeddings", "existing_embeddings", "similarity", "exclude_diagonal",
-           "eta", "nu", "optimizer")
 SIMILARITIES = ("shift", "clip")
+
+
+@dataclasses.dataclass(frozen=True)
+class DeliftSeOptions(MethodOptions):
+    """encoder: anything with ``encode(texts) -> [n, d]`` (default all-MiniLM-L6-v2); embeddings /
+    target_embeddings / existing_embeddings: precomputed, rows aligned with the sets; similarity: shift | clip;
+    exclude_diagonal: K[i, i] = 0; eta (η, task), nu (ν, continual); optimizer: lazy | naive | stochastic."""
+
+    encoder: object = None
+    embeddings: object = None
+    target_embeddings: object = None
+    existing_embeddings: object = None
+    similarity: str = "shift"
+    exclude_diagonal: bool = False
+    eta: float = 1.0
+    nu: float = 1.0
+    optimizer: str = "lazy"
+
+    def __post_init__(self):
+        check_choice("delift_se", "similarity", self.similarity, SIMILARITIES)
+        check_choice("delift_se", "optimizer", self.optimizer, OPTIMIZERS)
 
 
 def similarity(a: np.ndarray, b: np.ndarray, mode: str = "shift") -> np.ndarray:
@@ -38,36 +58,34 @@ def similarity(a: np.ndarray, b: np.ndarray, mode: str = "shift") -> np.ndarray:
     raise DataError(f"similarity {mode!r} is unknown; choose one of {', '.join(SIMILARITIES)}")
 
 
-def _embeddings(examples, options, key, encoder):
-    given = given_embeddings("delift_se", options, key, len(examples))
+def _embeddings(examples, given, key, encoder):
+    given = given_embeddings("delift_se", given, key, len(examples))
     return normalize_rows(given) if given is not None else embed_examples(examples, encoder)
 
 
 def delift_se_selection(*, pool, budget, use_case="instruction", targets=None, existing=None, model=None,
-                        tokenizer=None, seed: int = 0, **options) -> Selection:
+                        tokenizer=None, seed: int = 0, options: DeliftSeOptions = DeliftSeOptions()
+                        ) -> MethodSelection:
     check_inputs("delift_se", pool, use_case, targets, existing)
-    reject_options("delift_se", options, OPTIONS)
     k = budget_count(budget, len(pool), "delift_se")
-    mode = options.get("similarity", "shift")
-    encoder = options.get("encoder")
-    pool_e = _embeddings(pool, options, "embeddings", encoder)
+    mode, encoder = options.similarity, options.encoder
+    pool_e = _embeddings(pool, options.embeddings, "embeddings", encoder)
     kernel = similarity(pool_e, pool_e, mode)
-    exclude_diagonal = bool(options.get("exclude_diagonal", False))
-    if exclude_diagonal:
+    if options.exclude_diagonal:
         np.fill_diagonal(kernel, 0.0)
     query = private = None
     if use_case == "task":
-        query = similarity(pool_e, _embeddings(targets, options, "target_embeddings", encoder), mode)
+        query = similarity(pool_e, _embeddings(targets, options.target_embeddings, "target_embeddings", encoder), mode)
     elif use_case == "continual":
-        private = similarity(pool_e, _embeddings(existing, options, "existing_embeddings", encoder), mode)
-    picks, gains, info = select_on_kernels(use_case, k, kernel, query, private, eta=options.get("eta", 1.0),
-                                           nu=options.get("nu", 1.0), optimizer=options.get("optimizer", "lazy"),
-                                           seed=seed)
+        private = similarity(pool_e, _embeddings(existing, options.existing_embeddings, "existing_embeddings",
+                                                 encoder), mode)
+    picks, gains, info = select_on_kernels(use_case, k, kernel, query, private, eta=options.eta, nu=options.nu,
+                                           optimizer=options.optimizer, seed=seed)
     info.update({"method": "delift_se", "budget": k, "use_case": use_case, "seed": int(seed), "similarity": mode,
-                 "exclude_diagonal": exclude_diagonal, "fine_tune": True})
+                 "exclude_diagonal": bool(options.exclude_diagonal), "fine_tune": True})
     arrays = {"kernel_K": kernel, "embeddings": pool_e}
     if query is not None:
         arrays["kernel_Q"] = query
     if private is not None:
         arrays["kernel_P"] = private
-    return Selection(picks, gains, info, arrays)
+    return MethodSelection(picks, gains, info, arrays)

@@ -1,6 +1,6 @@
 """Sentence embeddings of examples (prompt + response) for DELIFT (SE) and DEFT-UCS.
 
-The encoder is all-MiniLM-L6-v2 in JAX (``delift_jax.evaluate.bert.load_sentence_encoder``), loaded once per
+The encoder is all-MiniLM-L6-v2 in JAX (``delift_jax.models.bert.load_sentence_encoder``), loaded once per
 process. A method accepts ``encoder=`` (anything with ``encode(texts) -> [n, d]``) or precomputed
 ``embeddings=`` instead.
 """
@@ -15,12 +15,12 @@ import numpy as np
 from delift_jax.data.records import Example
 from delift_jax.errors import DataError
 from delift_jax.methods.base import example_text
+from delift_jax.models.bert import load_sentence_encoder
 
 
 @functools.lru_cache(maxsize=1)
 def default_encoder():
-    from delift_jax.evaluate.bert import load_sentence_encoder
-
+    """all-MiniLM-L6-v2, loaded on first use and shared by every caller of this process."""
     return load_sentence_encoder()
 
 
@@ -39,9 +39,8 @@ def normalize_rows(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
-def given_embeddings(name: str, options: dict, key: str, n: int) -> np.ndarray | None:
-    """``options[key]`` checked to have ``n`` rows (None if absent)."""
-    value = options.get(key)
+def given_embeddings(name: str, value, key: str, n: int) -> np.ndarray | None:
+    """Precomputed embeddings (the option ``key`` of method ``name``) checked to have ``n`` rows; None if absent."""
     if value is None:
         return None
     value = np.asarray(value, dtype=np.float64)

@@ -24,11 +24,12 @@ Differences from the paper (documented, deliberate):
 * Default LoRA: rank 8, alpha 16, attention projections q/k/v/o (the paper: rank 128 on the same modules), and
   d = 1024 (the paper: 8192) to keep CPU cost low; both are options.
 
-Options: lora_config (LoRAConfig), projection_dim, aggregate (mean|max), max_length, batch_size, logits_chunk.
+Options: ``LessOptions``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -38,15 +39,37 @@ import numpy as np
 from flax import nnx
 
 from delift_jax.errors import DataError
-from delift_jax.methods.base import Selection, budget_count, check_inputs, need_model, reject_options, top_k
+from delift_jax.methods.base import (MethodOptions, MethodSelection, budget_count, check_at_least, check_choice,
+                                     check_inputs, need_model, top_k)
 from delift_jax.train.data import encode_examples, make_batch
 from delift_jax.train.lora import ATTENTION_TARGETS, LoRAConfig, apply_lora, has_lora
 from delift_jax.train.step import nll_sum, split_model
 
-OPTIONS = ("lora_config", "projection_dim", "aggregate", "max_length", "batch_size", "logits_chunk")
 DEFAULT_LORA = LoRAConfig(rank=8, alpha=16.0, dropout=0.0, targets=ATTENTION_TARGETS)
 DEFAULT_DIM = 1024
+AGGREGATES = ("mean", "max")
 ROW_FIELDS = ("tokens", "valid", "score_index", "score_target", "score_valid")
+
+
+@dataclasses.dataclass(frozen=True)
+class LessOptions(MethodOptions):
+    """lora_config: the adapters whose gradients are the features (used when the model has none); projection_dim:
+    d; aggregate: mean | max cosine to the target set; max_length, batch_size, logits_chunk: of the gradient passes."""
+
+    lora_config: LoRAConfig = DEFAULT_LORA
+    projection_dim: int = DEFAULT_DIM
+    aggregate: str = "mean"
+    max_length: int = 1024
+    batch_size: int = 8
+    logits_chunk: int = 512
+
+    def __post_init__(self):
+        if not isinstance(self.lora_config, LoRAConfig):
+            raise DataError(f"less: lora_config must be a LoRAConfig, got {type(self.lora_config).__name__}")
+        check_at_least("less", "projection_dim", self.projection_dim)
+        check_choice("less", "aggregate", self.aggregate, AGGREGATES)
+        for name in ("max_length", "batch_size", "logits_chunk"):
+            check_at_least("less", name, getattr(self, name))
 
 
 def lora_copy(model, config: LoRAConfig = DEFAULT_LORA, seed: int = 0):
@@ -123,26 +146,22 @@ def less_scores(pool_features: np.ndarray, target_features: np.ndarray, aggregat
 
 
 def less_selection(*, pool, budget, use_case="instruction", targets=None, existing=None, model=None,
-                   tokenizer=None, seed: int = 0, **options) -> Selection:
+                   tokenizer=None, seed: int = 0, options: LessOptions = LessOptions()) -> MethodSelection:
     check_inputs("less", pool, use_case, targets, existing)
-    reject_options("less", options, OPTIONS)
     need_model("less", model, tokenizer)
     k = budget_count(budget, len(pool), "less")
-    dim = int(options.get("projection_dim", DEFAULT_DIM))
-    if dim < 1:
-        raise DataError(f"less: projection_dim must be at least 1, got {dim}")
-    aggregate = options.get("aggregate", "mean")
-    settings = dict(seed=seed, dim=dim, lora_config=options.get("lora_config", DEFAULT_LORA),
-                    max_length=int(options.get("max_length", 1024)), batch_size=int(options.get("batch_size", 8)),
-                    logits_chunk=int(options.get("logits_chunk", 512)))
+    settings = dict(seed=seed, dim=int(options.projection_dim), lora_config=options.lora_config,
+                    max_length=int(options.max_length), batch_size=int(options.batch_size),
+                    logits_chunk=int(options.logits_chunk))
     pool_features = gradient_features(model, tokenizer, pool, **settings)
     target_source = "targets" if targets else "pool"
     target_features = gradient_features(model, tokenizer, targets, **settings) if targets else pool_features
-    scores = less_scores(pool_features, target_features, aggregate)
+    scores = less_scores(pool_features, target_features, options.aggregate)
     indices = top_k(scores, k)
-    info = {"method": "less", "budget": k, "use_case": use_case, "seed": int(seed), "projection_dim": dim,
-            "aggregate": aggregate, "target_source": target_source, "lora_rank": settings["lora_config"].rank,
-            "lora_targets": list(settings["lora_config"].targets), "reused_model_lora": bool(has_lora(model)),
+    info = {"method": "less", "budget": k, "use_case": use_case, "seed": int(seed),
+            "projection_dim": int(options.projection_dim), "aggregate": options.aggregate,
+            "target_source": target_source, "lora_rank": options.lora_config.rank,
+            "lora_targets": list(options.lora_config.targets), "reused_model_lora": bool(has_lora(model)),
             "fine_tune": True}
-    return Selection(indices, scores[indices], info,
-                     {"scores": scores, "pool_features": pool_features, "target_features": target_features})
+    return MethodSelection(indices, scores[indices], info,
+                           {"scores": scores, "pool_features": pool_features, "target_features": target_features})

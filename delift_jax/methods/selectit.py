@@ -19,12 +19,12 @@ Prompts are plain text (no chat template, as everywhere in this package): a rati
 prompt and response, then ``"Score (1-5):"``. An over-long example loses tokens from the start of its
 prompt-and-response body (the rating instruction and the score cue are kept); ``info["n_truncated"]`` counts them.
 
-Options: prompts (rating instructions), alpha, token_score (paper|expected), max_length, batch_size,
-distributions (precomputed P' of shape [n, K_p, 5], e.g. from another run; skips the model).
+Options: ``SelectItOptions``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Sequence
 
@@ -35,9 +35,10 @@ from flax import nnx
 
 from delift_jax.data.tokenize import bucket_for, encode_ids, length_ladder
 from delift_jax.errors import DataError
-from delift_jax.methods.base import Selection, budget_count, check_inputs, need_model, reject_options, top_k
+from delift_jax.methods.base import (MethodOptions, MethodSelection, budget_count, check_at_least, check_choice,
+                                     check_inputs, need_model, top_k)
 
-OPTIONS = ("prompts", "alpha", "token_score", "max_length", "batch_size", "distributions")
+TOKEN_SCORES = ("paper", "expected")
 N_RATINGS = 5
 DEFAULT_ALPHA = 0.2
 RATING_PROMPTS = (
@@ -48,6 +49,30 @@ RATING_PROMPTS = (
     "Judge whether the response correctly and completely answers the instruction. Give a score from 1 (not at "
     "all) to 5 (fully).",
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectItOptions(MethodOptions):
+    """prompts: rating instructions (K_p of them); alpha: α of the sentence level; token_score: paper | expected;
+    max_length / batch_size: of the rating prompts; distributions: precomputed P' of shape [n, K_p, 5] (e.g. from
+    another run; skips the model)."""
+
+    prompts: tuple = RATING_PROMPTS
+    alpha: float = DEFAULT_ALPHA
+    token_score: str = "paper"
+    max_length: int = 1024
+    batch_size: int = 8
+    distributions: object = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "prompts", tuple(self.prompts))
+        if not self.prompts:
+            raise DataError("selectit: needs at least one rating prompt")
+        check_choice("selectit", "token_score", self.token_score, TOKEN_SCORES)
+        check_at_least("selectit", "max_length", self.max_length)
+        check_at_least("selectit", "batch_size", self.batch_size)
+
+
 BODY = "\n\nInstruction:\n{prompt}\n\nResponse:\n{response}"
 CUE = "\n\nScore (1-5):"
 
@@ -148,30 +173,22 @@ def rating_distributions(model, tokenizer, pool, prompts: Sequence[str] = RATING
 
 
 def selectit_selection(*, pool, budget, use_case="instruction", targets=None, existing=None, model=None,
-                       tokenizer=None, seed: int = 0, **options) -> Selection:
+                       tokenizer=None, seed: int = 0, options: SelectItOptions = SelectItOptions()) -> MethodSelection:
     check_inputs("selectit", pool, use_case, targets, existing)
-    reject_options("selectit", options, OPTIONS)
     k = budget_count(budget, len(pool), "selectit")
-    prompts = tuple(options.get("prompts", RATING_PROMPTS))
-    alpha = float(options.get("alpha", DEFAULT_ALPHA))
-    mode = options.get("token_score", "paper")
-    dist = options.get("distributions")
-    truncated = 0
+    dist, truncated = options.distributions, 0
     if dist is None:
         need_model("selectit", model, tokenizer)
-        if not prompts:
-            raise DataError("selectit: needs at least one rating prompt")
-        dist, truncated = rating_distributions(model, tokenizer, pool, prompts,
-                                               max_length=int(options.get("max_length", 1024)),
-                                               batch_size=int(options.get("batch_size", 8)))
+        dist, truncated = rating_distributions(model, tokenizer, pool, options.prompts,
+                                               max_length=int(options.max_length), batch_size=int(options.batch_size))
     dist = np.asarray(dist, dtype=np.float64)
     if dist.ndim != 3 or dist.shape[0] != len(pool) or dist.shape[2] != N_RATINGS:
         raise DataError(f"selectit: distributions have shape {dist.shape}; expected ({len(pool)}, K, {N_RATINGS})")
-    token_scores = token_level_scores(dist, mode)
-    sentence_scores = sentence_level_scores(token_scores, alpha)
+    token_scores = token_level_scores(dist, options.token_score)
+    sentence_scores = sentence_level_scores(token_scores, float(options.alpha))
     indices = top_k(sentence_scores, k)
-    info = {"method": "selectit", "budget": k, "use_case": use_case, "seed": int(seed), "alpha": alpha,
-            "token_score": mode, "n_prompts": int(dist.shape[1]), "n_truncated": int(truncated), "keep": "top",
-            "fine_tune": True}
-    return Selection(indices, sentence_scores[indices], info,
-                     {"distributions": dist, "token_scores": token_scores, "sentence_scores": sentence_scores})
+    info = {"method": "selectit", "budget": k, "use_case": use_case, "seed": int(seed), "alpha": float(options.alpha),
+            "token_score": options.token_score, "n_prompts": int(dist.shape[1]), "n_truncated": int(truncated),
+            "keep": "top", "fine_tune": True}
+    return MethodSelection(indices, sentence_scores[indices], info,
+                           {"distributions": dist, "token_scores": token_scores, "sentence_scores": sentence_scores})

@@ -16,11 +16,15 @@ from __future__ import annotations
 import numpy as np
 
 from delift_jax.errors import DataError
+from delift_jax.kernel.normalize import apply_scale, fit_scale
 from delift_jax.select import facility_location, fl_conditional_gain, fl_mutual_information, maximize
 from delift_jax.select.objectives import evaluate
+from delift_jax.select.optimizers import OPTIMIZERS
 
 OBJECTIVE_OF_USE_CASE = {"instruction": "fl", "task": "flmi", "continual": "flcg"}
 SCALES = ("minmax", "clip", "clip_minmax")
+# scale -> (pointwise clip at 0 first, normalization of ``kernel.normalize`` applied jointly)
+_SCALE_STEPS = {"minmax": (False, "minmax"), "clip": (True, "none"), "clip_minmax": (False, "clip_minmax")}
 
 
 def common_scale(raw: dict[str, np.ndarray], scale: str, ignore: dict[str, np.ndarray] | None = None
@@ -31,28 +35,15 @@ def common_scale(raw: dict[str, np.ndarray], scale: str, ignore: dict[str, np.nd
     clip:        max(U, 0), no rescaling (the paper's text: negative utility counts as none).
     clip_minmax: max(U, 0), then the common min-max.
     ``ignore[name]`` marks entries left out of the statistics and set to 0 (the diagonal, on request).
+    One ``kernel.normalize`` scale is fitted over all kernels together and applied to each.
     """
     if scale not in SCALES:
         raise DataError(f"kernel scale {scale!r} is unknown; choose one of {', '.join(SCALES)}")
+    clip, method = _SCALE_STEPS[scale]
     ignore = ignore or {}
-    values = {name: np.asarray(u, dtype=np.float64) for name, u in raw.items()}
-    for name, u in values.items():
-        if not np.all(np.isfinite(u)):
-            raise DataError(f"kernel {name} has {int(np.sum(~np.isfinite(u)))} NaN/inf utilities")
-    if scale in ("clip", "clip_minmax"):
-        values = {name: np.maximum(u, 0.0) for name, u in values.items()}
-    if scale in ("minmax", "clip_minmax"):
-        kept = np.concatenate([u[~ignore[name]] if name in ignore else u.ravel() for name, u in values.items()])
-        lo, hi = float(kept.min()), float(kept.max())
-        span = hi - lo
-        values = {name: (u - lo) / span if span > 0 else np.zeros_like(u) for name, u in values.items()}
-    out = {}
-    for name, u in values.items():
-        u = u.copy()
-        if name in ignore:
-            u[ignore[name]] = 0.0
-        out[name] = u.astype(np.float32)
-    return out
+    values = {name: np.maximum(u, 0.0) if clip else np.asarray(u, np.float64) for name, u in raw.items()}
+    fitted = fit_scale(((u, ignore.get(name)) for name, u in values.items()), method)
+    return {name: apply_scale(u, fitted, ignore.get(name)) for name, u in values.items()}
 
 
 def select_on_kernels(use_case: str, budget: int, kernel: np.ndarray, query: np.ndarray | None = None,

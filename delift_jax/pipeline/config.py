@@ -16,7 +16,9 @@ kernel: ``KernelConfig`` of DELIFT's utility kernels (default: the authors' sett
     ``max_response_tokens``). train: ``TrainConfig`` of each fine-tuning run (default LoRA, one epoch).
 generation: ``GenerationConfig`` of the evaluation (default greedy, 128 new tokens). metrics: evaluation metrics
     (default rouge, nll; see ``delift_jax.evaluate.pipeline.VALID_METRICS``). nll_max_length: longest scored
-    sequence for ``nll``. method_options: extra keyword options per method name (e.g. ``{"delift": {"eta": 0.5}}``).
+    sequence for ``nll``. method_options: options per method name (e.g. ``{"delift": {"eta": 0.5}}``), each
+    validated against the method's options class (``delift_jax.methods.METHODS[name].options``) at construction;
+    the pipeline supplies the run's own settings (kernel config, kernel store, encoder) underneath them.
 checkpoints: write fine-tuning checkpoints under each method's directory (a rerun resumes); default True.
 icl_k: also evaluate the base (not fine-tuned) model with the ``icl_k`` examples of each method's subset nearest to
     each test prompt as in-context demonstrations (the DELIFT paper's ICL setting; fewer when the subset is
@@ -25,50 +27,39 @@ continual_start: ``existing`` (default): in the continual use case the model fir
     data, and selection, every method's fine-tuning and the ``initial`` row start from that model (the model
     "already has" the existing data, as conditional gain assumes); ``base`` starts everything from the base model.
 export_models: write each fine-tuned model (LoRA merged) as a Hugging Face directory ``<method>/model``.
+
+``RunInputs`` names what a run reads (model, pool, target and existing sets, record options). A run file (TOML, or
+the ``results.json`` of an earlier run) holds both: RunConfig's fields at the top level (``kernel``, ``train``,
+``generation`` and ``method_options.<name>`` as tables) and the inputs as ``[inputs]``; ``load_run_file`` reads
+it, ``RunConfig.from_dict`` / ``RunInputs.from_dict`` build them with unknown keys as errors.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import numbers
+import tomllib
+from pathlib import Path
+from typing import Mapping
 
+from delift_jax.budget import check_budget, parse_budget
+from delift_jax.data.sources import field_map
+from delift_jax.data.templates import DEFAULT_TEMPLATES
 from delift_jax.errors import DataError
 from delift_jax.evaluate.generate import GenerationConfig
+from delift_jax.evaluate.pipeline import parse_metrics
 from delift_jax.kernel import KernelConfig
-from delift_jax.methods import METHODS, USE_CASES, canonical_name, get_method
+from delift_jax.methods import METHODS, USE_CASES, canonical_name, get_method, method_options
+from delift_jax.models.loading import DEFAULT_MODEL
+from delift_jax.options import build_options, jsonable, options_dict
 from delift_jax.train import TrainConfig
+
+__all__ = ["RunConfig", "RunInputs", "check_budget", "check_methods", "load_run_file", "parse_budget"]
 
 DEFAULT_METHODS = ("delift", "random", "full", "initial")
 DEFAULT_METRICS = ("rouge", "nll")
 CONTINUAL_STARTS = ("existing", "base")
-
-
-def check_budget(budget) -> float | int:
-    """A budget that is a fraction in (0, 1] or a count >= 1 (the pool-size check comes with the data)."""
-    if isinstance(budget, bool) or not isinstance(budget, numbers.Real):
-        raise DataError(f"budget {budget!r} must be a fraction in (0, 1] or a whole count of examples")
-    if isinstance(budget, numbers.Integral):
-        if budget < 1:
-            raise DataError(f"budget {budget} is outside (0, 1]: give a fraction in (0, 1] or a count of at least 1")
-        return int(budget)
-    budget = float(budget)
-    if not 0 < budget <= 1:
-        raise DataError(f"budget {budget} is outside (0, 1]: give a fraction of the pool in (0, 1] "
-                        "(or a whole count such as 30)")
-    return budget
-
-
-def parse_budget(text: str) -> float | int:
-    """'0.3' -> 0.3 (a fraction), '30' -> 30 (a count), '1.0' -> 1.0 (all of the pool); a bare '1' is refused as
-    ambiguous (one example, or all of them?)."""
-    text = str(text).strip()
-    if text.lstrip("+") == "1":
-        raise DataError("budget '1' is ambiguous: write 1.0 for the whole pool, or a count of at least 2")
-    try:
-        value: float | int = int(text) if text.lstrip("+-").isdigit() else float(text)
-    except ValueError:
-        raise DataError(f"budget {text!r} is not a number; give a fraction in (0, 1] or a whole count") from None
-    return check_budget(value)
 
 
 def check_methods(methods) -> tuple[str, ...]:
@@ -79,6 +70,24 @@ def check_methods(methods) -> tuple[str, ...]:
     for name in names:
         get_method(name)  # one-line DataError listing the valid names
     return tuple(dict.fromkeys(canonical_name(n) for n in names))
+
+
+def parse_split(text) -> tuple[float, ...]:
+    """'0.8,0.1,0.1' (or a sequence) -> (0.8, 0.1, 0.1); the fractions are checked by ``RunConfig``."""
+    try:
+        return tuple(float(x) for x in (str(text).split(",") if isinstance(text, str) else text))
+    except (TypeError, ValueError):
+        raise DataError(f"split {text!r} must be three comma-separated fractions, e.g. 0.8,0.1,0.1") from None
+
+
+def check_split(split, use_case: str) -> tuple[float, float, float]:
+    split = parse_split(split)
+    if len(split) != 3 or min(split) < 0 or abs(sum(split) - 1) > 1e-6 or split[2] <= 0:
+        raise DataError(f"split fractions {split} must be (train, validation, test), non-negative, "
+                        "summing to 1, with a positive test fraction (the held-out evaluation set)")
+    if use_case != "task" and split[0] <= 0:
+        raise DataError(f"split fractions {split}: the train part is the selection pool and must be positive")
+    return split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,16 +116,8 @@ class RunConfig:
             raise DataError(f"use case {self.use_case!r} is unknown; choose one of {', '.join(USE_CASES)}")
         object.__setattr__(self, "budget", check_budget(self.budget))
         object.__setattr__(self, "methods", check_methods(self.methods))
-        from delift_jax.evaluate.pipeline import parse_metrics
-
         object.__setattr__(self, "metrics", parse_metrics(self.metrics))
-        split = tuple(float(f) for f in self.split)
-        if len(split) != 3 or min(split) < 0 or abs(sum(split) - 1) > 1e-6 or split[2] <= 0:
-            raise DataError(f"split fractions {tuple(self.split)} must be (train, validation, test), non-negative, "
-                            "summing to 1, with a positive test fraction (the held-out evaluation set)")
-        if self.use_case != "task" and split[0] <= 0:
-            raise DataError(f"split fractions {split}: the train part is the selection pool and must be positive")
-        object.__setattr__(self, "split", split)
+        object.__setattr__(self, "split", check_split(self.split, self.use_case))
         for name in ("limit", "target_limit", "existing_limit"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -126,18 +127,97 @@ class RunConfig:
         if self.continual_start not in CONTINUAL_STARTS:
             raise DataError(f"continual_start {self.continual_start!r} is unknown; choose one of "
                             f"{', '.join(CONTINUAL_STARTS)}")
-        unknown = sorted(set(map(canonical_name, self.method_options)) - set(self.methods))
-        if unknown:
-            raise DataError(f"method_options for {', '.join(unknown)}, which are not among the methods run "
-                            f"({', '.join(self.methods)})")
+        object.__setattr__(self, "method_options", self._checked_method_options())
+
+    def _checked_method_options(self) -> dict:
+        """{canonical name: the user's option mapping}, each checked by building the method's options class."""
+        options = {}
+        for key, value in dict(self.method_options).items():
+            name = canonical_name(key)
+            if name not in self.methods:
+                raise DataError(f"method_options for {name}, which is not among the methods run "
+                                f"({', '.join(self.methods)})")
+            values = options_dict(value) if dataclasses.is_dataclass(value) else dict(value)
+            method_options(name, values)  # unknown keys and bad values fail here, before any loading
+            options[name] = values
+        return options
+
+    def options_for(self, name: str, defaults: Mapping) -> object:
+        """Method ``name``'s options: the ``defaults`` its options class accepts, the user's options on top."""
+        accepted = get_method(name).options.names()
+        values = {k: v for k, v in defaults.items() if k in accepted}
+        values.update(self.method_options.get(name, {}))
+        return method_options(name, values)
 
     def to_dict(self) -> dict:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        out["kernel"] = {k: v for k, v in dataclasses.asdict(self.kernel).items() if k != "templates"}
+        """Every setting as JSON-able values; ``RunConfig.from_dict`` reads it back."""
+        out = {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        if self.kernel.templates == DEFAULT_TEMPLATES:
+            out["kernel"].pop("templates")
         out["train"] = self.train.to_dict()
-        out["generation"] = dataclasses.asdict(self.generation)
-        out["methods"] = list(self.methods)
-        out["metrics"] = list(self.metrics)
-        out["split"] = list(self.split)
-        out["method_options"] = {m: sorted(o) for m, o in self.method_options.items()}
         return out
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> RunConfig:
+        """A RunConfig from a mapping shaped like ``to_dict`` (e.g. a TOML file); unknown keys are errors."""
+        return build_options(cls, values, "run config")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInputs:
+    """What a run reads: the model (HF directory, .gguf or 'smollm2'), the pool (``data``), the target set
+    (task) and the existing data (continual), and how records map to examples (``delift run`` data options)."""
+
+    model: str = DEFAULT_MODEL
+    data: str | None = None
+    target: str | None = None
+    existing: str | None = None
+    prompt_field: str | None = None
+    response_field: str | None = None
+    input_field: str | None = None
+    options_field: str | None = None
+    context_field: str | None = None
+    format: str | None = None
+    dedupe: bool = False
+    drop_empty: bool = False
+
+    def data_options(self) -> dict:
+        """``load_dataset`` keywords for the pool."""
+        fields = field_map(self.prompt_field, self.response_field, self.input_field, self.options_field,
+                           self.context_field)
+        if fields is not None and self.format:
+            raise DataError("give either format or prompt_field/response_field, not both")
+        return {"fields": fields or self.format, "dedupe": bool(self.dedupe), "drop_empty": bool(self.drop_empty)}
+
+    def to_dict(self) -> dict:
+        return options_dict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> RunInputs:
+        return build_options(cls, values, "run inputs")
+
+
+def load_run_file(path) -> tuple[dict, dict]:
+    """(RunConfig mapping, RunInputs mapping) of a run file: TOML (RunConfig's fields, ``[inputs]``) or the
+    ``results.json`` of an earlier run (its ``config`` and ``inputs``), so a finished run can be repeated."""
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+        document = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except OSError as exc:
+        raise DataError(f"cannot read the run file {path}: {exc.strerror or exc}") from None
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise DataError(f"run file {path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {exc}") from None
+    if not isinstance(document, dict):
+        raise DataError(f"run file {path} must hold a table of settings")
+    if "config" in document and "methods" in document:  # results.json of an earlier run
+        inputs = document.get("inputs") or {}
+        names = {f.name for f in dataclasses.fields(RunInputs)}
+        resolved = {k: v for k, v in inputs.items() if k in names}
+        resolved.update(inputs.get("data_options") or {})
+        return dict(document["config"]), resolved
+    config = dict(document)
+    inputs = config.pop("inputs", {})
+    if not isinstance(inputs, dict):
+        raise DataError(f"run file {path}: inputs must be a table ([inputs])")
+    return config, inputs

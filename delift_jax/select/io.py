@@ -41,6 +41,7 @@ import numpy as np
 
 from delift_jax.atomic_io import atomic_save_json, atomic_save_npy
 from delift_jax.errors import SelectionError
+from delift_jax.kernel.normalize import Scale, apply_scale, fit_scale
 from delift_jax.select.layout import DenseKernel
 from delift_jax.select.sparse import SparseKernel
 
@@ -82,15 +83,6 @@ class KernelSource:
 
     def label(self) -> str:
         return f"{self.what} {self.path}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Scaling:
-    """Re-normalize raw utilities as (max(U, 0) if clip_minmax else U − low) / (high − low)."""
-
-    method: str
-    low: float
-    high: float
 
 
 def _load_npy(path: Path, what: str) -> np.ndarray:
@@ -149,7 +141,7 @@ def kernel_shape(source: KernelSource) -> tuple[int, ...]:
     return (int(_load_npy(source.path / INDICES_FILE, source.what).shape[0]), _n_candidates(source))
 
 
-def _stored(source: KernelSource, scaling: Scaling | None):
+def _stored(source: KernelSource, scaling: Scale | None):
     """The normalized kernel: a (memory-mapped) dense array, or a SparseKernel of numpy arrays; with ``scaling``
     recomputed from the raw utilities."""
     path, what = source.path, source.what
@@ -170,7 +162,7 @@ def _stored(source: KernelSource, scaling: Scaling | None):
     return SparseKernel(indices, values, n_candidates)
 
 
-def load_kernel(location, what: str = "kernel", *, candidate_major: bool = False, scaling: Scaling | None = None):
+def load_kernel(location, what: str = "kernel", *, candidate_major: bool = False, scaling: Scale | None = None):
     """Load K from ``location`` (.npy file or kernel directory) as stored, or re-normalized with ``scaling``.
 
     With ``candidate_major`` a dense kernel comes back as a DenseKernel (laid out as Kᵀ on the host, so only one
@@ -196,7 +188,7 @@ def _dense(array: np.ndarray, candidate_major: bool):
 # Orientation of Q and P.
 
 
-def load_oriented(source: KernelSource, role: str, n_pool: int | None, scaling: Scaling | None = None):
+def load_oriented(source: KernelSource, role: str, n_pool: int | None, scaling: Scale | None = None):
     """Q (role "query") or P (role "private") with rows = the n_pool pool examples; see the module docstring.
 
     Returns (kernel, how, warning): kernel a numpy (n_pool, m) array (or a SparseKernel from a hand-made sparse
@@ -252,14 +244,14 @@ def _other_direction(source: KernelSource, role: str) -> str:
 # One scale for K and Q / P.
 
 
-def plan_scale(sources: list[KernelSource], mode: str = "common") -> tuple[list[Scaling | None], str | None]:
-    """How to put kernels compared directly on one scale: (a Scaling or None per source, a warning line or None).
+def plan_scale(sources: list[KernelSource], mode: str = "common") -> tuple[list[Scale | None], str | None]:
+    """How to put kernels compared directly on one scale: (a Scale or None per source, a warning line or None).
 
     mode "common" re-normalizes min-maxed stores jointly from their raw utilities (all of them, on one formula,
     unless every store's own range already is the common one); "stored" keeps them (with a warning if they were
     min-maxed separately).
     """
-    keep: list[Scaling | None] = [None] * len(sources)
+    keep: list[Scale | None] = [None] * len(sources)
     if len({s.path.resolve() for s in sources}) < 2:
         return keep, None
     methods = [s.normalization for s in sources]
@@ -286,11 +278,11 @@ def plan_scale(sources: list[KernelSource], mode: str = "common") -> tuple[list[
         indices = np.asarray(_load_npy(source.path / INDICES_FILE, source.what)) if source.is_sparse else None
         raws.append((_load_npy(source.path / name, f"{source.what} raw utilities"), indices))
     method = methods[0]
-    ranges = [_range(raw, method, s.exclude_diagonal, indices) for s, (raw, indices) in zip(sources, raws)]
-    low, high = min(r[0] for r in ranges), max(r[1] for r in ranges)
-    if not np.isfinite(low) or all(r == (low, high) for r in ranges):
+    fits = [_fit(raw, method, s.exclude_diagonal, indices) for s, (raw, indices) in zip(sources, raws)]
+    joint = Scale(method, min(f.low for f in fits), max(f.high for f in fits))
+    if all(f == joint for f in fits):
         return keep, None
-    return [Scaling(method, low, high)] * len(sources), None
+    return [joint] * len(sources), None
 
 
 def _names(sources) -> str:
@@ -316,32 +308,19 @@ def _diagonal(start: int, shape: tuple[int, int], indices: np.ndarray | None) ->
     return columns == rows
 
 
-def _range(raw: np.ndarray, method: str, exclude_diagonal: bool, indices: np.ndarray | None) -> tuple[float, float]:
-    """(min, max) of the utilities that the store's normalization took its statistics from."""
-    low, high = np.inf, -np.inf
-    for start, block in _row_blocks(raw):
-        if not np.all(np.isfinite(block)):
-            raise SelectionError("raw utilities are NaN or infinite; recompute the kernel (float32 compute)")
-        if method == "clip_minmax":
-            block = np.maximum(block, 0.0)
-        if exclude_diagonal:
-            block = block[~_diagonal(start, block.shape, indices)]
-        if block.size:
-            low, high = min(low, float(block.min())), max(high, float(block.max()))
-    return low, high
+def _fit(raw: np.ndarray, method: str, exclude_diagonal: bool, indices: np.ndarray | None) -> Scale:
+    """The scale the store's normalization took its statistics from, fitted block by block over the raw utilities."""
+    chunks = ((block, _diagonal(start, block.shape, indices) if exclude_diagonal else None)
+              for start, block in _row_blocks(raw))
+    return fit_scale(chunks, method)
 
 
-def _rescaled(raw: np.ndarray, scaling: Scaling, exclude_diagonal: bool, indices: np.ndarray | None = None):
-    """float32 (U − low) / (high − low) (clipped at 0 first for clip_minmax); the excluded diagonal is 0."""
-    span = scaling.high - scaling.low
+def _rescaled(raw: np.ndarray, scale: Scale, exclude_diagonal: bool, indices: np.ndarray | None = None):
+    """float32 ``kernel.normalize.apply_scale`` of the raw utilities, block by block; the excluded diagonal is 0."""
     out = np.empty(raw.shape, np.float32)
     for start, block in _row_blocks(raw):
-        if scaling.method == "clip_minmax":
-            block = np.maximum(block, 0.0)
-        block = (block - scaling.low) / span if span > 0 else np.zeros_like(block)
-        if exclude_diagonal:
-            block[_diagonal(start, block.shape, indices)] = 0.0
-        out[start:start + len(block)] = block
+        ignore = _diagonal(start, block.shape, indices) if exclude_diagonal else None
+        out[start:start + len(block)] = apply_scale(block, scale, ignore)
     return out
 
 

@@ -20,6 +20,7 @@ import json
 import sys
 from pathlib import Path
 
+from delift_jax.commands.selection_data import check_selection_data, data_options_summary, examples_sha256
 from delift_jax.data.sources import add_data_arguments
 from delift_jax.models.loading import DEFAULT_MODEL
 
@@ -61,64 +62,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-params", default=None, help=argparse.SUPPRESS)  # tests: trainable params as .npz
     parser.add_argument("--sleep-per-step", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: slow a run
     add_data_arguments(parser)
-
-
-def examples_sha256(examples) -> str:
-    """SHA-256 of the examples' (prompt, response) list: ``data_sha256`` of a square kernel over the same list."""
-    from delift_jax.kernel.compute import data_fingerprint
-
-    return data_fingerprint(list(examples), None)
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def check_selection_data(indices_path: str | None, examples: list, what: str = "--data") -> str | None:
-    """Refuse a ``delift select`` output made for other examples than ``examples`` (the loaded ground set).
-
-    Only a ``picks.npy`` (or a directory holding it) beside a select ``summary.json`` carries provenance: its
-    ``n_candidates`` must equal ``len(examples)``, and when the summary's kernel is a directory whose manifest
-    describes a square kernel over those candidates, the examples must hash to its ``data_sha256``. Returns what
-    was checked ("kernel data_sha256", "candidate count") or None (no provenance: only the index range is checked).
-    """
-    from delift_jax.errors import DataError
-
-    if indices_path is None:
-        return None
-    path = Path(indices_path).expanduser()
-    if path.is_dir():
-        path = path / "picks.npy"
-    summary = _read_json(path.parent / "summary.json") if path.name == "picks.npy" else None
-    if not isinstance(summary, dict) or not isinstance(summary.get("n_candidates"), int):
-        return None
-    fix = (f"give {what} the same data, --limit and data options (--dedupe, --drop-empty, --format/field mapping) "
-           "as the 'delift kernel' run the selection was made on")
-    n_candidates = summary["n_candidates"]
-    if n_candidates != len(examples):
-        raise DataError(f"{path} was selected from {n_candidates} candidates but {what} gives {len(examples)} "
-                        f"examples, so its indices would pick other examples; {fix}")
-    kernel = summary.get("kernel")
-    manifest = _read_json(Path(kernel).expanduser() / "manifest.json") if isinstance(kernel, str) else None
-    if (not isinstance(manifest, dict) or manifest.get("square") is not True
-            or manifest.get("n_candidates") != n_candidates or not isinstance(manifest.get("data_sha256"), str)):
-        return "candidate count"
-    if examples_sha256(examples) != manifest["data_sha256"]:
-        raise DataError(f"{path} was selected on kernel {kernel}, made for other examples than the {len(examples)} "
-                        f"that {what} gives (same count, different content or order); {fix}")
-    return "kernel data_sha256"
-
-
-def data_options_summary(options: dict) -> dict:
-    """``data_options(args)`` as JSON: the field map as a dict, a format name as given."""
-    import dataclasses
-
-    fields = options.get("fields")
-    return {"fields": dataclasses.asdict(fields) if dataclasses.is_dataclass(fields) else fields,
-            "dedupe": options.get("dedupe", False), "drop_empty": options.get("drop_empty", False)}
 
 
 def select_examples(examples: list, indices_path: str | None) -> list:

@@ -22,16 +22,11 @@ import numpy as np
 
 from delift_jax.data.records import Example
 from delift_jax.data.templates import DEFAULT_TEMPLATES, Templates
-from delift_jax.data.tokenize import ScoredSequence, bucket_for, build_sequence, encode_ids, length_ladder
+from delift_jax.data.tokenize import (ScoredSequence, bucket_for, build_sequence, encode_ids, eos_token_id,
+                                     length_ladder)
 from delift_jax.errors import DataError
 
 _WINDOW_STEPS = 16
-
-
-def eos_id(tokenizer) -> int:
-    if tokenizer.eos_token_id is None:
-        raise DataError("the tokenizer has no EOS token; training sequences need one as separator and terminator")
-    return int(tokenizer.eos_token_id)
 
 
 def encode_examples(tokenizer, examples: Sequence[Example], max_length: int,
@@ -40,7 +35,7 @@ def encode_examples(tokenizer, examples: Sequence[Example], max_length: int,
     ``max_length`` is a ``DataError``; an over-long context is cut from the left (``context_dropped``)."""
     if not examples:
         raise DataError("the training set is empty: no examples to fine-tune on")
-    eos = eos_id(tokenizer)
+    eos = eos_token_id(tokenizer)
     return [build_sequence(encode_ids(tokenizer, templates.context_without_example(ex)),
                            encode_ids(tokenizer, ex.response), eos, max_length=max_length,
                            what=f"training example {i}",
