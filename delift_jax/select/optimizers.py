@@ -8,9 +8,9 @@ All three return a :class:`Selection`: the picks in order, the marginal gain of 
   shrink as coverage grows, by submodularity). A step re-evaluates the ``batch`` candidates with the highest bounds
   in one gather; when the best bound overall belongs to a candidate evaluated in this step, that candidate is the
   exact greedy pick. After ``rounds`` unsuccessful batches it falls back to one full pass, which settles the step.
-  It makes the same picks as ``naive`` (up to float rounding between the two ways of summing). Defaults
-  (batch 16, 8 rounds) were the fastest measured at n = 10,000 on a 2-core CPU; on accelerators a larger batch
-  costs almost nothing extra.
+  It makes the same picks as ``naive`` (up to float rounding between the two ways of summing). The defaults
+  (batch 16, 8 rounds) keep each re-evaluation small, which suits CPUs; on accelerators a larger batch costs
+  almost nothing extra.
 * ``stochastic``: each step draws s = ⌈(n/k)·ln(1/ε)⌉ candidates uniformly without replacement from those not yet
   picked (seeded, reproducible) and takes the best of the sample (Mirzasoleiman et al., 2015): (1 − 1/e − ε) of the
   optimum in expectation.
