@@ -1,4 +1,4 @@
-"""Tables and plots for ablations and notebooks (issue 6): long-format metric rows from ``run_use_case`` results,
+"""Tables and plots for ablations and notebooks: long-format metric rows from ``run_use_case`` results,
 mean ± std markdown tables, and headless matplotlib figures (metric vs budget, kernel heatmap, greedy gains).
 
     from delift_jax.report import metric_rows, markdown_summary, plot_metric_vs_budget
