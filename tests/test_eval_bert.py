@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from delift_jax.errors import DeliftError, MissingPackageError, UnsupportedArchitectureError
-from delift_jax.evaluate import bert
+from delift_jax.models import bert
 
 SENTENCES = [
     "The capital of France is Paris.",

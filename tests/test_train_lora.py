@@ -33,7 +33,8 @@ def _ids(config, seed=0):
 def test_fresh_adapters_leave_logits_unchanged(tiny_llama):
     _, _, model, _ = tiny_llama
     lora = apply_lora(nnx.clone(model), LoRAConfig(rank=4, alpha=8.0), seed=3)
-    assert len(lora_modules(lora)) == 7 * model.config.num_layers
+    modules = lora_modules(lora)  # one adapter per target, stacked over the layers
+    assert len(modules) == 7 and all(m.lora_a[...].shape[0] == model.config.num_layers for m in modules)
     ids = _ids(model.config)
     np.testing.assert_array_equal(_logits(lora, ids), _logits(model, ids))
 
@@ -50,10 +51,10 @@ def test_merged_model_equals_adapted_model(tiny_llama):
     merged = merged_copy(lora)
     assert not lora_modules(merged) and lora_modules(lora)  # the copy is plain, the original keeps its adapters
     np.testing.assert_allclose(_logits(merged, ids), adapted, atol=ATOL, rtol=0)
-    # Reference for one projection: W + A B * alpha / r.
-    m = lora.layers[0].attn.q_proj
-    want = np.asarray(m.base.kernel[...]) + np.asarray(m.lora_a[...]) @ np.asarray(m.lora_b[...]) * 2.0
-    np.testing.assert_allclose(np.asarray(merged.layers[0].attn.q_proj.kernel[...]), want, atol=1e-6)
+    # Reference for one projection of layer 0 (parameters are stacked over layers): W + A B * alpha / r.
+    m = lora.layers.attn.q_proj
+    want = np.asarray(m.base.kernel[0]) + np.asarray(m.lora_a[0]) @ np.asarray(m.lora_b[0]) * 2.0
+    np.testing.assert_allclose(np.asarray(merged.layers.attn.q_proj.kernel[0]), want, atol=1e-6)
 
 
 def test_adapter_init_is_seeded(tiny_llama):
@@ -61,9 +62,10 @@ def test_adapter_init_is_seeded(tiny_llama):
     a = apply_lora(nnx.clone(model), LoRAConfig(rank=2), seed=5)
     b = apply_lora(nnx.clone(model), LoRAConfig(rank=2), seed=5)
     c = apply_lora(nnx.clone(model), LoRAConfig(rank=2), seed=6)
-    ka = np.asarray(a.layers[1].mlp.up_proj.lora_a[...])
-    np.testing.assert_array_equal(ka, np.asarray(b.layers[1].mlp.up_proj.lora_a[...]))
-    assert not np.array_equal(ka, np.asarray(c.layers[1].mlp.up_proj.lora_a[...]))
+    ka = np.asarray(a.layers.mlp.up_proj.lora_a[1])  # layer 1 of the stacked adapter
+    np.testing.assert_array_equal(ka, np.asarray(b.layers.mlp.up_proj.lora_a[1]))
+    assert not np.array_equal(ka, np.asarray(c.layers.mlp.up_proj.lora_a[1]))
+    assert not np.array_equal(ka, np.asarray(a.layers.mlp.up_proj.lora_a[0]))  # each layer has its own A
 
 
 def test_only_lora_parameters_change(tiny_llama):

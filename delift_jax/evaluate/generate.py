@@ -28,7 +28,7 @@ from flax import nnx
 
 from delift_jax.data.records import Example
 from delift_jax.data.templates import DEFAULT_TEMPLATES, Templates
-from delift_jax.data.tokenize import bucket_for, encode_ids, length_ladder
+from delift_jax.data.tokenize import bucket_for, encode_ids, eos_token_id, length_ladder
 from delift_jax.errors import DataError
 from delift_jax.models.llama import KVPrefix
 
@@ -137,16 +137,16 @@ def _decode(graphdef, max_new: int, greedy: bool, state, tokens_bt, lengths_b, a
     b, t = tokens_bt.shape
     positions_bt = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     valid_bt = positions_bt < lengths_b[:, None]
-    hidden_btd, kv = model(tokens_bt, positions_bt, valid_bt)
+    hidden_btd, (keys, values) = model(tokens_bt, positions_bt, valid_bt, stacked_kv=True)  # [layers, b, t, k, h]
     last_bd = jnp.take_along_axis(hidden_btd, (lengths_b - 1)[:, None, None], axis=1)[:, 0]
     choose = functools.partial(choose_tokens, keys_b=keys_b, greedy=greedy, temperature=temperature,
                                top_p=top_p, min_p=min_p)
 
-    grow = lambda x: jnp.concatenate([x, jnp.zeros((b, max_new) + x.shape[2:], x.dtype)], axis=1)
-    keys = tuple(grow(k) for k, _ in kv)
-    values = tuple(grow(v) for _, v in kv)
+    grow = lambda x, axis: jnp.concatenate([x, jnp.zeros(x.shape[:axis] + (max_new,) + x.shape[axis + 1:], x.dtype)],
+                                           axis=axis)
+    keys, values = grow(keys, 2), grow(values, 2)
     cache_positions = jnp.concatenate([positions_bt, lengths_b[:, None] + jnp.arange(max_new, dtype=jnp.int32)], 1)
-    cache_valid = grow(valid_bt)
+    cache_valid = grow(valid_bt, 1)
 
     first_b = jnp.where(active_b, choose(model.logits(last_bd), step=0), eos_id)
     out_bn = jnp.full((b, max_new), eos_id, jnp.int32).at[:, 0].set(first_b)
@@ -160,10 +160,10 @@ def _decode(graphdef, max_new: int, greedy: bool, state, tokens_bt, lengths_b, a
         i, token_b, done_b, out_bn, keys, values, cache_valid = carry
         slot = t + i - 1  # where the token fed now (the (i-1)-th generated one) is stored
         prefix = KVPrefix(keys, values, cache_positions, cache_valid)
-        hidden_b1d, step_kv = model(token_b[:, None], (lengths_b + i - 1)[:, None], None, prefix)
-        put = lambda cache, new: jax.lax.dynamic_update_slice_in_dim(cache, new.astype(cache.dtype), slot, axis=1)
-        keys = tuple(put(c, k) for c, (k, _) in zip(keys, step_kv))
-        values = tuple(put(c, v) for c, (_, v) in zip(values, step_kv))
+        hidden_b1d, (step_k, step_v) = model(token_b[:, None], (lengths_b + i - 1)[:, None], None, prefix,
+                                             stacked_kv=True)
+        put = lambda cache, new: jax.lax.dynamic_update_slice_in_dim(cache, new.astype(cache.dtype), slot, axis=2)
+        keys, values = put(keys, step_k), put(values, step_v)
         cache_valid = jax.lax.dynamic_update_slice_in_dim(cache_valid, jnp.ones((b, 1), bool), slot, axis=1)
         next_b = jnp.where(done_b, eos_id, choose(model.logits(hidden_b1d[:, 0]), step=i))
         out_bn = jax.lax.dynamic_update_slice_in_dim(out_bn, next_b[:, None], i, axis=1)
@@ -236,12 +236,6 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], config: GenerationConf
     bar.close()
     return GenerationResult(tokens=tokens, stopped=stopped, n_truncated=n_truncated,
                             seconds=time.perf_counter() - start)
-
-
-def eos_token_id(tokenizer) -> int:
-    if tokenizer.eos_token_id is None:
-        raise DataError("the tokenizer has no EOS token; generation needs one as separator and terminator")
-    return int(tokenizer.eos_token_id)
 
 
 def prompt_ids(tokenizer, context: str) -> list[int]:

@@ -27,8 +27,9 @@ _MASKED = float(np.finfo(np.float32).min)
 class KVPrefix(NamedTuple):
     """Keys and values of earlier tokens, one entry per layer.
 
-    ``keys``/``values``: tuples of ``[b or 1, p, k, h]`` arrays (RoPE already applied to keys). A leading batch
-    dimension of 1 is shared by every row of the batch that attends to it. ``positions``: ``[b or 1, p]`` int32;
+    ``keys``/``values``: tuples of ``[b or 1, p, k, h]`` arrays (RoPE already applied to keys), or the same
+    stacked over layers as one ``[layers, b or 1, p, k, h]`` array. A leading batch dimension of 1 is shared by
+    every row of the batch that attends to it. ``positions``: ``[b or 1, p]`` int32;
     ``valid``: ``[b or 1, p]`` bool (False for padding).
     """
 
@@ -97,6 +98,13 @@ def _linear(d_in, d_out, bias, dtype, param_dtype, rngs):
     return nnx.Linear(d_in, d_out, use_bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
+def _project(linear, x, dropout_key, index: int):
+    """Apply a projection; a wrapped one (a LoRA adapter) also gets its own fold of the dropout key."""
+    if dropout_key is None or isinstance(linear, nnx.Linear):
+        return linear(x)
+    return linear(x, dropout_key=jax.random.fold_in(dropout_key, index))
+
+
 class Attention(nnx.Module):
     def __init__(self, config: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
         d, h = config.hidden_size, config.head_dim
@@ -106,12 +114,13 @@ class Attention(nnx.Module):
         self.v_proj = _linear(d, config.num_kv_heads * h, config.qkv_bias, dtype, param_dtype, rngs)
         self.o_proj = _linear(config.num_heads * h, d, config.o_bias, dtype, param_dtype, rngs)
 
-    def __call__(self, x_btd, positions_bt, mask_bts, inv_freq, prefix_kv=None, prefix_mask_btp=None):
+    def __call__(self, x_btd, positions_bt, mask_bts, inv_freq, prefix_kv=None, prefix_mask_btp=None,
+                 dropout_key=None):
         cfg = self.config
         b, t, _ = x_btd.shape
-        q_btnh = self.q_proj(x_btd).reshape(b, t, cfg.num_heads, cfg.head_dim)
-        k_btkh = self.k_proj(x_btd).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
-        v_btkh = self.v_proj(x_btd).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+        q_btnh = _project(self.q_proj, x_btd, dropout_key, 0).reshape(b, t, cfg.num_heads, cfg.head_dim)
+        k_btkh = _project(self.k_proj, x_btd, dropout_key, 1).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+        v_btkh = _project(self.v_proj, x_btd, dropout_key, 2).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
         q_btnh = apply_rope(q_btnh, positions_bt, inv_freq)
         k_btkh = apply_rope(k_btkh, positions_bt, inv_freq)
         q_btkgh = q_btnh.reshape(b, t, cfg.num_kv_heads, cfg.group_size, cfg.head_dim)
@@ -136,7 +145,8 @@ class Attention(nnx.Module):
         else:
             probs = jax.nn.softmax(scores_bkgts, axis=-1).astype(v_btkh.dtype)
             out_btkgh = jnp.einsum("bkgts,bskh->btkgh", probs, v_btkh)
-        out_btd = self.o_proj(out_btkgh.reshape(b, t, cfg.num_heads * cfg.head_dim).astype(x_btd.dtype))
+        out_btd = _project(self.o_proj, out_btkgh.reshape(b, t, cfg.num_heads * cfg.head_dim).astype(x_btd.dtype),
+                           dropout_key, 3)
         return out_btd, (k_btkh, v_btkh)
 
 
@@ -147,8 +157,10 @@ class MLP(nnx.Module):
         self.up_proj = _linear(d, f, config.mlp_bias, dtype, param_dtype, rngs)
         self.down_proj = _linear(f, d, config.mlp_bias, dtype, param_dtype, rngs)
 
-    def __call__(self, x_btd):
-        return self.down_proj(jax.nn.silu(self.gate_proj(x_btd)) * self.up_proj(x_btd))
+    def __call__(self, x_btd, dropout_key=None):
+        gate = _project(self.gate_proj, x_btd, dropout_key, 0)
+        up = _project(self.up_proj, x_btd, dropout_key, 1)
+        return _project(self.down_proj, jax.nn.silu(gate) * up, dropout_key, 2)
 
 
 class DecoderLayer(nnx.Module):
@@ -158,11 +170,21 @@ class DecoderLayer(nnx.Module):
         self.post_attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=param_dtype)
         self.mlp = MLP(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-    def __call__(self, x_btd, positions_bt, mask_bts, inv_freq, prefix_kv=None, prefix_mask_btp=None):
-        attn_btd, kv = self.attn(self.input_norm(x_btd), positions_bt, mask_bts, inv_freq, prefix_kv, prefix_mask_btp)
+    def __call__(self, x_btd, positions_bt, mask_bts, inv_freq, prefix_kv=None, prefix_mask_btp=None,
+                 dropout_key=None):
+        attn_key, mlp_key = (None, None) if dropout_key is None else jax.random.split(dropout_key)
+        attn_btd, kv = self.attn(self.input_norm(x_btd), positions_bt, mask_bts, inv_freq, prefix_kv, prefix_mask_btp,
+                                 attn_key)
         x_btd = x_btd + attn_btd
-        x_btd = x_btd + self.mlp(self.post_attn_norm(x_btd))
+        x_btd = x_btd + self.mlp(self.post_attn_norm(x_btd), mlp_key)
         return x_btd, kv
+
+
+def stack_modules(modules: list) -> nnx.Module:
+    """One module of the same structure whose every array has a new leading axis indexing ``modules``."""
+    graphdef, _ = nnx.split(modules[0])
+    states = [nnx.state(m) for m in modules]
+    return nnx.merge(graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *states))
 
 
 class CausalLM(nnx.Module):
@@ -170,27 +192,41 @@ class CausalLM(nnx.Module):
 
     ``__call__`` returns final (normed) hidden states and the per-layer keys/values; ``logits`` projects hidden
     states onto the vocabulary in float32. Keeping the two apart lets scoring project only the positions it needs.
+
+    The decoder layers are one ``DecoderLayer`` whose parameters are stacked along a leading layer axis
+    (``layers.attn.q_proj.kernel``: ``[layers, d, n*h]``) and run under ``jax.lax.scan``, so a program compiles
+    one layer body whatever the depth. ``scan_layers = False`` runs the same parameters as an unrolled loop.
+    ``remat_layers = True`` recomputes each layer's activations in the backward pass instead of storing them.
     """
 
-    def __init__(self, config: ModelConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs,
+                 scan_layers: bool = True, remat_layers: bool = False):
         self.config = config
         self.dtype = dtype
+        self.scan_layers = scan_layers
+        self.remat_layers = remat_layers
         self.embed = nnx.Embed(config.vocab_size, config.hidden_size, dtype=dtype, param_dtype=param_dtype,
                                rngs=rngs)
-        self.layers = nnx.List([DecoderLayer(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-                                for _ in range(config.num_layers)])
+        self.layers = stack_modules([DecoderLayer(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                                     for _ in range(config.num_layers)])
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=param_dtype)
         self.lm_head = None if config.tie_word_embeddings else _linear(
             config.hidden_size, config.vocab_size, False, dtype, param_dtype, rngs)
 
     def __call__(self, tokens_bt: jax.Array, positions_bt: jax.Array | None = None,
-                 valid_bt: jax.Array | None = None, prefix: KVPrefix | None = None):
+                 valid_bt: jax.Array | None = None, prefix: KVPrefix | None = None, *,
+                 dropout_key: jax.Array | None = None, stacked_kv: bool = False,
+                 segments_bt: jax.Array | None = None):
         """Run the decoder over ``tokens_bt``.
 
         positions_bt: absolute positions (default ``prefix.length + arange(t)``, or ``arange(t)``).
         valid_bt: False marks padding keys (default all True). Attention inside the block is causal by index.
         prefix: earlier keys/values every token may attend to (all of them precede the block).
-        Returns ``(hidden_btd, kv)`` where ``kv`` is a tuple of per-layer ``(keys, values)``.
+        dropout_key: randomness for layers that use it (LoRA adapter dropout in training); None: deterministic.
+        segments_bt: int ids of sequences packed into one row; a token attends only to earlier tokens of its own
+            segment (None: one sequence per row).
+        Returns ``(hidden_btd, kv)``: ``kv`` is a tuple of per-layer ``(keys, values)``, or with ``stacked_kv``
+        one ``(keys_lbtkh, values_lbtkh)`` pair stacked over layers (what a ``KVPrefix`` may hold directly).
         """
         b, t = tokens_bt.shape
         if positions_bt is None:
@@ -198,17 +234,41 @@ class CausalLM(nnx.Module):
             positions_bt = jnp.broadcast_to(jnp.arange(start, start + t, dtype=jnp.int32), (b, t))
         if valid_bt is None:
             valid_bt = jnp.ones((b, t), dtype=bool)
-        inv_freq = rope_inverse_frequencies(self.config)  # a trace-time constant
         mask_bts = self._block_mask(positions_bt, valid_bt)
+        if segments_bt is not None:
+            mask_bts = mask_bts & (segments_bt[:, :, None] == segments_bt[:, None, :])
         prefix_mask_btp = None if prefix is None else self._prefix_mask(positions_bt, prefix)
+        x_btd, (keys_lbtkh, values_lbtkh) = self._run_layers(self.embed(tokens_bt), positions_bt, mask_bts, prefix,
+                                                             prefix_mask_btp, dropout_key)
+        if stacked_kv:
+            return self.norm(x_btd), (keys_lbtkh, values_lbtkh)
+        kv = tuple((keys_lbtkh[i], values_lbtkh[i]) for i in range(self.config.num_layers))
+        return self.norm(x_btd), kv
 
-        x_btd = self.embed(tokens_bt)
+    def _run_layers(self, x_btd, positions_bt, mask_bts, prefix, prefix_mask_btp, dropout_key):
+        """The decoder stack: ``(x_btd, (keys_lbtkh, values_lbtkh))``."""
+        inv_freq = rope_inverse_frequencies(self.config)  # a trace-time constant
+        n_layers = self.config.num_layers
+        graphdef, state = nnx.split(self.layers)
+        prefix_kv = None if prefix is None else (_stacked(prefix.keys), _stacked(prefix.values))
+        layer_keys = None if dropout_key is None else jax.vmap(
+            lambda i: jax.random.fold_in(dropout_key, i))(jnp.arange(n_layers))
+
+        def body(x_btd, xs):
+            layer_state, layer_prefix, layer_key = xs
+            layer = nnx.merge(graphdef, layer_state)
+            return layer(x_btd, positions_bt, mask_bts, inv_freq, layer_prefix, prefix_mask_btp, layer_key)
+
+        if self.remat_layers:
+            body = jax.checkpoint(body, prevent_cse=False)
+        xs = (state, prefix_kv, layer_keys)
+        if self.scan_layers:
+            return jax.lax.scan(body, x_btd, xs)
         kv = []
-        for i, layer in enumerate(self.layers):
-            layer_prefix = None if prefix is None else (prefix.keys[i], prefix.values[i])
-            x_btd, layer_kv = layer(x_btd, positions_bt, mask_bts, inv_freq, layer_prefix, prefix_mask_btp)
+        for i in range(n_layers):
+            x_btd, layer_kv = body(x_btd, jax.tree.map(lambda a: a[i], xs))
             kv.append(layer_kv)
-        return self.norm(x_btd), tuple(kv)
+        return x_btd, jax.tree.map(lambda *a: jnp.stack(a), *kv)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Vocabulary logits in float32 for any ``[..., d]`` hidden states."""
@@ -233,6 +293,11 @@ class CausalLM(nnx.Module):
         mask = jnp.broadcast_to(prefix.valid[:, None, :], (positions_bt.shape[0], positions_bt.shape[1],
                                                            prefix.length))
         return mask & self._window_ok(positions_bt[:, :, None], prefix.positions[:, None, :])
+
+
+def _stacked(per_layer) -> jax.Array:
+    """A prefix's keys or values as one ``[layers, b, p, k, h]`` array (they may come stacked already)."""
+    return per_layer if isinstance(per_layer, jax.Array) else jnp.stack(per_layer)
 
 
 def prefix_from_kv(kv: tuple, positions_bt: jax.Array, valid_bt: jax.Array) -> KVPrefix:

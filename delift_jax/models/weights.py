@@ -35,8 +35,14 @@ HF_KEY_TABLE: tuple[tuple[str, str, bool], ...] = (
 _IGNORED_KEYS = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",)
 
 
+_LAYER_PATH = re.compile(r"layers\.(\d+)\.(.+)")
+
+
 def map_hf_name(name: str, config: ModelConfig) -> tuple[str, bool] | None:
-    """Model path and transpose flag for an HF tensor name; None if the tensor is intentionally ignored."""
+    """Model path and transpose flag for an HF tensor name; None if the tensor is intentionally ignored.
+
+    Per-layer tensors map to a path with the layer index (``layers.3.attn.q_proj.kernel``), which names row 3 of
+    the stacked parameter ``layers.attn.q_proj.kernel`` (see ``stacked_slot``)."""
     if any(re.fullmatch(p, name) for p in _IGNORED_KEYS):
         return None
     if name == "lm_head.weight" and config.tie_word_embeddings:
@@ -48,6 +54,12 @@ def map_hf_name(name: str, config: ModelConfig) -> tuple[str, bool] | None:
     raise WeightMappingError(f"checkpoint tensor {name!r} maps to no model parameter; is this a Llama-family model?")
 
 
+def stacked_slot(path: str) -> tuple[str, int | None]:
+    """``layers.3.attn.q_proj.kernel`` -> (``layers.attn.q_proj.kernel``, 3); other paths -> (path, None)."""
+    match = _LAYER_PATH.fullmatch(path)
+    return (f"layers.{match.group(2)}", int(match.group(1))) if match else (path, None)
+
+
 def abstract_model(config: ModelConfig, *, dtype=jnp.float32, param_dtype=jnp.float32) -> CausalLM:
     """The model's structure with shape/dtype placeholders instead of arrays (no memory, no random init)."""
     return nnx.eval_shape(lambda: CausalLM(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
@@ -57,52 +69,86 @@ def _path_string(path: Iterable) -> str:
     return ".".join(str(p) for p in path)
 
 
-def model_from_hf_tensors(config: ModelConfig, tensors: Mapping[str, object], *, dtype=jnp.float32,
-                          param_dtype=jnp.float32, source: str = "checkpoint") -> CausalLM:
-    """Build a ``CausalLM`` whose parameters come from ``tensors`` (HF names, HF layouts, array-likes)."""
-    graphdef, abstract_state = nnx.split(abstract_model(config, dtype=dtype, param_dtype=param_dtype))
-    flat = nnx.to_flat_state(abstract_state)
-    expected = {_path_string(path): var for path, var in flat}
+def _stack_root(name: str, stacked: tuple[str, ...]) -> str | None:
+    return next((root for root in stacked if name.startswith(root + ".")), None)
 
+
+def expected_slots(abstract_state, stacked: tuple[str, ...] = ("layers",)) -> dict[str, tuple[int, ...]]:
+    """Every parameter slot a checkpoint must fill, by path, with its shape. Parameters under a ``stacked`` root
+    carry a leading layer axis: each layer is its own slot (``layers.3.attn.q_proj.kernel``)."""
+    slots = {}
+    for path, var in nnx.to_flat_state(abstract_state):
+        name, shape = _path_string(path), tuple(var.get_value().shape)
+        root = _stack_root(name, stacked)
+        if root is None:
+            slots[name] = shape
+            continue
+        for i in range(shape[0]):
+            slots[f"{root}.{i}.{name[len(root) + 1:]}"] = shape[1:]
+    return slots
+
+
+def fill_slots(tensors: Mapping[str, object], map_name, expected: Mapping[str, tuple[int, ...]], dtype,
+               source: str, hint: str) -> dict[str, jax.Array]:
+    """``{slot path: array}`` from named tensors: ``map_name(name) -> (path, transpose) | None``.
+
+    Hard errors: a tensor mapping to no slot, two tensors for one slot, a shape that differs, a slot left empty.
+    """
     filled: dict[str, jax.Array] = {}
     origin: dict[str, str] = {}
     for name, value in tensors.items():
-        mapped = map_hf_name(name, config)
+        mapped = map_name(name)
         if mapped is None:
             continue
         path, transpose = mapped
         if path not in expected:
             raise WeightMappingError(f"{source}: tensor {name!r} maps to {path!r}, which this config's model lacks "
-                                     "(check attention_bias / mlp_bias / tie_word_embeddings in config.json)")
+                                     f"({hint})")
         if path in filled:
             raise WeightMappingError(f"{source}: tensors {origin[path]!r} and {name!r} both map to {path!r}")
         array = np.asarray(value) if not isinstance(value, jax.Array) else value
         if transpose:
             array = array.T
-        want = tuple(expected[path].get_value().shape)
-        if tuple(array.shape) != want:
+        if tuple(array.shape) != expected[path]:
             raise CorruptCheckpointError(
-                f"{source}: tensor {name!r} has shape {tuple(array.shape)}, expected {want} for {path!r} "
+                f"{source}: tensor {name!r} has shape {tuple(array.shape)}, expected {expected[path]} for {path!r} "
                 "(config.json and weights disagree)")
-        filled[path] = jnp.asarray(array, dtype=param_dtype)
+        filled[path] = jnp.asarray(array, dtype=dtype)
         origin[path] = name
-
     missing = sorted(set(expected) - set(filled))
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise WeightMappingError(f"{source}: no checkpoint tensor for model parameters {shown}")
+    return filled
 
+
+def merge_slots(graphdef, abstract_state, filled: dict[str, jax.Array], stacked: tuple[str, ...] = ("layers",)):
+    """The module ``graphdef`` with every parameter taken from ``filled`` (stacked parameters layer by layer).
+    ``filled`` is emptied on the way, so no second copy of the weights outlives the call."""
+    flat = nnx.to_flat_state(abstract_state)
     for path, var in flat:
-        var.set_value(filled[_path_string(path)])
+        name = _path_string(path)
+        root = _stack_root(name, stacked)
+        if root is None:
+            var.set_value(filled.pop(name))
+            continue
+        rows = [filled.pop(f"{root}.{i}.{name[len(root) + 1:]}") for i in range(var.get_value().shape[0])]
+        var.set_value(jnp.stack(rows))
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
-def model_to_hf_tensors(model: CausalLM) -> dict[str, np.ndarray]:
-    """The inverse mapping: HF-named float arrays in HF layout (for export and for caching)."""
-    _, state = nnx.split(model)
-    by_path = {_path_string(path): np.asarray(var.get_value()) for path, var in nnx.to_flat_state(state)}
-    out = {}
-    cfg = model.config
+def model_from_hf_tensors(config: ModelConfig, tensors: Mapping[str, object], *, dtype=jnp.float32,
+                          param_dtype=jnp.float32, source: str = "checkpoint") -> CausalLM:
+    """Build a ``CausalLM`` whose parameters come from ``tensors`` (HF names, HF layouts, array-likes)."""
+    graphdef, abstract_state = nnx.split(abstract_model(config, dtype=dtype, param_dtype=param_dtype))
+    filled = fill_slots(tensors, lambda name: map_hf_name(name, config), expected_slots(abstract_state),
+                        param_dtype, source, "check attention_bias / mlp_bias / tie_word_embeddings in config.json")
+    return merge_slots(graphdef, abstract_state, filled)
+
+
+def hf_tensor_names(config: ModelConfig) -> list[str]:
+    """Every HF tensor name of a checkpoint of ``config``, in a fixed order."""
+    cfg = config
     names = ["model.embed_tokens.weight", "model.norm.weight"] + ([] if cfg.tie_word_embeddings else ["lm_head.weight"])
     for i in range(cfg.num_layers):
         names += [f"model.layers.{i}.self_attn.{p}_proj.weight" for p in "qkvo"]
@@ -111,8 +157,17 @@ def model_to_hf_tensors(model: CausalLM) -> dict[str, np.ndarray]:
         names += [f"model.layers.{i}.self_attn.{p}_proj.bias" for p in "qkv" if cfg.qkv_bias]
         names += [f"model.layers.{i}.self_attn.o_proj.bias"] if cfg.o_bias else []
         names += [f"model.layers.{i}.mlp.{p}_proj.bias" for p in ("gate", "up", "down") if cfg.mlp_bias]
-    for name in names:
-        path, transpose = map_hf_name(name, cfg)
-        array = by_path[path]
+    return names
+
+
+def model_to_hf_tensors(model: CausalLM) -> dict[str, np.ndarray]:
+    """The inverse mapping: HF-named float arrays in HF layout (for export and for caching)."""
+    _, state = nnx.split(model)
+    by_path = {_path_string(path): var.get_value() for path, var in nnx.to_flat_state(state)}
+    out = {}
+    for name in hf_tensor_names(model.config):
+        path, transpose = map_hf_name(name, model.config)
+        stacked, layer = stacked_slot(path)
+        array = np.asarray(by_path[stacked] if layer is None else by_path[stacked][layer])
         out[name] = np.ascontiguousarray(array.T if transpose else array)
     return out

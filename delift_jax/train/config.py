@@ -10,7 +10,7 @@ from delift_jax.train.optim import SCHEDULES
 
 METHODS = ("lora", "full")
 # Settings that do not change what a run computes: a resume may change them.
-_BOOKKEEPING = ("save_every", "keep_checkpoints")
+_BOOKKEEPING = ("save_every", "keep_checkpoints", "log_every")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,6 +23,8 @@ class TrainConfig:
     max_length: longest sequence in tokens; longer contexts are cut from the left, responses never.
     pad_to_max_length: pad every step to max_length (one compiled shape) instead of length buckets.
     save_every: checkpoint every N steps (and at the end) when the run has an output directory.
+    log_every: fetch step metrics from the device every N steps (and at checkpoints and the end); steps between
+    run without waiting for the host.
     """
 
     method: str = "lora"
@@ -47,13 +49,15 @@ class TrainConfig:
     logits_chunk: int = 512
     save_every: int = 50
     keep_checkpoints: int = 2
+    log_every: int = 10
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise DeliftError(f"method {self.method!r} unknown; choose from {', '.join(METHODS)}")
         if self.schedule not in SCHEDULES:
             raise DeliftError(f"schedule {self.schedule!r} unknown; choose from {', '.join(SCHEDULES)}")
-        for name in ("batch_size", "grad_accum", "epochs", "logits_chunk", "save_every", "keep_checkpoints"):
+        for name in ("batch_size", "grad_accum", "epochs", "logits_chunk", "save_every", "keep_checkpoints",
+                     "log_every"):
             if getattr(self, name) < 1:
                 raise DeliftError(f"{name}={getattr(self, name)} must be at least 1")
         if self.max_steps is not None and self.max_steps < 1:

@@ -7,8 +7,13 @@ selects exactly the trainable state; the wrapped base layer keeps its ``nnx.Para
 starts at zero, a freshly wrapped model computes exactly what the base model computes. ``merge_lora`` folds
 ``W + A B * alpha / r`` back into plain ``nnx.Linear`` layers (the layout ``model_to_hf_tensors`` expects).
 
-Dropout on the adapter input (as PEFT does) is active only inside a training step, which sets a key with
-``set_dropout``; otherwise the adapter is deterministic.
+The model's decoder layers are stacked (one module whose arrays carry a leading layer axis), so an adapter on
+``layers.attn.q_proj`` holds A ``[layers, in, r]`` and B ``[layers, r, out]``; inside the layer scan each call
+sees one layer's ``[in, r]`` and ``[r, out]``.
+
+Dropout on the adapter input (as PEFT does) needs a key passed with the call (``dropout_key``: the model threads
+a training step's key down to each adapter); without one the adapter is deterministic. No key is ever stored
+on a module.
 """
 
 from __future__ import annotations
@@ -53,18 +58,20 @@ class LoRAConfig:
 class LoRALinear(nnx.Module):
     """A frozen ``nnx.Linear`` plus a trainable rank-r update (see the module docstring)."""
 
-    def __init__(self, base: nnx.Linear, rank: int, alpha: float, dropout: float, *, key: jax.Array):
+    def __init__(self, base: nnx.Linear, rank: int, alpha: float, dropout: float, *, keys: jax.Array):
+        """keys: one PRNG key per stacked layer (``[layers, 2]``), or a single key for an unstacked layer."""
         d_in, d_out = base.in_features, base.out_features
         self.base = base
         self.rank = rank
         self.scale = alpha / rank
         self.dropout_rate = dropout
         dtype = base.kernel[...].dtype
+        leading = base.kernel[...].shape[:-2]  # (layers,) for a stacked layer
         # Kaiming-uniform(a=sqrt(5)) for A, zeros for B: PEFT's default initialisation.
         bound = 1.0 / math.sqrt(d_in)
-        self.lora_a = nnx.LoRAParam(jax.random.uniform(key, (d_in, rank), dtype, -bound, bound))
-        self.lora_b = nnx.LoRAParam(jnp.zeros((rank, d_out), dtype))
-        self.dropout_key = None  # set (inside a traced training step only) by set_dropout
+        init_a = lambda key: jax.random.uniform(key, (d_in, rank), dtype, -bound, bound)
+        self.lora_a = nnx.LoRAParam(jax.vmap(init_a)(keys) if leading else init_a(keys))
+        self.lora_b = nnx.LoRAParam(jnp.zeros(leading + (rank, d_out), dtype))
 
     @property
     def in_features(self) -> int:
@@ -74,11 +81,11 @@ class LoRALinear(nnx.Module):
     def out_features(self) -> int:
         return self.base.out_features
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
         y = self.base(x)
         x_in = x
-        if self.dropout_key is not None and self.dropout_rate > 0.0:
-            keep = jax.random.bernoulli(self.dropout_key, 1.0 - self.dropout_rate, x.shape)
+        if dropout_key is not None and self.dropout_rate > 0.0:
+            keep = jax.random.bernoulli(dropout_key, 1.0 - self.dropout_rate, x.shape)
             x_in = jnp.where(keep, x / (1.0 - self.dropout_rate), 0.0).astype(x.dtype)
         dtype = self.base.dtype or x.dtype
         update = (x_in.astype(dtype) @ self.lora_a[...].astype(dtype)) @ self.lora_b[...].astype(dtype)
@@ -86,32 +93,35 @@ class LoRALinear(nnx.Module):
 
     def merged_kernel(self) -> jax.Array:
         w = self.base.kernel[...]
-        delta = (self.lora_a[...].astype(jnp.float32) @ self.lora_b[...].astype(jnp.float32)) * self.scale
+        delta = jnp.einsum("...ir,...ro->...io", self.lora_a[...].astype(jnp.float32),
+                           self.lora_b[...].astype(jnp.float32)) * self.scale
         return (w.astype(jnp.float32) + delta).astype(w.dtype)
 
 
 def _target_parents(model):
-    """(parent module, attribute name) of every projection a LoRA config can target, in layer order."""
-    for layer in model.layers:
-        for name in ATTENTION_TARGETS:
-            yield layer.attn, name
-        for name in MLP_TARGETS:
-            yield layer.mlp, name
+    """(parent module, attribute name) of every projection a LoRA config can target: attention then MLP."""
+    for name in ATTENTION_TARGETS:
+        yield model.layers.attn, name
+    for name in MLP_TARGETS:
+        yield model.layers.mlp, name
 
 
 def apply_lora(model, config: LoRAConfig, seed: int = 0):
     """Wrap the targeted ``nnx.Linear`` layers of ``model`` in place with ``LoRALinear``; return the model.
 
-    A's initialisation is seeded: adapter i (in layer order, attention then MLP) uses ``fold_in(key(seed), i)``.
+    A's initialisation is seeded: the adapter of layer l on target t (t indexes ``ALL_TARGETS``) uses
+    ``fold_in(key(seed), l * len(ALL_TARGETS) + t)``.
     """
     root = jax.random.PRNGKey(seed)
-    for i, (parent, name) in enumerate(_target_parents(model)):
+    n_layers = model.config.num_layers
+    for t, (parent, name) in enumerate(_target_parents(model)):
         layer = getattr(parent, name)
         if isinstance(layer, LoRALinear):
             raise ValueError("model already has LoRA adapters")
         if name in config.targets:
-            setattr(parent, name, LoRALinear(layer, config.rank, config.alpha, config.dropout,
-                                             key=jax.random.fold_in(root, i)))
+            index = jnp.arange(n_layers) * len(ALL_TARGETS) + t
+            keys = jax.vmap(lambda i: jax.random.fold_in(root, i))(index)
+            setattr(parent, name, LoRALinear(layer, config.rank, config.alpha, config.dropout, keys=keys))
     return model
 
 
@@ -122,12 +132,6 @@ def lora_modules(model) -> list[LoRALinear]:
 
 def has_lora(model) -> bool:
     return bool(lora_modules(model))
-
-
-def set_dropout(model, key: jax.Array | None) -> None:
-    """Turn adapter dropout on with ``key`` (each adapter gets its own fold) or off with ``None``."""
-    for i, module in enumerate(lora_modules(model)):
-        module.dropout_key = None if key is None else jax.random.fold_in(key, i)
 
 
 def merge_lora(model):

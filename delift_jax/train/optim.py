@@ -8,7 +8,7 @@ schedule: linear warmup from 0 to ``learning_rate`` over ``warmup_steps``, then 
 
 Weight decay applies to matrices only: LoRA A/B and linear kernels. Biases, RMSNorm scales and the embedding
 table (also the tied output head) are never decayed. Parameters are addressed by their dotted NNX path
-(``layers.0.attn.q_proj.lora_a``), so the mask is a plain function of names.
+(``layers.attn.q_proj.lora_a``), so the mask is a plain function of names.
 
 Gradient accumulation is not an Optax wrapper here: the train step sums per-token gradients over its micro-batches
 and divides by the total number of scored tokens, so k micro-batches of b rows equal one batch of k*b rows.
@@ -16,7 +16,7 @@ and divides by the total number of scored tokens, so k micro-batches of b rows e
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 
 import optax
 
@@ -59,26 +59,51 @@ def decay_mask(params: dict) -> dict:
     return {name: decays(name) for name in params}
 
 
-def make_optimizer(learning_rate: float, total_steps: int, *, warmup_steps: int = 0, schedule: str = "cosine",
-                   final_lr_ratio: float = 0.0, weight_decay: float = 0.0, max_grad_norm: float | None = 1.0,
-                   b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformation:
-    """``clip_by_global_norm -> adamw`` for flat parameter dicts (see the module docstring).
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+    """The optimizer's settings; behaves as an ``optax.GradientTransformation`` (``init``/``update``).
 
-    Cached: equal settings return the same object, so the jitted train step (static in the optimizer) is
+    Equal settings compare and hash equal, so a jitted step that takes the optimizer as a static argument is
     compiled once per model structure and settings, not once per run.
     """
+
+    learning_rate: float
+    total_steps: int
+    warmup_steps: int = 0
+    schedule: str = "cosine"
+    final_lr_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+
+    def __post_init__(self):
+        learning_rate_schedule(self.learning_rate, self.total_steps, self.warmup_steps, self.schedule,
+                               self.final_lr_ratio)  # validates
+
+    def transform(self) -> optax.GradientTransformation:
+        lr = learning_rate_schedule(self.learning_rate, self.total_steps, self.warmup_steps, self.schedule,
+                                    self.final_lr_ratio)
+        parts = []
+        if self.max_grad_norm is not None and self.max_grad_norm > 0:
+            parts.append(optax.clip_by_global_norm(self.max_grad_norm))
+        parts.append(optax.adamw(lr, b1=self.b1, b2=self.b2, eps=self.eps, weight_decay=self.weight_decay,
+                                 mask=decay_mask))
+        return optax.chain(*parts)
+
+    def init(self, params):
+        return self.transform().init(params)
+
+    def update(self, grads, state, params=None):
+        return self.transform().update(grads, state, params)
+
+
+def make_optimizer(learning_rate: float, total_steps: int, *, warmup_steps: int = 0, schedule: str = "cosine",
+                   final_lr_ratio: float = 0.0, weight_decay: float = 0.0, max_grad_norm: float | None = 1.0,
+                   b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Optimizer:
+    """``clip_by_global_norm -> adamw`` for flat parameter dicts (see the module docstring)."""
     if schedule == "constant" and warmup_steps == 0:
-        total_steps = 1  # the schedule does not depend on it: share one optimizer (and one compilation)
-    return _make_optimizer(learning_rate, total_steps, warmup_steps, schedule, final_lr_ratio, weight_decay,
-                           max_grad_norm, b1, b2, eps)
-
-
-@functools.lru_cache(maxsize=64)
-def _make_optimizer(learning_rate, total_steps, warmup_steps, schedule, final_lr_ratio, weight_decay,
-                    max_grad_norm, b1, b2, eps) -> optax.GradientTransformation:
-    lr = learning_rate_schedule(learning_rate, total_steps, warmup_steps, schedule, final_lr_ratio)
-    parts = []
-    if max_grad_norm is not None and max_grad_norm > 0:
-        parts.append(optax.clip_by_global_norm(max_grad_norm))
-    parts.append(optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask))
-    return optax.chain(*parts)
+        total_steps = 1  # the schedule does not depend on it: equal optimizers (and one compilation)
+    return Optimizer(learning_rate, total_steps, warmup_steps, schedule, final_lr_ratio, weight_decay,
+                     max_grad_norm, b1, b2, eps)

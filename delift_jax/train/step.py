@@ -2,7 +2,7 @@
 
 The model is split once with an NNX filter into *trainable* parameters (``nnx.LoRAParam`` under LoRA, every
 ``nnx.Param`` under full fine-tuning), held as a flat ``{dotted path: array}`` dict, and *frozen* state (the base
-weights), which is bound to the step as a replicated argument that is never differentiated nor donated.
+weights), which is bound to the step as an argument that is never differentiated nor donated.
 
 Loss: mean negative log-likelihood over the scored tokens only (the response and its final EOS; prompt tokens and
 padding never contribute), weighted by tokens. A batch carries ``m`` micro-batches ``[m, b, ...]``; the step sums
@@ -10,13 +10,19 @@ per-token NLL gradients over them in a ``lax.scan`` and divides by the total num
 4 micro-batches of 1 row equal one batch of 4 rows. Logits exist only at scored positions, ``logits_chunk`` rows
 at a time and rematerialized in the backward pass, so no ``[b, t, vocab]`` array is ever built.
 
-Data parallelism: the batch's row axis is sharded over the mesh axis ``"data"`` (``NamedSharding``), parameters
-and optimizer state are replicated; XLA inserts the gradient all-reduce.
+Shardings are explicit: ``make_train_step`` jits with ``in_shardings``/``out_shardings``. The batch's row axis
+is split over the mesh axis ``"data"``; parameters, optimizer state and frozen weights follow ``param_sharding``
+(replicated by default); XLA inserts the gradient all-reduce. Static settings (model structure, optimizer
+settings, chunk size, dropout) are hashed by value, so equal settings share one compiled step across runs.
+
+Adapter dropout: each micro-batch gets ``fold_in(fold_in(rng, step), micro-batch)`` as an explicit key argument
+to the model call; nothing random is stored on a module.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -27,8 +33,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from delift_jax.scoring import target_logprobs
-from delift_jax.sharding import DATA_AXIS, replicate
-from delift_jax.train.lora import set_dropout
+from delift_jax.sharding import DATA_AXIS
 
 BATCH_FIELDS = ("tokens", "valid", "score_index", "score_target", "score_valid")
 
@@ -49,6 +54,7 @@ class ModelSplit:
     graphdef: Any
     names: tuple[str, ...]
     treedef: Any
+    shapes: tuple[tuple[tuple[int, ...], Any], ...]  # (shape, dtype) per name
 
     def merge(self, params: dict, frozen):
         trainable = jax.tree.unflatten(self.treedef, [params[name] for name in self.names])
@@ -73,7 +79,8 @@ def split_model(model, trainable=nnx.Param) -> tuple[ModelSplit, dict, Any]:
     if len(set(names)) != len(names):
         raise RuntimeError("duplicate parameter names after flattening")
     params = {name: leaf for name, (_, leaf) in zip(names, leaves_with_path)}
-    return ModelSplit(graphdef, names, treedef), params, frozen
+    shapes = tuple((tuple(leaf.shape), jnp.dtype(leaf.dtype)) for _, leaf in leaves_with_path)
+    return ModelSplit(graphdef, names, treedef, shapes), params, frozen
 
 
 def chunked_target_logprobs(model, hidden_brd, target_br, chunk: int):
@@ -81,9 +88,10 @@ def chunked_target_logprobs(model, hidden_brd, target_br, chunk: int):
     return target_logprobs(model, hidden_brd, target_br, chunk, remat=True)
 
 
-def nll_sum(model, batch: dict, logits_chunk: int) -> tuple[jax.Array, jax.Array]:
+def nll_sum(model, batch: dict, logits_chunk: int, dropout_key: jax.Array | None = None
+            ) -> tuple[jax.Array, jax.Array]:
     """(sum of -log p over scored tokens, number of scored tokens) for one ``[b, ...]`` micro-batch."""
-    hidden_btd, _ = model(batch["tokens"], valid_bt=batch["valid"])
+    hidden_btd, _ = model(batch["tokens"], valid_bt=batch["valid"], dropout_key=dropout_key)
     hidden_brd = jnp.take_along_axis(hidden_btd, batch["score_index"][..., None], axis=1)
     logp_br = chunked_target_logprobs(model, hidden_brd, batch["score_target"], logits_chunk)
     mask = batch["score_valid"]
@@ -101,9 +109,8 @@ def _train_step(split: ModelSplit, optimizer, logits_chunk: int, dropout: bool, 
 
         def loss_fn(params):
             model = split.merge(params, frozen)
-            set_dropout(model, jax.random.fold_in(step_key, index) if dropout else None)
-            total, count = nll_sum(model, micro_batch, logits_chunk)
-            return total, count
+            key = jax.random.fold_in(step_key, index) if dropout else None
+            return nll_sum(model, micro_batch, logits_chunk, key)
 
         (total, count), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         grad_acc = jax.tree.map(jnp.add, grad_acc, grads)
@@ -126,27 +133,77 @@ def _train_step(split: ModelSplit, optimizer, logits_chunk: int, dropout: bool, 
     return new_state, metrics
 
 
-def make_train_step(split: ModelSplit, optimizer: optax.GradientTransformation, frozen, mesh: Mesh, *,
-                    logits_chunk: int = 512, dropout: bool = False) -> Callable:
-    """The jitted ``train_step(state, batch) -> (state, metrics)``; ``state`` is donated.
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+    """``step(state, batch) -> (state, metrics)``: the jitted step with its frozen weights bound (state donated).
+
+    ``jitted`` is the ``jax.jit`` function of ``(frozen, state, batch)``; ``lower`` lowers it for inspection
+    (``.compile().memory_analysis()``, ``.as_text()``) without running it.
+    """
+
+    jitted: Any
+    frozen: Any
+
+    def __call__(self, state: TrainState, batch: dict):
+        return self.jitted(self.frozen, state, batch)
+
+    def lower(self, state: TrainState, batch: dict):
+        return self.jitted.lower(self.frozen, state, batch)
+
+
+def make_train_step(split: ModelSplit, optimizer, frozen, mesh: Mesh, *, logits_chunk: int = 512,
+                    dropout: bool = False, param_spec: Callable | None = None) -> TrainStep:
+    """The jitted train step with explicit shardings; ``state`` is donated.
 
     A step whose loss or gradient norm is not finite leaves ``state`` unchanged and reports ``finite=False``.
+    optimizer: anything with optax's ``init``/``update``; a value-hashable one (``make_optimizer``'s) lets equal
+    settings reuse one compilation. param_spec: ``(dotted name, shape) -> PartitionSpec`` for parameters, their
+    optimizer moments and the frozen weights (default: replicated; see ``delift_jax.sharding``).
     """
-    frozen = replicate(frozen, mesh)
-    jitted = jax.jit(_train_step, static_argnums=(0, 1, 2, 3), donate_argnums=(5,))
+    frozen_sharding = tree_shardings(frozen, mesh, param_spec)
+    frozen = jax.tree.map(_place, frozen, frozen_sharding)
+    state_sharding = tree_shardings(abstract_state(split, optimizer), mesh, param_spec)
+    batch_sharding = {k: NamedSharding(mesh, PartitionSpec(None, DATA_AXIS)) for k in BATCH_FIELDS}
+    jitted = jax.jit(_train_step, static_argnums=(0, 1, 2, 3), donate_argnums=(5,),
+                     in_shardings=(frozen_sharding, state_sharding, batch_sharding),
+                     out_shardings=(state_sharding, NamedSharding(mesh, PartitionSpec())))
+    return TrainStep(functools.partial(jitted, split, optimizer, logits_chunk, dropout), frozen)
 
-    def train_step(state: TrainState, batch: dict):
-        return jitted(split, optimizer, logits_chunk, dropout, frozen, state, batch)
 
-    train_step.jitted = jitted
-    return train_step
+def _place(leaf, sharding):
+    """An array moved to ``sharding``; a shape-only leaf (an abstract model, for lowering) just gets it."""
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
+    return jax.device_put(leaf, sharding)
 
 
-def init_state(params: dict, optimizer: optax.GradientTransformation, seed: int, mesh: Mesh) -> TrainState:
-    """A fresh, replicated ``TrainState`` (step 0, key ``PRNGKey(seed)``), holding copies of ``params``."""
+def abstract_state(split: ModelSplit, optimizer) -> TrainState:
+    """The ``TrainState`` a step takes, as shapes and dtypes only (nothing is computed)."""
+    params = {name: jax.ShapeDtypeStruct(shape, dtype) for name, (shape, dtype) in zip(split.names, split.shapes)}
+    return jax.eval_shape(lambda p: TrainState(p, optimizer.init(p), jnp.zeros((), jnp.int32),
+                                               jax.random.PRNGKey(0)), params)
+
+
+def tree_shardings(tree, mesh: Mesh, param_spec: Callable | None = None):
+    """A ``NamedSharding`` per leaf of ``tree``. A leaf reached through a parameter's dotted name (a params dict
+    entry, its optimizer moments, a frozen weight) gets ``param_spec(name, shape)``; every other leaf (step,
+    key, counters) is replicated."""
+
+    def sharding(path, leaf):
+        if param_spec is None or not hasattr(leaf, "shape"):
+            return NamedSharding(mesh, PartitionSpec())
+        named = [k.key for k in path if isinstance(k, jax.tree_util.DictKey) and isinstance(k.key, str)
+                 and "." in k.key]
+        return NamedSharding(mesh, param_spec(named[-1] if named else _dotted(path), tuple(leaf.shape)))
+
+    return jax.tree_util.tree_map_with_path(sharding, tree)
+
+
+def init_state(params: dict, optimizer, seed: int, mesh: Mesh, param_spec: Callable | None = None) -> TrainState:
+    """A fresh ``TrainState`` (step 0, key ``PRNGKey(seed)``), holding copies of ``params``, placed on ``mesh``."""
     params = jax.tree.map(jnp.array, params)  # own buffers: donation must never delete the caller's arrays
     state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), jax.random.PRNGKey(seed))
-    return replicate(state, mesh)
+    return jax.device_put(state, tree_shardings(state, mesh, param_spec))
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
