@@ -44,15 +44,6 @@ def array_digest(arrays: dict[str, Any], stride: int = 997) -> str:
     return h.hexdigest()[:16]
 
 
-def model_fingerprint(model) -> str:
-    """Hash of a (base) model's config and weights."""
-    from flax import nnx
-
-    _, state = nnx.split(model)
-    arrays = {".".join(map(str, path)): var.get_value() for path, var in nnx.to_flat_state(state)}
-    return hashlib.sha256((repr(model.config) + array_digest(arrays)).encode()).hexdigest()[:16]
-
-
 def sequences_fingerprint(sequences) -> str:
     h = hashlib.sha256()
     for seq in sequences:
