@@ -20,6 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from delift_jax.errors import SelectionError
+from delift_jax.sharding import data_mesh
 from delift_jax.select import columns as C
 from delift_jax.select.layout import DenseKernel
 from delift_jax.select.objectives import Objective
@@ -33,7 +34,7 @@ def row_mesh(devices=None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)
     if not devices:
         raise SelectionError("no devices to build a mesh from")
-    return Mesh(np.array(devices), (AXIS,))
+    return data_mesh(devices)
 
 
 def pad_rows(objective: Objective, multiple: int) -> Objective:
