@@ -28,8 +28,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            _write_durably(handle, data)
+            _write_durably(handle, data, path)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is None or str(exc.filename) == tmp:  # name the file the caller asked for, not the temp
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -41,8 +46,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
-def _write_durably(handle, data: bytes) -> None:
-    """Write, flush and fsync ``data`` (one function, so tests can inject ENOSPC / EIO here)."""
+def _write_durably(handle, data: bytes, target: Path) -> None:
+    """Write, flush and fsync ``data`` into the temporary file for ``target`` (one function, so tests can inject
+    ENOSPC / EIO here)."""
     handle.write(data)
     handle.flush()
     os.fsync(handle.fileno())

@@ -266,3 +266,120 @@ def test_argparse_errors_return_2_without_raising(world, capsys):
     code, err, _ = run_cli(["kernel", "--limit", "many", "--data", "x", "--out", "o"], capsys)
     assert code == 2 and "invalid int value" in err and "Traceback" not in err
     assert not Path("o").exists()
+
+
+# ------------------------------------------------------------------------------------------------ injected faults
+class Faults:
+    """Make the atomic writer fail (ENOSPC, EIO, ...) on the next write of a named file, once per planned fault."""
+
+    def __init__(self, monkeypatch):
+        self.pending: list[tuple[str, int]] = []
+        self.fired: list[tuple[str, int]] = []
+        original = atomic_io._write_durably
+
+        def write(handle, data, target):
+            for i, (name, code) in enumerate(self.pending):
+                if target.name == name:
+                    del self.pending[i]
+                    self.fired.append((name, code))
+                    handle.write(data[: len(data) // 2])  # a half-written temporary file, as a full disk leaves
+                    raise OSError(code, os.strerror(code))
+            return original(handle, data, target)
+
+        monkeypatch.setattr(atomic_io, "_write_durably", write)
+
+    def next(self, name: str, code: int) -> None:
+        self.pending.append((name, code))
+
+
+def no_temporaries(root: Path) -> list[str]:
+    return [str(p) for p in root.rglob("*") if p.name.endswith(".tmp")]
+
+
+REASON = {errno.ENOSPC: "no space left on device", errno.EIO: os.strerror(errno.EIO)}
+
+
+def expect_fault(argv, capsys, faults, code, file_name):
+    status, err, _ = run_cli(argv, capsys)
+    assert faults.fired and faults.fired[-1][1] == code, f"the fault was not reached: {status} {err}"
+    assert_clean_error(status, err, REASON[code])
+    assert file_name in err  # the line names the file that could not be written
+
+
+def test_select_results_write_faults_leave_no_partial_file_and_rerun_completes(world, monkeypatch, capsys):
+    argv = ["select", "--kernel", "k.npy", "--budget", "0.5", "--out"]
+    assert run_cli(argv + ["reference"], capsys)[0] == 0
+    faults = Faults(monkeypatch)
+    for name, code in (("picks.npy", errno.ENOSPC), ("gains.npy", errno.EIO), ("summary.json", errno.ENOSPC)):
+        faults.next(name, code)
+        expect_fault(argv + ["sel"], capsys, faults, code, name)
+        assert no_temporaries(world) == []
+        for written in Path("sel").glob("*.npy"):
+            np.load(written, allow_pickle=False)  # whatever exists is whole
+    assert run_cli(argv + ["sel"], capsys)[0] == 0
+    for name in ("picks.npy", "gains.npy"):
+        np.testing.assert_array_equal(np.load(f"sel/{name}"), np.load(f"reference/{name}"))
+
+
+@pytest.fixture
+def tiny_model_dir(tiny_llama):
+    return tiny_llama[0]
+
+
+def test_kernel_block_and_result_faults_resume_bit_identical(world, tiny_model_dir, monkeypatch, capsys):
+    argv = ["kernel", "--model", tiny_model_dir, "--data", "data.jsonl", "--limit", 4, "--block-pairs", 4,
+            "--max-length", 64, "--batch-size", 4, "--out"]
+    assert run_cli(argv + ["reference"], capsys)[0] == 0
+    faults = Faults(monkeypatch)
+    plan = (("no_example.npz", errno.ENOSPC), ("block_000001.npz", errno.ENOSPC), ("block_000002.npz", errno.EIO),
+            ("manifest.json", errno.EIO))
+    for name, code in plan:
+        faults.next(name, code)
+        expect_fault(argv + ["store"], capsys, faults, code, name)
+        for written in Path("store").rglob("*.np[yz]"):  # every file under its final name is whole
+            loaded = np.load(written, allow_pickle=False)
+            if isinstance(loaded, np.lib.npyio.NpzFile):
+                [loaded[key] for key in loaded.files]
+                loaded.close()
+    assert run_cli(argv + ["store"], capsys)[0] == 0
+    assert no_temporaries(world) == []  # the finished run leaves no temporary file of the failed ones
+    for name in ("kernel.npy", "utility_raw.npy"):
+        np.testing.assert_array_equal(np.load(f"store/{name}"), np.load(f"reference/{name}"))
+
+
+def test_finetune_checkpoint_and_results_faults_resume_to_the_same_run(world, tiny_model_dir, monkeypatch, capsys):
+    from delift_jax.train import checkpoint
+
+    argv = ["finetune", "--model", tiny_model_dir, "--data", "data.jsonl", "--max-steps", 4, "--save-every", 2,
+            "--batch-size", 2, "--max-length", 64, "--lora-rank", 2, "--lr", "1e-2", "--no-export", "--no-progress",
+            "--out"]
+    assert run_cli(argv + ["reference"], capsys)[0] == 0
+    reference = json.loads(Path("reference/results.json").read_text())
+
+    faults = Faults(monkeypatch)
+    failing_steps: dict[int, int] = {}
+    save = checkpoint.Checkpointer.save
+
+    def save_or_fail(self, step, state, meta):
+        if step in failing_steps:  # the disk fails while this checkpoint is written: nothing of it is kept
+            code = failing_steps.pop(step)
+            faults.fired.append(("checkpoint", code))
+            raise OSError(code, os.strerror(code), str(self.directory / "checkpoints" / str(step)))
+        return save(self, step, state, meta)
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", save_or_fail)
+    faults.next("run.json", errno.ENOSPC)
+    expect_fault(argv + ["ft"], capsys, faults, errno.ENOSPC, "run.json")
+    failing_steps[2] = errno.EIO
+    expect_fault(argv + ["ft"], capsys, faults, errno.EIO, "checkpoints/2")
+    failing_steps[4] = errno.ENOSPC
+    expect_fault(argv + ["ft"], capsys, faults, errno.ENOSPC, "checkpoints/4")
+    faults.next("results.json", errno.EIO)
+    expect_fault(argv + ["ft"], capsys, faults, errno.EIO, "results.json")
+    assert no_temporaries(world) == [] and not Path("ft/results.json").exists()
+
+    assert run_cli(argv + ["ft"], capsys)[0] == 0
+    resumed = json.loads(Path("ft/results.json").read_text())
+    assert resumed["resumed_from"] == 4
+    assert resumed["losses"] == reference["losses"]  # the same run, step for step
+    assert resumed["tokens"] == reference["tokens"]  # counted over the whole run, not only since the resume
