@@ -143,12 +143,13 @@ def exact_top_k(queries, candidates, k: int, *, exclude_self: bool = False, quer
     return np.asarray(indices)[:n_q].astype(np.int32), np.asarray(values)[:n_q]
 
 
-def approximate_top_k(queries, candidates, k: int, *, exclude_self: bool = False, hnsw_m: int = 32,
-                      ef_construction: int = 200, ef_search: int = 128) -> tuple[np.ndarray, np.ndarray]:
+def approximate_top_k(queries, candidates, k: int, *, exclude_self: bool = False, hnsw_m: int = 16,
+                      ef_construction: int = 80, ef_search: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Approximate top-k by cosine with a faiss HNSW index (optional dependency faiss-cpu).
 
     Same contract as ``exact_top_k`` (ties are faiss's, not guaranteed lowest-index). ef_search trades speed for
-    recall; measure it with ``recall_at_k``.
+    recall; measure it with ``recall_at_k``. The defaults (M 16, efConstruction 80, efSearch 64) were the fastest
+    of three settings tried on 20k clustered 384-d vectors, at recall@16 0.9995 (M 32 / 200 / 128: 3x slower).
     """
     try:
         import faiss
