@@ -39,7 +39,7 @@ from delift_jax.errors import DeliftError
 from delift_jax.models import load_model
 from delift_jax.pipeline import RunConfig, run_use_case
 from delift_jax.pipeline import command as run_command
-from delift_jax.pipeline.run import progress_default
+from delift_jax.progress import show_progress
 from delift_jax.report import (load_pool_kernel, markdown_summary, metric_rows, plot_greedy_gains, plot_kernel_heatmap,
                                plot_metric_vs_budget, write_csv)
 from delift_jax.select import facility_location, maximize
@@ -127,7 +127,7 @@ def ablate(args: argparse.Namespace, budgets) -> int:
     out.mkdir(parents=True, exist_ok=True)
     print(f"loading model {inputs.model}", flush=True)
     model, tokenizer, _ = load_model(inputs.model)
-    progress = progress_default() if args.progress is None else args.progress
+    progress = show_progress(args.progress)
     rows: list[dict] = []
     total, cell, t0 = len(budgets) * len(args.seeds), 0, time.perf_counter()
     for seed in args.seeds:

@@ -135,3 +135,20 @@ def test_results_json_runs_again(tiny_llama, tmp_path):
     assert second["config"] == first["config"] and second["inputs"] == first["inputs"]
     np.testing.assert_array_equal(np.load(tmp_path / "again" / "random" / "indices.npy"),
                                   np.load(tmp_path / "first" / "random" / "indices.npy"))
+
+
+def test_progress_bars_follow_the_terminal(monkeypatch):
+    from delift_jax.progress import show_progress
+
+    class Stream:
+        def __init__(self, tty):
+            self.tty = tty
+
+        def isatty(self):
+            return self.tty
+
+    monkeypatch.setattr("sys.stderr", Stream(True))
+    assert show_progress() is True and show_progress(False) is False
+    monkeypatch.setattr("sys.stderr", Stream(False))
+    assert show_progress() is False and show_progress(True) is True
+    assert parse(["--use-case", "task"]).progress is None and parse(["--no-progress"]).progress is False

@@ -144,16 +144,26 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--context-field", help="optional context/passage field")
     group.add_argument("--format", dest="record_format", choices=FORMATS,
                        help="record format (default: detected from the first record)")
-    group.add_argument("--dedupe", action="store_true", help="remove exact duplicate examples (first copy kept)")
-    group.add_argument("--drop-empty", action="store_true", help="drop examples whose response is empty")
+    # None when not given (False in effect), so that a run file's setting stands unless the flag is passed
+    group.add_argument("--dedupe", action="store_true", default=None,
+                       help="remove exact duplicate examples (first copy kept)")
+    group.add_argument("--drop-empty", action="store_true", default=None, help="drop examples whose response is empty")
+
+
+def record_options(*, prompt_field: str | None = None, response_field: str | None = None,
+                   input_field: str | None = None, options_field: str | None = None, context_field: str | None = None,
+                   format: str | None = None, dedupe: bool | None = False, drop_empty: bool | None = False) -> dict:
+    """Keyword arguments for ``load_dataset`` from the record options (field mapping or a format, dedupe,
+    drop-empty)."""
+    fields = field_map(prompt_field, response_field, input_field, options_field, context_field)
+    if fields is not None and format:
+        raise DataError("give either --format or --prompt-field/--response-field, not both")
+    return {"fields": fields or format, "dedupe": bool(dedupe), "drop_empty": bool(drop_empty)}
 
 
 def data_options(args: argparse.Namespace) -> dict:
     """Keyword arguments for ``load_examples`` from ``add_data_arguments`` options."""
-    fields = field_map(getattr(args, "prompt_field", None), getattr(args, "response_field", None),
-                       getattr(args, "input_field", None), getattr(args, "options_field", None),
-                       getattr(args, "context_field", None))
-    if fields is not None and getattr(args, "record_format", None):
-        raise DataError("give either --format or --prompt-field/--response-field, not both")
-    return {"fields": fields or getattr(args, "record_format", None), "dedupe": bool(getattr(args, "dedupe", False)),
-            "drop_empty": bool(getattr(args, "drop_empty", False))}
+    names = ("prompt_field", "response_field", "input_field", "options_field", "context_field", "dedupe",
+             "drop_empty")
+    return record_options(format=getattr(args, "record_format", None),
+                          **{name: getattr(args, name, None) for name in names})

@@ -2,8 +2,9 @@
 a selected subset, then compute the requested metrics per condition.
 
 Conditions: ``no_icl`` (the no-example template) unless ``EvalSetup.no_icl`` is False; ``icl`` when a
-demonstration pool (the selected subset) is given: the k nearest pool examples precede each test prompt (``icl.py``). Every condition uses the same
-generation settings and the same layout ``context + [eos]`` -> response -> ``[eos]`` as training and scoring.
+demonstration pool (the selected subset) is given: the k nearest pool examples precede each test prompt
+(``icl.py``). Every condition uses the same generation settings and the same layout ``context + [eos]`` ->
+response -> ``[eos]`` as training and scoring.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import dataclasses
 import time
 from typing import Sequence
 
-
 from delift_jax.data.records import Example
 from delift_jax.data.templates import DEFAULT_TEMPLATES, Templates
 from delift_jax.errors import DataError
 from delift_jax.evaluate import metrics as M
 from delift_jax.evaluate.generate import GenerationConfig, generate_responses
+from delift_jax.evaluate.icl import icl_contexts
+from delift_jax.evaluate.judge import JudgeConfig, judge_responses
+from delift_jax.models.bert import load_sentence_encoder
 
 VALID_METRICS = ("rouge", "embedding", "nll", "accuracy", "judge")
 
@@ -61,15 +64,11 @@ def evaluate_model(model, tokenizer, test: Sequence[Example], setup: EvalSetup) 
     if not setup.no_icl and setup.pool is None:
         raise DataError("no condition to evaluate: no_icl=False needs a demonstration pool for the ICL condition")
     if ("embedding" in metrics or setup.pool is not None) and setup.encoder is None:
-        from delift_jax.evaluate.bert import load_sentence_encoder
-
         setup.encoder = load_sentence_encoder()
     conditions = {}
     if setup.no_icl:
         conditions["no_icl"] = ([setup.templates.context_without_example(ex) for ex in test], None)
     if setup.pool is not None:
-        from delift_jax.evaluate.icl import icl_contexts
-
         contexts, chosen = icl_contexts(setup.encoder, test, setup.pool, setup.k, setup.templates, setup.progress)
         conditions["icl"] = (contexts, chosen)
 
@@ -117,8 +116,6 @@ def _metric_values(model, tokenizer, test, contexts, predictions, metrics, setup
         extras.update(token_nll=nll.nll, perplexity=nll.perplexity, nll_scored_tokens=int(nll.n_tokens.sum()),
                       nll_context_truncated=nll.n_truncated)
     if "judge" in metrics:
-        from delift_jax.evaluate.judge import JudgeConfig, judge_responses
-
         judged = judge_responses(setup.judge_model or model, setup.judge_tokenizer or tokenizer,
                                  [ex.prompt for ex in test], predictions, references,
                                  setup.judge_config or JudgeConfig(), progress=setup.progress)

@@ -34,6 +34,12 @@ from delift_jax.kernel import KernelConfig, utility_kernel
 from delift_jax.methods.base import (MethodOptions, MethodSelection, budget_count, check_at_least, check_choice,
                                      check_inputs, need_model)
 from delift_jax.methods.submodular import OPTIMIZERS, SCALES, common_scale, select_on_kernels
+from delift_jax.progress import show_progress
+
+
+def refuse_sparse(kernel_config: KernelConfig) -> None:
+    if kernel_config.top_k is not None:
+        raise DataError("delift: the sparse kernel (top_k) is not supported here; use a dense kernel_config")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +48,8 @@ class DeliftOptions(MethodOptions):
     scale: minmax | clip | clip_minmax (one map for K, Q and P); exclude_diagonal: leave K's diagonal out of the
     statistics and of the objective; eta (η, task), nu (ν, continual); optimizer: lazy | naive | stochastic;
     kernel_dir: crash-safe stores ``<dir>/pool``, ``<dir>/targets``, ``<dir>/existing`` (rerun to resume);
-    max_pairs: stop each kernel after this many pairs (resume later); progress: progress bars."""
+    max_pairs: stop each kernel after this many pairs (resume later); progress: progress bars (default: when
+    stderr is a terminal)."""
 
     kernel_config: KernelConfig = KernelConfig()
     scale: str = "minmax"
@@ -52,13 +59,12 @@ class DeliftOptions(MethodOptions):
     optimizer: str = "lazy"
     kernel_dir: str | Path | None = None
     max_pairs: int | None = None
-    progress: bool = False
+    progress: bool | None = None
 
     def __post_init__(self):
         if not isinstance(self.kernel_config, KernelConfig):
             raise DataError(f"delift: kernel_config must be a KernelConfig, got {type(self.kernel_config).__name__}")
-        if self.kernel_config.top_k is not None:
-            raise DataError("delift: the sparse kernel (top_k) is not supported here; use a dense kernel_config")
+        refuse_sparse(self.kernel_config)
         check_choice("delift", "scale", self.scale, SCALES)
         check_choice("delift", "optimizer", self.optimizer, OPTIMIZERS)
         check_at_least("delift", "max_pairs", self.max_pairs)
@@ -68,8 +74,7 @@ def raw_utilities(model, tokenizer, pool, use_case: str, targets=None, existing=
                   kernel_config: KernelConfig = KernelConfig(), kernel_dir=None, max_pairs=None,
                   progress: bool = False) -> dict[str, np.ndarray]:
     """{"K": U(pool, pool), "Q": U(targets, pool)ᵀ (task), "P": U(pool, existing) (continual)} as raw utilities."""
-    if kernel_config.top_k is not None:
-        raise DataError("delift: the sparse kernel (top_k) is not supported here; use a dense kernel_config")
+    refuse_sparse(kernel_config)
     config = dataclasses.replace(kernel_config, exclude_diagonal=False, normalization="none")
     store = (lambda name: Path(kernel_dir) / name) if kernel_dir is not None else (lambda name: None)
 
@@ -103,7 +108,8 @@ def delift_selection(*, pool, budget, use_case="instruction", targets=None, exis
     if len(pool) < 2:
         raise DataError("delift: the square pool kernel needs at least 2 pool examples")
     raw = raw_utilities(model, tokenizer, pool, use_case, targets, existing, kernel_config=options.kernel_config,
-                        kernel_dir=options.kernel_dir, max_pairs=options.max_pairs, progress=bool(options.progress))
+                        kernel_dir=options.kernel_dir, max_pairs=options.max_pairs,
+                        progress=show_progress(options.progress))
     kernels = scaled_kernels(raw, options.scale, bool(options.exclude_diagonal))
     picks, gains, info = select_on_kernels(use_case, k, kernels["K"], kernels.get("Q"), kernels.get("P"),
                                            eta=options.eta, nu=options.nu, optimizer=options.optimizer, seed=seed)

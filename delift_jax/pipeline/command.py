@@ -19,11 +19,12 @@ import argparse
 from pathlib import Path
 
 from delift_jax.budget import parse_budget
-from delift_jax.data.fields import FORMATS
+from delift_jax.data.sources import add_data_arguments
 from delift_jax.errors import DataError
 from delift_jax.models.loading import DEFAULT_MODEL
 from delift_jax.pipeline.config import RunConfig, RunInputs, check_methods, load_run_file, parse_split
-from delift_jax.pipeline.run import progress_default, run_use_case
+from delift_jax.pipeline.run import run_use_case
+from delift_jax.progress import show_progress
 
 # flag (argparse dest) -> the RunConfig keys it sets (a tuple of keys is a path into a nested table), conversion
 CONFIG_FLAGS = {
@@ -82,7 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     progress.add_argument("--progress", action="store_true", default=None,
                           help="progress bars for kernels, training, generation (default: when stderr is a terminal)")
     progress.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    _add_record_arguments(parser)
+    add_data_arguments(parser)
 
 
 def _add_stage_arguments(parser: argparse.ArgumentParser) -> None:
@@ -110,21 +111,6 @@ def _add_stage_arguments(parser: argparse.ArgumentParser) -> None:
                             "as demonstrations (the paper's ICL setting; default 0 = off)")
     group.add_argument("--export-models", action="store_true", default=None,
                        help="write each fine-tuned model (LoRA merged) as a Hugging Face directory <method>/model")
-
-
-def _add_record_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("data records")
-    group.add_argument("--prompt-field", help="record field holding the prompt (with --response-field)")
-    group.add_argument("--response-field", help="record field holding the response")
-    group.add_argument("--input-field", help="optional field appended to the prompt as the Alpaca input")
-    group.add_argument("--options-field", help="optional multiple-choice options field (list, dict or string)")
-    group.add_argument("--context-field", help="optional context/passage field")
-    group.add_argument("--format", dest="record_format", choices=FORMATS,
-                       help="record format (default: detected from the first record)")
-    group.add_argument("--dedupe", action="store_true", default=None,
-                       help="remove exact duplicate examples (first copy kept)")
-    group.add_argument("--drop-empty", action="store_true", default=None,
-                       help="drop examples whose response is empty")
 
 
 def _set(values: dict, path: tuple, value) -> None:
@@ -166,6 +152,6 @@ def run(args: argparse.Namespace) -> int:
     results = run_use_case(inputs.model, inputs.data, use_case=config.use_case, budget=config.budget,
                            methods=config.methods, out_dir=args.out, targets=inputs.target, existing=inputs.existing,
                            config=config, data_options=inputs.data_options(), echo=print,
-                           progress=progress_default() if args.progress is None else args.progress)
+                           progress=show_progress(args.progress))
     print((Path(args.out) / "results.md").read_text(encoding="utf-8"), end="")
     return 0 if results["methods"] else 1

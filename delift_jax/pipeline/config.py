@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Mapping
 
 from delift_jax.budget import check_budget, parse_budget
-from delift_jax.data.sources import field_map
+from delift_jax.data.sources import record_options
 from delift_jax.data.templates import DEFAULT_TEMPLATES
 from delift_jax.errors import DataError
 from delift_jax.evaluate.generate import GenerationConfig
@@ -60,6 +60,8 @@ __all__ = ["RunConfig", "RunInputs", "check_budget", "check_methods", "load_run_
 DEFAULT_METHODS = ("delift", "random", "full", "initial")
 DEFAULT_METRICS = ("rouge", "nll")
 CONTINUAL_STARTS = ("existing", "base")
+RECORD_OPTIONS = ("prompt_field", "response_field", "input_field", "options_field", "context_field", "format", "dedupe",
+                  "drop_empty")
 
 
 def check_methods(methods) -> tuple[str, ...]:
@@ -183,11 +185,7 @@ class RunInputs:
 
     def data_options(self) -> dict:
         """``load_dataset`` keywords for the pool."""
-        fields = field_map(self.prompt_field, self.response_field, self.input_field, self.options_field,
-                           self.context_field)
-        if fields is not None and self.format:
-            raise DataError("give either format or prompt_field/response_field, not both")
-        return {"fields": fields or self.format, "dedupe": bool(self.dedupe), "drop_empty": bool(self.drop_empty)}
+        return record_options(**{name: getattr(self, name) for name in RECORD_OPTIONS})
 
     def to_dict(self) -> dict:
         return options_dict(self)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 from typing import Callable
 
 from delift_jax.budget import resolve_budget as resolve_k  # noqa: F401  (the run's budget rule lives in budget.py)
@@ -25,15 +24,11 @@ from delift_jax.pipeline.method import RunContext, learn_existing, run_method
 from delift_jax.pipeline.results import run_record
 from delift_jax.pipeline.splits import Splits, make_splits
 from delift_jax.pipeline.writer import RunWriter
+from delift_jax.progress import show_progress
 from delift_jax.scoring import ScoringConfig
 
 log = logging.getLogger("delift_jax.pipeline")
 ENCODER_METHODS = ("delift_se", "deft_ucs")
-
-
-def progress_default() -> bool:
-    """Progress bars are on when stderr is a terminal (a person is watching), off in logs and pipes."""
-    return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
 def _given(source) -> bool:
@@ -96,7 +91,7 @@ def run_use_case(model_source, data, *, use_case: str, budget, methods, out_dir,
     none). progress: progress bars (default: on when stderr is a terminal).
     """
     echo = echo or (lambda line: None)
-    progress = progress_default() if progress is None else bool(progress)
+    progress = show_progress(progress)
     config = dataclasses.replace(config or RunConfig(), use_case=use_case, budget=budget, methods=methods,
                                  **settings)
     warnings: list[str] = []
