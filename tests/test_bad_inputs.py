@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import pickle
+import time
 from pathlib import Path
 
 import numpy as np
@@ -372,6 +373,19 @@ def test_finetune_checkpoint_and_results_faults_resume_to_the_same_run(world, ti
     expect_fault(argv + ["ft"], capsys, faults, errno.ENOSPC, "run.json")
     failing_steps[2] = errno.EIO
     expect_fault(argv + ["ft"], capsys, faults, errno.EIO, "checkpoints/2")
+    interrupt_after_steps = [3]  # Ctrl-C during step 3, after the checkpoint of step 2 was written
+
+    def sleep_or_interrupt(seconds):
+        interrupt_after_steps[0] -= 1
+        if interrupt_after_steps[0] == 0:
+            raise KeyboardInterrupt
+
+    real_sleep = time.sleep
+    monkeypatch.setattr("time.sleep", sleep_or_interrupt)
+    status, err, _ = run_cli(argv + ["ft", "--sleep-per-step", "0.01"], capsys)
+    assert status == 130 and "Traceback" not in err
+    assert "interrupted: the newest checkpoint (step 2) is kept in" in err and "rerun the same command" in err
+    monkeypatch.setattr("time.sleep", real_sleep)
     failing_steps[4] = errno.ENOSPC
     expect_fault(argv + ["ft"], capsys, faults, errno.ENOSPC, "checkpoints/4")
     faults.next("results.json", errno.EIO)
@@ -383,3 +397,75 @@ def test_finetune_checkpoint_and_results_faults_resume_to_the_same_run(world, ti
     assert resumed["resumed_from"] == 4
     assert resumed["losses"] == reference["losses"]  # the same run, step for step
     assert resumed["tokens"] == reference["tokens"]  # counted over the whole run, not only since the resume
+
+
+# ------------------------------------------------------------------------------------------------ messages
+def test_non_finite_weights_are_refused_at_load_naming_the_tensor(world, tiny_model_dir, capsys):
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    damaged = world / "nan-model"
+    shutil.copytree(tiny_model_dir, damaged)
+    tensors = load_file(str(damaged / "model.safetensors"))
+    name = "model.layers.0.self_attn.v_proj.weight"
+    tensors[name] = tensors[name].copy()
+    tensors[name][0, 0] = np.nan
+    save_file(tensors, str(damaged / "model.safetensors"))
+    for command in (["score", "--data", "data.jsonl", "--limit", 2],
+                    ["evaluate", "--data", "data.jsonl", "--limit", 2, "--metrics", "nll", "--out", "e.json"]):
+        code, err, out = run_cli([command[0], "--model", damaged, *command[1:]], capsys)
+        assert_clean_error(code, err, "layers.0.attn.v_proj.kernel")
+        assert "NaN/inf" in err and "nan" not in out
+    assert not Path("e.json").exists()
+
+
+def test_nan_scores_and_metrics_are_errors_not_results(world, tiny_model_dir, monkeypatch, capsys):
+    import delift_jax.scoring as scoring
+    from delift_jax.cli_checks import refuse_nonfinite_metrics
+    from delift_jax.errors import NonFiniteError
+
+    real = scoring.score_examples
+
+    def nan_scores(*args, **kwargs):
+        table = real(*args, **kwargs)
+        table.rms[1] = np.nan
+        return table
+
+    monkeypatch.setattr(scoring, "score_examples", nan_scores)
+    code, err, out = run_cli(["score", "--model", tiny_model_dir, "--data", "data.jsonl", "--limit", 3,
+                              "--max-length", 64], capsys)
+    assert_clean_error(code, err, "example 1 (and 0 more) scored NaN/inf")
+    refuse_nonfinite_metrics({"no_icl": {"token_nll": 2.5, "judge_score": float("nan")}})  # judge NaN: unparsed
+    with pytest.raises(NonFiniteError, match="token_nll of condition icl is nan"):
+        refuse_nonfinite_metrics({"no_icl": {"token_nll": 2.5}, "icl": {"token_nll": float("nan")}})
+
+
+def test_checkpoint_mismatch_names_every_differing_key_with_both_values(tmp_path):
+    from delift_jax.train.checkpoint import CheckpointMismatchError, Checkpointer, fingerprint_differences
+
+    long_text = "x" * 200
+    old = {"model": "abc", "config": {"learning_rate": 0.0002, "lora": {"rank": 8, "targets": long_text}},
+           "data": "d1", "examples": 4}
+    new = {"model": "abc", "config": {"learning_rate": 0.001, "lora": {"rank": 4, "targets": long_text + "y"}},
+           "data": "d1", "examples": 4, "extra": True}
+    assert fingerprint_differences(old, new) == [
+        ("config.learning_rate", "0.0002", "0.001"), ("config.lora.rank", "8", "4"),
+        ("config.lora.targets", json.dumps(long_text), json.dumps(long_text + "y")), ("extra", "(absent)", "true")]
+    Checkpointer(tmp_path / "run", old).close()
+    with pytest.raises(CheckpointMismatchError) as info:
+        Checkpointer(tmp_path / "run", new)
+    message = str(info.value)
+    assert "config.learning_rate: 0.0002 in the checkpoint, 0.001 now" in message
+    assert "config.lora.rank: 8 in the checkpoint, 4 now" in message and long_text + "y" in message
+    assert "extra: (absent) in the checkpoint, true now" in message and "\n" not in message
+
+
+def test_finetune_too_long_response_names_its_own_option(world, tiny_model_dir, capsys):
+    Path("long.jsonl").write_text(json.dumps({"prompt": "Say it.", "response": " word" * 80}) + "\n"
+                                  + json.dumps({"prompt": "Again.", "response": " ok"}) + "\n")
+    code, err, _ = run_cli(["finetune", "--model", tiny_model_dir, "--data", "long.jsonl", "--max-length", 16,
+                            "--out", "ft", "--no-progress"], capsys)
+    assert_clean_error(code, err, "raise --max-length")
+    assert "max_response_tokens" not in err and "max-response-tokens" not in err
+    assert not Path("ft").exists()
