@@ -168,17 +168,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m delift_jax.train.command ...`` (same as ``delift finetune ...``)."""
-    from delift_jax.errors import DeliftError
+    """``python -m delift_jax.train.command ...``: exactly ``delift finetune ...`` (same up-front checks of counts
+    and output paths, same one-line errors)."""
+    from delift_jax.cli import main as cli_main
 
-    parser = argparse.ArgumentParser(prog="delift finetune", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except DeliftError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return cli_main(["finetune", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
