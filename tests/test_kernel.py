@@ -276,7 +276,7 @@ def test_waiting_process_stops_at_a_failure_report_of_this_run(tmp_path):
     import os
     import time
 
-    from delift_jax.kernel.compute import _wait_for
+    from delift_jax.kernel.coordination import wait_for as _wait_for
     from delift_jax.kernel.store import KernelStore
 
     store = KernelStore(tmp_path)

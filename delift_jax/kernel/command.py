@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from delift_jax.kernel.config import DISTANCES, NORMALIZATIONS
 from delift_jax.data.sources import add_data_arguments
@@ -30,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-response-tokens", type=int, default=None,
                         help="score only the first N response tokens (default: all)")
     parser.add_argument("--batch-size", type=int, default=8, help="continuations per candidate per call (default 8)")
-    parser.add_argument("--block-pairs", type=int, default=256, help="pairs per stored block (default 256)")
+    parser.add_argument("--block-pairs", type=int, default=None,
+                        help="pairs per stored block, the unit of crash-safe progress (default: chosen from the "
+                             "plan for about a minute of work each, then fixed for the store)")
     parser.add_argument("--top-k", type=int, default=None,
                         help="sparse mode: utilities only for each target's K most similar candidates")
     parser.add_argument("--max-pairs", type=int, default=1_000_000,
@@ -65,9 +68,11 @@ def run(args: argparse.Namespace) -> int:
     candidates = pool if args.targets else None
     model, tokenizer, _ = load_model(args.model, dtype=getattr(jnp, args.dtype))
     try:
-        result = utility_kernel(model, tokenizer, targets, candidates, config, out_dir=args.out,
-                                max_pairs=args.max_pairs, progress=True)
-    except KeyboardInterrupt:
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            result = utility_kernel(model, tokenizer, targets, candidates, config, out_dir=args.out,
+                                    max_pairs=args.max_pairs, progress=True)
+    except KeyboardInterrupt:  # the progress bar is closed by now, so this line stands on its own
         print(f"interrupted: finished blocks are saved in {args.out}; rerun the same command to resume",
               file=sys.stderr)
         return 130
@@ -75,7 +80,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"process {jax.process_index()}: my blocks are done; process 0 assembles {args.out}")
         return 0
     shape = result.kernel.shape
-    print(f"kernel {shape[0]} x {result.n_candidates} ({'sparse top-%d' % shape[1] if result.indices is not None else 'dense'}) "
-          f"written to {args.out}: U in [{result.summary['utility_min']:.4f}, {result.summary['utility_max']:.4f}], "
-          f"{result.summary['pairs_computed_now']} pairs computed now in {result.summary['seconds_computing_pairs']:.1f} s")
+    layout = f"sparse top-{shape[1]}" if result.indices is not None else "dense"
+    summary = result.summary
+    print(f"kernel {shape[0]} x {result.n_candidates} ({layout}) written to {args.out}: U in "
+          f"[{summary['utility_min']:.4f}, {summary['utility_max']:.4f}], {summary['pairs_computed_now']} pairs "
+          f"computed now in {summary['seconds_computing_pairs']:.1f} s")
     return 0
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)

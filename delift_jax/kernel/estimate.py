@@ -48,26 +48,78 @@ def measured_matmul_flops(size: int = 1024, repeats: int = 5) -> float:
     return 2 * size ** 3 / best
 
 
-def estimate_run(model, seqs, pairs: np.ndarray, config, mesh) -> RunEstimate:
+def _capped_lengths(seqs, max_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Prefix, continuation and scored lengths as the scorer runs them: nothing longer than ``max_length`` (a pair
+    that does not fit is truncated from the left to ``max_length`` tokens)."""
+    prefix_lens = np.minimum([len(p) for p in seqs.prefixes], max_length).astype(np.int64)
+    cont_lens = np.minimum([len(c) for c in seqs.continuations], max_length).astype(np.int64)
+    scored = np.minimum([c.n_scored for c in seqs.continuations], max_length).astype(np.int64)
+    return prefix_lens.reshape(-1), cont_lens.reshape(-1), scored.reshape(-1)
+
+
+def effective_flops(mesh) -> float:
+    """FLOP/s assumed for a transformer forward on the mesh's devices."""
+    return measured_matmul_flops() * mesh.size * ASSUMED_EFFICIENCY
+
+
+def seconds_per_pair(model, seqs, config, mesh) -> float:
+    """Estimated seconds of one (target, candidate) pair, averaged over the targets (each target occurs equally
+    often in a dense or a top-k plan), with lengths capped at ``max_length``."""
+    prefix_lens, cont_lens, scored = _capped_lengths(seqs, config.max_length)
+    if len(cont_lens) == 0:
+        return 0.0
+    context = int(prefix_lens.mean()) if len(prefix_lens) else 0
+    flops = forward_flops(model.config, int(cont_lens.sum()), int(scored.sum()), context=context) / len(cont_lens)
+    return flops / effective_flops(mesh)
+
+
+def demonstration_bytes(model, seqs, config) -> int:
+    """Host bytes of one candidate's demonstration keys and values (float32, the longest capped prefix)."""
     cfg = model.config
-    prefix_lens = np.array([len(p) for p in seqs.prefixes])
-    cont_lens = np.array([len(c) for c in seqs.continuations])
-    scored = np.array([c.n_scored for c in seqs.continuations])
+    prefix_lens, _, _ = _capped_lengths(seqs, config.max_length)
+    p_max = int(prefix_lens.max()) if len(prefix_lens) else 1
+    return int(cfg.num_layers * 2 * p_max * cfg.num_kv_heads * cfg.head_dim * 4)
+
+
+def estimate_run(model, seqs, pairs: np.ndarray, config, mesh) -> RunEstimate:
+    """Forward passes, tokens, FLOPs, peak memory and time of scoring ``pairs``, with every sequence capped at
+    ``max_length`` as the scorer truncates it."""
+    cfg = model.config
+    prefix_lens, cont_lens, scored = _capped_lengths(seqs, config.max_length)
+    no_example = int(sum(len(s) for s in seqs.no_example))  # already truncated to max_length
     candidates = np.unique(pairs[:, 1])
-    tokens = int(cont_lens[pairs[:, 0]].sum() + prefix_lens[candidates].sum() + sum(len(s) for s in seqs.no_example))
-    flops = (forward_flops(cfg, int(cont_lens[pairs[:, 0]].sum()), int(scored[pairs[:, 0]].sum()),
-                           context=int(prefix_lens.mean()))
-             + forward_flops(cfg, int(prefix_lens[candidates].sum()), 0)
-             + forward_flops(cfg, sum(len(s) for s in seqs.no_example), int(scored.sum())))
+    pair_tokens = int(cont_lens[pairs[:, 0]].sum())
+    prefix_tokens = int(prefix_lens[candidates].sum())
+    flops = (forward_flops(cfg, pair_tokens, int(scored[pairs[:, 0]].sum()),
+                           context=int(prefix_lens.mean()) if len(prefix_lens) else 0)
+             + forward_flops(cfg, prefix_tokens, 0)
+             + forward_flops(cfg, no_example, int(scored.sum())))
     param_bytes = cfg.param_count() * jnp.dtype(model.dtype).itemsize
     group = mesh.size * config.candidates_per_device
     t_max = int(cont_lens.max()) if len(cont_lens) else 1
     p_max = int(prefix_lens.max()) if len(prefix_lens) else 1
+    attended = min(t_max + p_max, config.max_length)
     activations = group * config.batch_size * t_max * (cfg.hidden_size * 8 + cfg.intermediate_size * 3) * 4
-    kv = group * cfg.num_layers * 2 * p_max * cfg.num_kv_heads * cfg.head_dim * 4
+    kv = group * demonstration_bytes(model, seqs, config)
     logits = config.logits_chunk * cfg.vocab_size * 4 * 2
-    attention = group * config.batch_size * cfg.num_heads * t_max * (t_max + p_max) * 4
-    peak = measured_matmul_flops() * mesh.size
+    attention = group * config.batch_size * cfg.num_heads * t_max * attended * 4
+    rate = effective_flops(mesh)
     return RunEstimate(n_pairs=int(len(pairs)), forward_passes=int(len(pairs) + len(candidates) + len(seqs.no_example)),
-                       tokens=tokens, flops=flops, memory_mb=(param_bytes + activations + kv + logits + attention) / 2**20,
-                       seconds=flops / (peak * ASSUMED_EFFICIENCY), assumed_tflops=peak * ASSUMED_EFFICIENCY / 1e12)
+                       tokens=pair_tokens + prefix_tokens + no_example, flops=flops,
+                       memory_mb=(param_bytes + activations + kv + logits + attention) / 2**20,
+                       seconds=flops / rate, assumed_tflops=rate / 1e12)
+
+
+# A block is the unit of crash-safe progress: about this much work, so a crash loses at most about a minute.
+BLOCK_TARGET_SECONDS = 60.0
+MAX_BLOCK_PAIRS = 1 << 16
+DEMONSTRATION_MEMORY_BYTES = 1 << 30  # host memory for the demonstrations one block keeps
+
+
+def choose_block_pairs(pair_seconds: float, pairs_per_candidate: float, demonstration_nbytes: int) -> int:
+    """Pairs per block: a power of two near ``BLOCK_TARGET_SECONDS`` of work, at most ``MAX_BLOCK_PAIRS``, and
+    small enough that the demonstrations of a block's candidates fit ``DEMONSTRATION_MEMORY_BYTES``."""
+    by_time = BLOCK_TARGET_SECONDS / pair_seconds if pair_seconds > 0 else MAX_BLOCK_PAIRS
+    by_memory = max(1.0, DEMONSTRATION_MEMORY_BYTES / max(demonstration_nbytes, 1)) * max(pairs_per_candidate, 1.0)
+    wanted = max(1.0, min(by_time, by_memory, MAX_BLOCK_PAIRS))
+    return 1 << int(np.floor(np.log2(wanted)))

@@ -98,6 +98,13 @@ class KernelStore:
         finally:
             self._lock.release()
 
+    def remove_if_unused(self) -> None:
+        """Remove the directory again if it holds nothing but this store's lock (a run that failed before creating
+        the store leaves no trace behind)."""
+        if self.directory.is_dir() and {p.name for p in self.directory.iterdir()} <= {".lock"}:
+            (self.directory / ".lock").unlink(missing_ok=True)
+            self.directory.rmdir()
+
     # -- manifest -------------------------------------------------------------------------------------------------
     def read_manifest(self) -> dict | None:
         if not self.manifest_path.is_file():
@@ -111,21 +118,26 @@ class KernelStore:
     def open(self, manifest: dict, *, create: bool = True) -> dict:
         """Create the store with ``manifest`` or check that the existing one holds the same kernel. Creation runs
         under the store lock, so two processes can never both create it."""
-        with self.exclusive():
-            existing = self.read_manifest()
-            if existing is not None:
-                self.check_identity(manifest, IDENTITY_FIELDS)
-                self.blocks_dir.mkdir(parents=True, exist_ok=True)
-                return existing
-            if any(not p.name.startswith(".") for p in self.directory.iterdir()):
-                raise KernelStoreMismatchError(f"{self.directory} exists, is not empty and holds no manifest.json; "
-                                               "choose a new --out directory")
-            if not create:
-                raise KernelStoreMismatchError(f"{self.directory} has no manifest.json yet")
-            # The manifest comes first: a crash right after it leaves a store that the rerun resumes.
-            atomic_save_json(self.manifest_path, dict(manifest, complete=False))
-            self.blocks_dir.mkdir(exist_ok=True)
-            return self.read_manifest()
+        existing = self.read_manifest()
+        if existing is None and create:
+            with self.exclusive():
+                existing = self.read_manifest()
+                if existing is None:
+                    return self._create(manifest)
+        if existing is None:
+            raise KernelStoreMismatchError(f"{self.directory} has no manifest.json yet")
+        self.check_identity(manifest, IDENTITY_FIELDS)
+        self.blocks_dir.mkdir(parents=True, exist_ok=True)
+        return existing
+
+    def _create(self, manifest: dict) -> dict:
+        if any(not p.name.startswith(".") for p in self.directory.iterdir()):
+            raise KernelStoreMismatchError(f"{self.directory} exists, is not empty and holds no manifest.json; "
+                                           "choose a new --out directory")
+        # The manifest comes first: a crash right after it leaves a store that the rerun resumes.
+        atomic_save_json(self.manifest_path, dict(manifest, complete=False))
+        self.blocks_dir.mkdir(exist_ok=True)
+        return self.read_manifest()
 
     def check_identity(self, manifest: dict, fields=IDENTITY_FIELDS) -> None:
         """Refuse a store whose manifest differs from ``manifest`` in any of ``fields`` (no store: nothing to do)."""
