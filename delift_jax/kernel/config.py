@@ -8,9 +8,9 @@ import json
 
 from delift_jax.data.templates import DEFAULT_TEMPLATES, Templates
 from delift_jax.errors import DataError
+from delift_jax.kernel.normalize import NORMALIZATIONS
 
 DISTANCES = ("rms", "pmi")
-NORMALIZATIONS = ("minmax", "clip_minmax", "exp", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +26,8 @@ class KernelConfig:
     max_length: longest sequence; longer contexts are truncated from the left (scored tokens never are).
     max_response_tokens: score only the first N response tokens (None: all).
     batch_size: target continuations per candidate per call. candidates_per_device: candidates per device per call.
-    block_pairs: pairs per stored block (the unit of crash-safe progress).
+    block_pairs: pairs per stored block (the unit of crash-safe progress); None: chosen from the plan for about a
+        minute of work per block (``estimate.choose_block_pairs``), fixed for the store when it is created.
     top_k: sparse mode: for each target only its top_k most similar candidates get a utility (None: dense).
     """
 
@@ -38,7 +39,7 @@ class KernelConfig:
     max_response_tokens: int | None = None
     batch_size: int = 8
     candidates_per_device: int = 1
-    block_pairs: int = 256
+    block_pairs: int | None = None
     logits_chunk: int = 512
     top_k: int | None = None
 
@@ -51,7 +52,7 @@ class KernelConfig:
         if self.max_length < 4:
             raise DataError(f"max_length={self.max_length} is too small; use at least 4")
         for name in ("max_length", "batch_size", "candidates_per_device", "block_pairs", "logits_chunk"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise DataError(f"{name}={getattr(self, name)} must be at least 1")
         if self.max_response_tokens is not None and self.max_response_tokens < 1:
             raise DataError(f"max_response_tokens={self.max_response_tokens} must be at least 1 (or None for all)")
