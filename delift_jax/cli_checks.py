@@ -35,6 +35,13 @@ COUNT_MINIMUMS: dict[str, int] = {
     "lora_rank": 1, "k": 1, "icl": 0,
 }
 
+# Real-valued options whose library check comes only after the model has loaded (or never): argparse dest ->
+# (bound, whether the bound itself is allowed). Options checked by their config dataclasses are not repeated here.
+FLOAT_BOUNDS: dict[str, tuple[float, bool]] = {
+    "lora_alpha": (0.0, False),     # alpha 0 scales every adapter to nothing: training would change nothing
+    "max_grad_norm": (0.0, True),   # 0 turns clipping off; a negative norm has no meaning
+}
+
 # Free space below this on the output's file system is a full disk: even the small result files would not fit.
 MIN_FREE_BYTES = 4 * 1024 * 1024
 
@@ -78,6 +85,13 @@ def check_counts(args: argparse.Namespace) -> None:
             if minimum == 0:
                 bound = "must not be negative"
             raise UsageError(f"{option_name(dest)} {value} {bound}")
+    for dest, (bound, inclusive) in FLOAT_BOUNDS.items():
+        value = values.get(dest)
+        if not isinstance(value, float):
+            continue
+        if not math.isfinite(value) or value < bound or (value == bound and not inclusive):
+            relation = "at least" if inclusive else "above"
+            raise UsageError(f"{option_name(dest)} {value} must be a finite number {relation} {bound:g}")
     processes, process = values.get("num_processes"), values.get("process_id")
     if isinstance(processes, int) and isinstance(process, int) and process >= processes:
         raise UsageError(f"--process-id {process} must be below --num-processes {processes}")

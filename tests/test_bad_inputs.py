@@ -176,6 +176,11 @@ for command, options in COUNTS.items():
     for option, value in options:
         case(command, [option, value], f"{option} {value} must", out=OUT[command] and "out",
              name=f"{command}:{option}={value}")
+for option, value, bound in (("--lora-alpha", "0", "above 0"), ("--lora-alpha", "-2", "above 0"),
+                             ("--lora-alpha", "nan", "above 0"), ("--max-grad-norm", "-1", "at least 0"),
+                             ("--max-grad-norm", "inf", "at least 0")):
+    case("finetune", [option, value], f"{option} {float(value)} must be a finite number {bound}",
+         name=f"finetune:{option}={value}")
 case("kernel", ["--num-processes", 2, "--process-id", 2], "--process-id 2 must be below --num-processes 2",
      name="kernel:process-id-too-large")
 
