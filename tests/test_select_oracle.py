@@ -1,4 +1,5 @@
-"""Oracle tests: naive and lazy greedy against submodlib's C++ greedy on random dense kernels.
+"""Oracle tests: naive and lazy greedy against submodlib's C++ greedy on random dense kernels, in [0, 1] and with
+negative entries (raw utilities); flmi_paper (no submodlib function) against a plain numpy formula.
 
 For every kernel: the same objective value at every greedy prefix (from the gains and from ``evaluate``), and the
 same picks up to the first step whose top two gains are closer than float32 rounding can separate (a tie).
@@ -43,14 +44,27 @@ CASES = [
     ("flcg", 100, 30, 1.5, 22),
     ("fl2mi", 100, 30, 1.0, 23),
 ]
+# Kernels with negative entries (raw utilities): every objective's maxima start at 0, as submodlib's do.
+NEGATIVE_CASES = [
+    ("fl", 30, 10, None, 30),
+    ("fl", 90, 30, None, 31),
+    ("flmi", 40, 12, 1.0, 32),
+    ("flmi", 90, 30, 0.5, 33),
+    ("fl2mi", 40, 12, 1.0, 34),
+    ("fl2mi", 90, 27, 2.0, 35),
+    ("flcg", 40, 12, 1.0, 36),
+    ("flcg", 90, 30, 0.5, 37),
+    ("flcg", 60, 20, 1.5, 38),
+]
 
 
-def random_problem(name, n, weight, seed):
-    """Random kernels in [0, 1]; a few targets/existing examples, as in DELIFT's task-specific and continual modes."""
+def random_problem(name, n, weight, seed, shift=0.0):
+    """Random kernels in [-shift, 1 - shift]; a few targets/existing examples, as in DELIFT's task-specific and
+    continual modes. shift > 0 gives negative entries (rows of P or Q whose maximum is below 0 among them)."""
     rng = np.random.default_rng(seed)
-    kernel = rng.random((n, n), dtype=np.float32)
+    kernel = rng.random((n, n), dtype=np.float32) - np.float32(shift)
     n_other = int(rng.integers(2, 9))
-    other = rng.random((n, n_other), dtype=np.float32)
+    other = rng.random((n, n_other), dtype=np.float32) - np.float32(shift)
     if name == "fl":
         ours = sel.facility_location(kernel)
         ref = submodlib.FacilityLocationFunction(n=n, mode="dense", sijs=kernel, separate_rep=False)
@@ -96,9 +110,10 @@ def agreeing_prefix(gaps, tol=1e-4):
     return int(ties[0]) if ties.size else len(gaps)
 
 
-@pytest.mark.parametrize("name,n,k,weight,seed", CASES)
-def test_greedy_matches_submodlib(name, n, k, weight, seed):
-    ours, ref = random_problem(name, n, weight, seed)
+@pytest.mark.parametrize("name,n,k,weight,seed,shift",
+                         [c + (0.0,) for c in CASES] + [c + (0.6,) for c in NEGATIVE_CASES])
+def test_greedy_matches_submodlib(name, n, k, weight, seed, shift):
+    ours, ref = random_problem(name, n, weight, seed, shift)
     ref_naive = ref.maximize(budget=k, optimizer="NaiveGreedy", stopIfZeroGain=False, stopIfNegativeGain=False,
                              verbose=False, show_progress=False)
     ref_lazy = ref.maximize(budget=k, optimizer="LazyGreedy", stopIfZeroGain=False, stopIfNegativeGain=False,
@@ -122,11 +137,66 @@ def test_greedy_matches_submodlib(name, n, k, weight, seed):
         assert picks[:settled].tolist() == expected_picks[:settled], optimizer
 
 
+@pytest.mark.parametrize("shift", [0.0, 0.6, 0.9])
 @pytest.mark.parametrize("name,n,weight,seed", [("fl", 30, None, 0), ("flmi", 30, 0.7, 1), ("fl2mi", 30, 0.4, 2),
                                                 ("flcg", 30, 0.6, 3)])
-def test_evaluate_matches_submodlib_on_random_sets(name, n, weight, seed):
-    ours, ref = random_problem(name, n, weight, seed)
+def test_evaluate_matches_submodlib_on_random_sets(name, n, weight, seed, shift):
+    ours, ref = random_problem(name, n, weight, seed, shift)
     rng = np.random.default_rng(seed)
     for size in (0, 1, 3, 10, n):
         chosen = rng.choice(n, size, replace=False)
         assert sel.evaluate(ours, chosen) == pytest.approx(ref.evaluate(set(chosen.tolist())), rel=1e-5, abs=1e-5)
+
+
+def paper_flmi_value(kernel, query, eta, chosen):
+    """The paper's FLMI written out in float64: Σ_i max(0, max_{j∈A} K[i, j]) + η Σ_{j∈A} max(0, max_q Q[j, q])."""
+    kernel, query = np.asarray(kernel, np.float64), np.asarray(query, np.float64)
+    chosen = list(chosen)
+    if not chosen:
+        return 0.0
+    cover = np.maximum(kernel[:, chosen].max(axis=1), 0.0).sum()
+    return float(cover + eta * np.maximum(query[chosen].max(axis=1), 0.0).sum())
+
+
+def paper_flmi_greedy(kernel, query, eta, k):
+    """Greedy on paper_flmi_value by brute force (every candidate's value re-evaluated at every step)."""
+    picks = []
+    for _ in range(k):
+        base = paper_flmi_value(kernel, query, eta, picks)
+        gains = np.array([-np.inf if j in picks else paper_flmi_value(kernel, query, eta, picks + [j]) - base
+                          for j in range(kernel.shape[1])])
+        picks.append(int(np.argmax(gains)))
+    return picks
+
+
+@pytest.mark.parametrize("n,k,eta,seed,shift", [(20, 6, 1.0, 40, 0.0), (40, 15, 0.5, 41, 0.0), (30, 10, 3.0, 42, 0.6),
+                                                (25, 24, 0.0, 43, 0.3), (35, 8, 10.0, 44, 0.6)])
+def test_flmi_paper_matches_plain_formula(n, k, eta, seed, shift):
+    rng = np.random.default_rng(seed)
+    kernel = rng.random((n, n), dtype=np.float32) - np.float32(shift)
+    query = rng.random((n, int(rng.integers(2, 7))), dtype=np.float32) - np.float32(shift)
+    ours = sel.make_objective("flmi_paper", kernel, query_kernel=query, eta=eta)
+    expected = paper_flmi_greedy(kernel, query, eta, k)
+    expected_prefix = [paper_flmi_value(kernel, query, eta, expected[:t + 1]) for t in range(k)]
+    for optimizer in ("naive", "lazy"):
+        selection = sel.maximize(ours, k, optimizer=optimizer)
+        picks = np.asarray(selection.picks)[:k]
+        np.testing.assert_allclose(sel.prefix_values(ours, picks), expected_prefix, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(np.cumsum(np.asarray(selection.gains, np.float64)), expected_prefix,
+                                   rtol=1e-5, atol=1e-4)
+    for size in (0, 1, 4, n):
+        chosen = rng.choice(n, size, replace=False)
+        assert sel.evaluate(ours, chosen) == pytest.approx(paper_flmi_value(kernel, query, eta, chosen), rel=1e-5,
+                                                           abs=1e-5)
+
+
+def test_flmi_paper_is_fl_plus_modular_relevance():
+    """η = 0 is facility location; a large η ranks the first picks by their best target utility."""
+    rng = np.random.default_rng(5)
+    kernel = rng.random((30, 30), dtype=np.float32)
+    query = rng.random((30, 4), dtype=np.float32)
+    fl = sel.maximize(sel.facility_location(kernel), 8, optimizer="naive")
+    zero = sel.maximize(sel.fl_paper_mutual_information(kernel, query, eta=0.0), 8, optimizer="naive")
+    assert np.asarray(zero.picks).tolist() == np.asarray(fl.picks).tolist()
+    heavy = sel.maximize(sel.fl_paper_mutual_information(kernel, query, eta=1e4), 3, optimizer="naive")
+    assert np.asarray(heavy.picks).tolist() == np.argsort(-query.max(axis=1), kind="stable")[:3].tolist()

@@ -1,6 +1,6 @@
 """Submodular data selection over a utility kernel (rows = covered elements, columns = candidates; DESIGN §1.3).
 
-Objectives (objectives.py) reduce FL, FL1MI, FL2MI and FLCG to one saturated facility-location form; the greedy
+Objectives (objectives.py) reduce FL, FL1MI, FL2MI, the paper's FLMI and FLCG to one saturated facility-location form; the greedy
 optimizers (optimizers.py: naive, block-lazy, stochastic) run inside ``jax.lax`` loops, on dense or sparse top-k
 kernels (sparse.py), on one device or with the kernel rows sharded over a Mesh (sharding.py).
 """
@@ -14,6 +14,7 @@ from delift_jax.select.objectives import (
     facility_location,
     fl_conditional_gain,
     fl_mutual_information,
+    fl_paper_mutual_information,
     fl_variant_mutual_information,
     make_objective,
     prefix_values,
@@ -41,6 +42,7 @@ __all__ = [
     "facility_location",
     "fl_conditional_gain",
     "fl_mutual_information",
+    "fl_paper_mutual_information",
     "fl_variant_mutual_information",
     "lazy_greedy",
     "make_objective",

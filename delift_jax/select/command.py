@@ -1,6 +1,6 @@
 """``delift select``: pick a subset from a kernel with submodular maximization and write picks, gains, summary.
 
-    delift select --kernel DIR --objective fl|flmi|fl2mi|flcg --budget 0.3 --optimizer naive|lazy|stochastic \
+    delift select --kernel DIR --objective fl|flmi|fl2mi|flmi_paper|flcg --budget 0.3 --optimizer naive|lazy|stochastic \
                   --seed S --out DIR [--query-kernel Q] [--private-kernel P] [--eta 1] [--nu 1] [--scale common]
 
 What each file must hold (rows are the covered elements, DESIGN §1.3; a kernel store is a directory written by
@@ -8,7 +8,7 @@ What each file must hold (rows are the covered elements, DESIGN §1.3; a kernel 
 
 * --kernel K: (n_pool, n_pool), K[i, j] = the utility of pool example j as a demonstration for pool example i:
   the store of ``delift kernel --data POOL`` (or a .npy of that orientation).
-* --query-kernel Q (flmi, fl2mi): (n_pool, n_targets), Q[i, q] = the utility of pool example i as a demonstration
+* --query-kernel Q (flmi, fl2mi, flmi_paper): (n_pool, n_targets), Q[i, q] = the utility of pool example i as a demonstration
   for target q. Give the store of ``delift kernel --data POOL --targets TARGETS`` (it holds U = Qᵀ and is transposed
   here), or a .npy already (n_pool, n_targets).
 * --private-kernel P (flcg): (n_pool, n_existing), P[i, p] = the utility of existing example p as a demonstration
@@ -17,7 +17,8 @@ What each file must hold (rows are the covered elements, DESIGN §1.3; a kernel 
 
 A store is oriented from its manifest and the pool size (the rows of K); one made the other way round is used in
 the orientation that fits, with a warning; one that fits neither way, or a .npy whose rows are not the pool, is
-refused in one line. Scale: flmi and flcg compare K with η·max Q / ν·max P, so with ``--scale common`` (default)
+refused in one line. Scale: flmi and flcg compare K with η·max Q / ν·max P (flmi_paper adds η·max Q to K's
+coverage), so with ``--scale common`` (default)
 stores that ``delift kernel`` min-max normalized separately are re-normalized jointly from their raw utilities
 (one min-max over K and Q / P together, as the pipeline does); ``--scale stored`` keeps the stored values.
 
@@ -59,17 +60,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kernel", help="K (n_pool, n_pool), rows = covered pool examples, columns = candidates: "
                         "a .npy file or a kernel directory (the store of `delift kernel --data POOL`, or kernel.npy, "
                         "or kernel_indices.npy + kernel_values.npy + manifest.json)")
-    parser.add_argument("--objective", default="fl", choices=["fl", "flmi", "fl2mi", "flcg"],
+    parser.add_argument("--objective", default="fl", choices=["fl", "flmi", "fl2mi", "flmi_paper", "flcg"],
                         help="fl: facility location; flmi: FL mutual information with --query-kernel (FL1MI); "
-                        "fl2mi: the FL2MI variant (needs only --query-kernel); flcg: conditional gain against "
-                        "--private-kernel")
+                        "fl2mi: the FL2MI variant (needs only --query-kernel); flmi_paper: the DELIFT paper's "
+                        "written form, facility location over K plus eta times each pick's best utility in "
+                        "--query-kernel; flcg: conditional gain against --private-kernel")
     parser.add_argument("--budget", required=True, type=str,
                         help="fraction of the candidates in (0, 1] (e.g. 0.3) or a count (e.g. 300)")
     parser.add_argument("--optimizer", default="lazy", choices=["naive", "lazy", "stochastic"])
     parser.add_argument("--seed", type=int, default=0, help="PRNG seed (stochastic greedy)")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--query-kernel",
-                        help="Q for flmi / fl2mi, Q[i, q] = utility of pool example i as a demonstration for target "
+                        help="Q for flmi / fl2mi / flmi_paper, Q[i, q] = utility of pool example i as a demonstration for target "
                         "q: the store of `delift kernel --data POOL --targets TARGETS` (transposed here), or a .npy "
                         "of shape (n_pool, n_targets)")
     parser.add_argument("--private-kernel",
@@ -77,10 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "i: the store of `delift kernel --data EXISTING --targets POOL` (used as stored), or a .npy "
                         "of shape (n_pool, n_existing)")
     parser.add_argument("--scale", choices=["common", "stored"], default="common",
-                        help="flmi / flcg: common (default) re-normalizes kernel stores that were min-max normalized "
+                        help="flmi / flmi_paper / flcg: common (default) re-normalizes kernel stores that were min-max normalized "
                         "separately with one min-max over the raw utilities of K and Q / P together; stored keeps "
                         "each store's own values (a warning says they are not on one scale)")
-    parser.add_argument("--eta", type=float, default=1.0, help="η of flmi / fl2mi (default 1)")
+    parser.add_argument("--eta", type=float, default=1.0, help="η of flmi / fl2mi / flmi_paper (default 1)")
     parser.add_argument("--nu", type=float, default=1.0, help="ν of flcg (default 1)")
     parser.add_argument("--epsilon", type=float, default=0.01, help="stochastic greedy ε (sample ⌈(n/k)ln(1/ε)⌉)")
     parser.add_argument("--stop-if-non-positive", action="store_true",
@@ -144,7 +146,7 @@ def run(args) -> int:
         "kernel_dtype": str(objective.kernel.dtype),
         "query_kernel": args.query_kernel,
         "private_kernel": args.private_kernel,
-        "eta": args.eta if args.objective in ("flmi", "fl2mi") else None,
+        "eta": args.eta if args.objective in ("flmi", "fl2mi", "flmi_paper") else None,
         "nu": args.nu if args.objective == "flcg" else None,
         **layout,
         "warnings": notes,
@@ -168,7 +170,8 @@ def run(args) -> int:
     return 0
 
 
-SIDE_ROLE = {"flmi": "query", "fl2mi": "query", "flcg": "private"}
+SIDE_ROLE = {"flmi": "query", "fl2mi": "query", "flmi_paper": "query", "flcg": "private"}
+COMMON_SCALE = ("flmi", "flmi_paper", "flcg")  # objectives that add or compare K with Q / P
 
 
 def _load_inputs(args, io):
@@ -190,7 +193,7 @@ def _load_inputs(args, io):
     kernel_source = None if args.kernel is None else io.open_kernel(args.kernel, "kernel K")
     side_source = None if role is None else io.open_kernel(side_location, io.ROLES[role])
     scalings = [None, None]
-    if objective in ("flmi", "flcg"):
+    if objective in COMMON_SCALE:
         scalings, note = io.plan_scale([kernel_source, side_source], args.scale)
         notes += [note] if note else []
     kernel = None
@@ -199,7 +202,7 @@ def _load_inputs(args, io):
     else:
         kernel = io.load_kernel(kernel_source, candidate_major=True, scaling=scalings[0])
         n_pool = int(kernel.shape[0])
-    layout = {"scale": args.scale if objective in ("flmi", "flcg") else None,
+    layout = {"scale": args.scale if objective in COMMON_SCALE else None,
               "common_scale_range": None if scalings[0] is None else [scalings[0].low, scalings[0].high]}
     if role is None:
         return kernel, None, notes, layout

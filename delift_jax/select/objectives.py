@@ -9,13 +9,19 @@ with a max over the empty set equal to −∞ (so f(∅) = 0). One greedy engine
 * facility location (FL):               f(A) = Σ_i max_{j∈A} K[i, j]                  floor = 0, cap = ∞, bonus = 0
 * FL mutual information (FL1MI, η):     I(A; Q) = Σ_i min(max_{j∈A} K[i, j], η·max_q Q[i, q])
                                                                                       floor = 0, cap_i = η·max_q Q[i, q]
-* FL variant MI (FL2MI, η):             I(A; Q) = Σ_q max_{j∈A} Q[j, q] + η·Σ_{j∈A} max_q Q[j, q]
-                                        kernel = Qᵀ (rows = targets q), bonus_j = η·max_q Q[j, q]
-* FL conditional gain (FLCG, ν):        f(A | P) = Σ_i max(max_{j∈A} K[i, j] − ν·max_p P[i, p], 0)
-                                                                                      floor_i = ν·max_p P[i, p], cap = ∞
+* FL variant MI (FL2MI, η):             I(A; Q) = Σ_q max_{j∈A} Q[j, q] + η·Σ_{j∈A} max(max_q Q[j, q], 0)
+                                        kernel = Qᵀ (rows = targets q), bonus_j = η·max(max_q Q[j, q], 0)
+* FLMI, the paper's text (η):           f(A) = Σ_i max_{j∈A} K[i, j] + η·Σ_{j∈A} max(max_q Q[j, q], 0)
+  ("flmi_paper")                                                                      floor = 0, cap = ∞,
+                                                                                      bonus_j = η·max(max_q Q[j, q], 0)
+* FL conditional gain (FLCG, ν):        f(A | P) = Σ_i max(max_{j∈A} K[i, j] − ν·max(max_p P[i, p], 0), 0)
+                                                                                      floor_i = ν·max(max_p P[i, p], 0)
 
 Q[i, q] is the utility of pool example i as a demonstration for target q; P[i, p] the same for existing example p.
-The floor of 0 in FL and FL1MI matches submodlib, which starts coverage at 0: negative utilities never count.
+Every max here starts at 0, as in submodlib: FL's and FL1MI's coverage (floor 0), FLCG's private maximum and the
+modular relevance max_q Q[j, q] of FL2MI and flmi_paper. So raw utilities below 0 never count, and every gain is
+>= 0 (the greedy stays exact on kernels with negative entries). flmi_paper is the form the DELIFT paper writes
+(facility location over the pool plus each pick's best utility for a target), which its code does not use.
 These are exactly submodlib's FacilityLocation, FacilityLocationMutualInformation, FacilityLocationVariantMutual-
 Information and FacilityLocationConditionalGain functions (checked numerically in tests/test_select_oracle.py).
 
@@ -38,7 +44,7 @@ from delift_jax.errors import SelectionError
 from delift_jax.select.layout import DenseKernel
 from delift_jax.select.sparse import SparseKernel, row_max
 
-OBJECTIVE_NAMES = ("fl", "flmi", "fl2mi", "flcg")
+OBJECTIVE_NAMES = ("fl", "flmi", "fl2mi", "flmi_paper", "flcg")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +56,7 @@ class Objective:
     floor:  float32[n_rows] coverage before anything is picked.
     cap:    float32[n_rows] per-row ceiling on a utility, or None for no ceiling.
     bonus:  float32[n_candidates] modular term added to a candidate's gain, or None.
-    name:   which objective this is ("fl", "flmi", "fl2mi", "flcg"); static under jit.
+    name:   which objective this is (one of OBJECTIVE_NAMES); static under jit.
     """
 
     kernel: DenseKernel | SparseKernel
@@ -190,9 +196,9 @@ def fl_mutual_information(kernel, query_kernel, eta: float = 1.0) -> Objective:
 
 
 def fl_variant_mutual_information(query_kernel, eta: float = 1.0) -> Objective:
-    """FL2MI: I(A; Q) = Σ_q max_{j∈A} Q[j, q] + η·Σ_{j∈A} max_q Q[j, q]; Q is dense (n_candidates, n_targets).
+    """FL2MI: I(A; Q) = Σ_q max_{j∈A} Q[j, q] + η·Σ_{j∈A} max(max_q Q[j, q], 0); Q is dense (n_candidates, n_targets).
 
-    Facility location over Qᵀ (targets are the covered rows) plus the modular bonus η·max_q Q[j, q].
+    Facility location over Qᵀ (targets are the covered rows) plus the modular bonus η·max(max_q Q[j, q], 0).
     """
     if isinstance(query_kernel, SparseKernel):
         raise SelectionError("fl2mi needs a dense query kernel Q (n_candidates, n_targets); densify the sparse one")
@@ -200,24 +206,46 @@ def fl_variant_mutual_information(query_kernel, eta: float = 1.0) -> Objective:
     eta = _check_weight(eta, "eta (η)")
     query_kernel = _as_rows(query_kernel)
     kernel = DenseKernel(query_kernel)  # Q (n_candidates, n_targets) is already Qᵀ laid out candidate-major
-    bonus = eta * row_max(query_kernel)
+    bonus = eta * jnp.maximum(row_max(query_kernel), 0.0)
     return Objective(kernel, jnp.zeros((kernel.shape[0],), jnp.float32), None, bonus, "fl2mi")
 
 
+def fl_paper_mutual_information(kernel, query_kernel, eta: float = 1.0) -> Objective:
+    """flmi_paper: f(A) = Σ_i max_{j∈A} K[i, j] + η·Σ_{j∈A} max(max_q Q[j, q], 0); Q is (n_candidates, n_targets).
+
+    The DELIFT paper's written FLMI: facility location over the pool (diversity) plus a modular relevance term, each
+    pick's best utility for a target. K must be square over the candidates (rows = pool = candidates).
+    """
+    _check_kernel(kernel, "kernel K")
+    _check_kernel(query_kernel, "query kernel Q")
+    if kernel.shape[0] != kernel.shape[1]:
+        raise SelectionError(f"flmi_paper needs the square pool kernel K (n, n); got shape {tuple(kernel.shape)}")
+    _check_rows_agree(kernel, query_kernel, "kernel K", "query kernel Q")
+    eta = _check_weight(eta, "eta (η)")
+    kernel = _as_kernel(kernel)
+    bonus = eta * jnp.maximum(row_max(_as_rows(query_kernel)), 0.0)
+    return Objective(kernel, jnp.zeros((kernel.shape[0],), jnp.float32), None, bonus, "flmi_paper")
+
+
 def fl_conditional_gain(kernel, private_kernel, nu: float = 1.0) -> Objective:
-    """FLCG: f(A | P) = Σ_i max(max_{j∈A} K[i, j] − ν·max_p P[i, p], 0); P is (n_rows, n_existing)."""
+    """FLCG: f(A | P) = Σ_i max(max_{j∈A} K[i, j] − ν·max(max_p P[i, p], 0), 0); P is (n_rows, n_existing).
+
+    The private maximum starts at 0 (submodlib's FacilityLocationConditionalGain): an example whose best existing
+    utility is negative is not covered by the existing data at all.
+    """
     _check_kernel(kernel, "kernel K")
     _check_kernel(private_kernel, "private kernel P")
     _check_rows_agree(kernel, private_kernel, "kernel K", "private kernel P")
     nu = _check_weight(nu, "nu (ν)")
     kernel = _as_kernel(kernel)
-    floor = nu * row_max(_as_rows(private_kernel))
+    floor = nu * jnp.maximum(row_max(_as_rows(private_kernel)), 0.0)
     return Objective(kernel, floor, None, None, "flcg")
 
 
 def make_objective(name: str, kernel=None, *, query_kernel=None, private_kernel=None, eta: float = 1.0,
                    nu: float = 1.0) -> Objective:
-    """Build an objective by name: "fl" (K), "flmi" (K, Q, η), "fl2mi" (Q, η), "flcg" (K, P, ν)."""
+    """Build an objective by name: "fl" (K), "flmi" (K, Q, η), "fl2mi" (Q, η), "flmi_paper" (K, Q, η),
+    "flcg" (K, P, ν)."""
     if name == "fl":
         if kernel is None:
             raise SelectionError("objective fl needs a kernel K")
@@ -230,6 +258,10 @@ def make_objective(name: str, kernel=None, *, query_kernel=None, private_kernel=
         if query_kernel is None:
             raise SelectionError("objective fl2mi needs a query kernel Q (--query-kernel)")
         return fl_variant_mutual_information(query_kernel, eta)
+    if name == "flmi_paper":
+        if kernel is None or query_kernel is None:
+            raise SelectionError("objective flmi_paper needs a kernel K and a query kernel Q (--query-kernel)")
+        return fl_paper_mutual_information(kernel, query_kernel, eta)
     if name == "flcg":
         if kernel is None or private_kernel is None:
             raise SelectionError("objective flcg needs a kernel K and a private kernel P (--private-kernel)")
