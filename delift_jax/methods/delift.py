@@ -37,14 +37,10 @@ from delift_jax.methods.submodular import OPTIMIZERS, SCALES, common_scale, sele
 from delift_jax.progress import show_progress
 
 
-def refuse_sparse(kernel_config: KernelConfig) -> None:
-    if kernel_config.top_k is not None:
-        raise DataError("delift: the sparse kernel (top_k) is not supported here; use a dense kernel_config")
-
-
 @dataclasses.dataclass(frozen=True)
 class DeliftOptions(MethodOptions):
-    """kernel_config: ``KernelConfig`` (distance rms | pmi, max_length, batch sizes; a sparse top_k is refused);
+    """kernel_config: ``KernelConfig`` (distance rms | pmi, max_length, batch sizes; top_k: the sparse mode, each
+    row's top_k most similar columns only — see ``sparse_kernels``);
     scale: minmax | clip | clip_minmax (one map for K, Q and P); exclude_diagonal: leave K's diagonal out of the
     statistics and of the objective; eta (η, task), nu (ν, continual); optimizer: lazy | naive | stochastic;
     kernel_dir: crash-safe stores ``<dir>/pool``, ``<dir>/targets``, ``<dir>/existing`` (rerun to resume);
@@ -64,7 +60,6 @@ class DeliftOptions(MethodOptions):
     def __post_init__(self):
         if not isinstance(self.kernel_config, KernelConfig):
             raise DataError(f"delift: kernel_config must be a KernelConfig, got {type(self.kernel_config).__name__}")
-        refuse_sparse(self.kernel_config)
         check_choice("delift", "scale", self.scale, SCALES)
         check_choice("delift", "optimizer", self.optimizer, OPTIMIZERS)
         check_at_least("delift", "max_pairs", self.max_pairs)
@@ -73,9 +68,14 @@ class DeliftOptions(MethodOptions):
 def raw_utilities(model, tokenizer, pool, use_case: str, targets=None, existing=None, *,
                   kernel_config: KernelConfig = KernelConfig(), kernel_dir=None, max_pairs=None,
                   progress: bool = False) -> dict[str, np.ndarray]:
-    """{"K": U(pool, pool), "Q": U(targets, pool)ᵀ (task), "P": U(pool, existing) (continual)} as raw utilities."""
-    refuse_sparse(kernel_config)
-    config = dataclasses.replace(kernel_config, exclude_diagonal=False, normalization="none")
+    """{"K": U(pool, pool), "Q": U(targets, pool)ᵀ (task), "P": U(pool, existing) (continual)} as raw utilities.
+
+    Sparse mode (``kernel_config.top_k``): each entry is the (values, indices) pair of a row-major top-k kernel
+    instead, with Q left as U(targets, pool) (rows targets); ``sparse_kernels`` turns them into the objective's
+    kernels. The pool kernel's neighbours skip the diagonal when ``kernel_config.exclude_diagonal`` is set."""
+    sparse = kernel_config.top_k is not None
+    config = dataclasses.replace(kernel_config, exclude_diagonal=sparse and kernel_config.exclude_diagonal,
+                                 normalization="none")
     store = (lambda name: Path(kernel_dir) / name) if kernel_dir is not None else (lambda name: None)
 
     def run(rows, columns, name):
@@ -83,11 +83,13 @@ def raw_utilities(model, tokenizer, pool, use_case: str, targets=None, existing=
                                 progress=progress)
         if result is None:  # a non-zero process under jax.distributed: process 0 assembles and selects
             raise DataError("delift: kernel assembled on process 0 only; run the selection there")
-        return np.asarray(result.utility, dtype=np.float64)
+        utility = np.asarray(result.utility, dtype=np.float64)
+        return (utility, np.asarray(result.indices, np.int32)) if sparse else utility
 
     raw = {"K": run(list(pool), None, "pool")}
     if use_case == "task":
-        raw["Q"] = run(list(targets), list(pool), "targets").T
+        u_target = run(list(targets), list(pool), "targets")
+        raw["Q"] = u_target if sparse else u_target.T
     elif use_case == "continual":
         raw["P"] = run(list(pool), list(existing), "existing")
     return raw
@@ -100,6 +102,33 @@ def scaled_kernels(raw: dict[str, np.ndarray], scale: str = "minmax", exclude_di
     return common_scale(raw, scale, ignore)
 
 
+def sparse_kernels(raw: dict, n_pool: int, n_targets: int, n_existing: int, scale: str = "minmax") -> dict:
+    """The objective's kernels from sparse raw utilities (``raw_utilities`` in the sparse mode).
+
+    One common scale is fitted over the stored values of all kernels (as ``scaled_kernels`` does over all entries);
+    absent pairs count as the floor 0 of the scaled kernel. K becomes a ``SparseKernel``. FL1MI and FLCG read Q
+    and P only through their row maxima over the pool (caps η·max_q Q[i, q], floors ν·max_p P[i, p]), so each is
+    passed as the (n_pool, 1) column of those maxima: for Q the maximum over the targets that list pool example i
+    (scatter-max), for P over pool row i's stored values, each with the implicit 0 where some pair is absent."""
+    from delift_jax.select import SparseKernel
+
+    values = common_scale({name: v for name, (v, _) in raw.items()}, scale)
+    kernels = {"K": SparseKernel(raw["K"][1], values["K"].astype(np.float32), n_pool)}
+    if "Q" in raw:
+        indices = raw["Q"][1]
+        best = np.full(n_pool, -np.inf)
+        np.maximum.at(best, indices.reshape(-1), values["Q"].reshape(-1))
+        listed = np.bincount(indices.reshape(-1), minlength=n_pool)
+        best = np.where(listed < n_targets, np.maximum(best, 0.0), best)
+        kernels["Q"] = best.astype(np.float32)[:, None]
+    if "P" in raw:
+        best = values["P"].max(axis=1)
+        if raw["P"][1].shape[1] < n_existing:
+            best = np.maximum(best, 0.0)
+        kernels["P"] = best.astype(np.float32)[:, None]
+    return kernels
+
+
 def delift_selection(*, pool, budget, use_case="instruction", targets=None, existing=None, model=None,
                      tokenizer=None, seed: int = 0, options: DeliftOptions = DeliftOptions()) -> MethodSelection:
     check_inputs("delift", pool, use_case, targets, existing)
@@ -107,10 +136,18 @@ def delift_selection(*, pool, budget, use_case="instruction", targets=None, exis
     k = budget_count(budget, len(pool), "delift")
     if len(pool) < 2:
         raise DataError("delift: the square pool kernel needs at least 2 pool examples")
-    raw = raw_utilities(model, tokenizer, pool, use_case, targets, existing, kernel_config=options.kernel_config,
+    sparse = options.kernel_config.top_k is not None
+    # Sparse: an excluded diagonal is left out of the pool kernel's neighbours (a dense K zeroes it after scaling).
+    kernel_config = dataclasses.replace(options.kernel_config, exclude_diagonal=bool(options.exclude_diagonal)
+                                        ) if sparse else options.kernel_config
+    raw = raw_utilities(model, tokenizer, pool, use_case, targets, existing, kernel_config=kernel_config,
                         kernel_dir=options.kernel_dir, max_pairs=options.max_pairs,
                         progress=show_progress(options.progress))
-    kernels = scaled_kernels(raw, options.scale, bool(options.exclude_diagonal))
+    if sparse:
+        kernels = sparse_kernels(raw, len(pool), len(targets or ()), len(existing or ()), options.scale)
+        raw, indices = {name: v for name, (v, _) in raw.items()}, {name: i for name, (_, i) in raw.items()}
+    else:
+        kernels = scaled_kernels(raw, options.scale, bool(options.exclude_diagonal))
     picks, gains, info = select_on_kernels(use_case, k, kernels["K"], kernels.get("Q"), kernels.get("P"),
                                            eta=options.eta, nu=options.nu, optimizer=options.optimizer, seed=seed)
     info.update({"method": "delift", "budget": k, "use_case": use_case, "seed": int(seed), "scale": options.scale,
@@ -118,5 +155,10 @@ def delift_selection(*, pool, budget, use_case="instruction", targets=None, exis
                  "utility_range": [float(min(u.min() for u in raw.values())),
                                    float(max(u.max() for u in raw.values()))]})
     arrays = {f"utility_{name}": u for name, u in raw.items()}
-    arrays.update({f"kernel_{name}": v for name, v in kernels.items()})
+    if sparse:  # row-major top-k: utility_X / kernel_K hold values, indices_X their columns
+        info["top_k"] = int(options.kernel_config.top_k)
+        arrays.update({f"indices_{name}": i for name, i in indices.items()})
+        arrays["kernel_K"] = np.asarray(kernels["K"].values)
+    else:
+        arrays.update({f"kernel_{name}": v for name, v in kernels.items()})
     return MethodSelection(picks, gains, info, arrays)
