@@ -8,10 +8,18 @@ same). Scored response tokens are capped (``--max-response-tokens``) so a run fi
 exactly the same tokens, and the script checks that our d(i | j) equal torch float32's.
 
 Also reports the achieved model FLOP/s of our run as a fraction of the peak FLOP/s of a large ``jnp.dot``
-measured in the same run. The last line is one JSON object:
-``pairs_per_s``, ``torch_pairs_per_s`` (the faster torch variant), ``ratio``, ``flop_utilization``.
+measured in the same run, the compilation time of our first run (``jax.monitoring`` trace + lowering + XLA
+compile events), and the engine's stage profile of the steady run (host packing, transfers, dispatch, waiting for
+the device; real against padded tokens). ``--trace DIR`` also records a ``jax.profiler`` trace of the steady run
+and prints the XLA operations that took the most time (matmul fusions against the rest).
 
-    python scripts/bench_kernel.py [--examples 48] [--candidates 8] [--max-response-tokens 32]
+Model tokens/s count every token each side runs through the model: ours the continuation tokens, the
+demonstrations (once per unit that carries them) and the no-example sequences; torch every full pair sequence
+and the no-example sequences. The last line is one JSON object: ``pairs_per_s``, ``torch_pairs_per_s`` (the
+faster torch variant), ``ratio``, ``torch_f32_pairs_per_s``, ``ours_tokens_per_s``, ``torch_f32_tokens_per_s``,
+``compile_s``, ``flop_utilization``.
+
+    python scripts/bench_kernel.py [--examples 48] [--candidates 8] [--max-response-tokens 32] [--trace DIR]
 """
 
 from __future__ import annotations
@@ -30,9 +38,13 @@ def parse_args():
     parser.add_argument("--candidates", type=int, default=8, help="demonstrations: the first C of the targets")
     parser.add_argument("--max-response-tokens", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=1024)
-    parser.add_argument("--batch-size", type=int, default=16, help="our continuations per candidate per call")
+    parser.add_argument("--tokens-per-call", type=int, default=None,
+                        help="our continuation tokens per call (default: sized from device memory)")
     parser.add_argument("--torch-batch", type=int, default=32, help="the authors' batch size")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--torch-dtypes", nargs="+", default=["float32", "bfloat16"],
+                        choices=["float32", "bfloat16"])
+    parser.add_argument("--trace", default=None, help="directory for a jax.profiler trace of our steady run")
     return parser.parse_args()
 
 
@@ -48,10 +60,67 @@ def torch_pair_distances(torch_model, sequences, batch, dtype):
     ``batch``, full logits, float32 log-softmax at the scored tokens). Returns per-pair RMS distances and seconds."""
     from bench_scoring import torch_logprobs  # scripts/ is on sys.path when a script runs
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     logps = torch_logprobs(torch_model, sequences, batch, dtype)
-    seconds = time.perf_counter() - start
-    return np.array([np.sqrt(np.mean((1 - np.exp(lp.astype(np.float64))) ** 2)) for lp in logps]), seconds
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return np.array([np.sqrt(np.mean((1 - np.exp(lp.astype(np.float64))) ** 2)) for lp in logps]), seconds, cpu
+
+
+COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                  "/jax/core/compile/backend_compile_duration")
+_compile_seconds = [0.0]
+
+
+def _on_event(event, duration, **_):
+    if event in COMPILE_EVENTS:
+        _compile_seconds[0] += duration
+
+
+def run_ours(model, tokenizer, targets, candidates, config, trace_dir):
+    """(result, first-run seconds, compile seconds of the first run, steady seconds, steady process CPU seconds,
+    steady stage times)."""
+    import jax
+
+    from delift_jax.kernel import utility_kernel
+    from delift_jax.kernel.engine import recording_stages
+
+    compiled = _compile_seconds[0]
+    start = time.perf_counter()
+    utility_kernel(model, tokenizer, targets, candidates, config)
+    first = time.perf_counter() - start
+    compile_s = _compile_seconds[0] - compiled
+    if trace_dir:
+        jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+    with recording_stages() as stages:
+        start, cpu = time.perf_counter(), time.process_time()
+        result = utility_kernel(model, tokenizer, targets, candidates, config)
+        steady = time.perf_counter() - start
+        cpu = time.process_time() - cpu
+    if trace_dir:
+        jax.profiler.stop_trace()
+    return result, first, compile_s, steady, cpu, stages
+
+
+def top_trace_ops(trace_dir, n=12):
+    """(name, seconds, count) of the XLA operations that took the most time in the trace, and the share of
+    matmul fusions (dot / YNNPACK / oneDNN / XNNPACK) among all operations."""
+    import collections
+    import glob
+    import gzip
+
+    path = sorted(glob.glob(f"{trace_dir}/**/perfetto_trace.json.gz", recursive=True))[-1]
+    events = json.load(gzip.open(path))
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    seconds, counts = collections.Counter(), collections.Counter()
+    for event in events:
+        name = event.get("name", "")
+        if event.get("ph") == "X" and not name.startswith(("$", "end:")) and "::" not in name \
+                and not name.startswith(("PjitFunction", "Pjit", "ParseArguments", "Handle")):
+            seconds[name] += event.get("dur", 0) / 1e6
+            counts[name] += 1
+    matmul = sum(v for k, v in seconds.items() if any(t in k for t in ("dot", "ynn", "onednn", "xnn", "gemm")))
+    total = sum(seconds.values())
+    return [(k, v, counts[k]) for k, v in seconds.most_common(n)], matmul / total if total else 0.0
 
 
 def main():
@@ -60,31 +129,28 @@ def main():
     import torch
     from transformers import AutoModelForCausalLM
 
-    from delift_jax.kernel import KernelConfig, utility_kernel
+    from delift_jax.kernel import KernelConfig
     from delift_jax.kernel.compute import plan_pairs
     from delift_jax.kernel.estimate import forward_flops, measured_matmul_flops
     from delift_jax.kernel.pairs import build_pair_sequences, full_sequences_for
     from delift_jax.data.tokenize import ScoredSequence
     from delift_jax.models import default_model_path, load_model
 
+    jax.monitoring.register_event_duration_secs_listener(_on_event)
     torch.set_num_threads(args.threads)
     targets = shortest_examples(args.examples)
     candidates = targets[:args.candidates]
     config = KernelConfig(max_length=args.max_length, max_response_tokens=args.max_response_tokens,
-                          batch_size=args.batch_size, block_pairs=10**9, normalization="none")
+                          tokens_per_call=args.tokens_per_call, block_pairs=10**9, normalization="none")
     model, tokenizer, model_config = load_model()
     n_pairs = len(targets) * len(candidates)
     print(f"jax {jax.__version__} on {jax.devices()[0].platform} x{len(jax.devices())}; torch {torch.__version__} "
           f"({args.threads} threads); {len(targets)} targets x {len(candidates)} candidates = {n_pairs} pairs, "
-          f"response tokens capped at {args.max_response_tokens}")
+          f"response tokens capped at {args.max_response_tokens}", flush=True)
 
-    # Ours: the first run includes compilation, the second is steady state.
-    timings = []
-    for _ in range(2):
-        start = time.perf_counter()
-        result = utility_kernel(model, tokenizer, targets, candidates, config)
-        timings.append(time.perf_counter() - start)
-    ours_s = timings[1]
+    # Ours: the first run includes compilation, the second is steady state (profiled).
+    result, first_s, compile_s, ours_s, ours_cpu, stages = run_ours(model, tokenizer, targets, candidates, config,
+                                                          args.trace)
 
     # The same pair sequences for torch (the exact with-example sequences the kernel scored).
     seqs = build_pair_sequences(tokenizer, targets, candidates, config)
@@ -98,51 +164,82 @@ def main():
             cont = seqs.continuations[i]
             pair_sequences.append(ScoredSequence(np.concatenate([seqs.prefixes[j], cont.tokens]), cont.n_scored))
     no_example_tokens = sum(len(s) for s in seqs.no_example)
-    pair_tokens = sum(len(s) for s in pair_sequences)
+    torch_tokens = sum(len(s) for s in pair_sequences) + no_example_tokens
 
     path = default_model_path()
-    torch_results = {}
-    for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+    torch_results, torch_cpu = {}, {}  # CPU seconds: steadier than wall-clock time on a shared machine
+    for name in args.torch_dtypes:
+        dtype = getattr(torch, name)
         torch_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype).eval()
         torch_pair_distances(torch_model, pair_sequences[:2], 2, dtype)  # warm-up
         # Like ours, the authors' run also scores every target once without an example.
-        rms, seconds = torch_pair_distances(torch_model, pair_sequences + seqs.no_example, args.torch_batch, dtype)
+        rms, seconds, cpu = torch_pair_distances(torch_model, pair_sequences + seqs.no_example, args.torch_batch,
+                                                 dtype)
         torch_results[name] = (rms[:len(pair_sequences)], seconds)
+        torch_cpu[name] = cpu
         del torch_model
 
     ours_d = result.distance_with_example
-    torch_d = np.zeros_like(ours_d)
-    torch_d[pairs[:, 0], pairs[:, 1]] = torch_results["float32"][0]
-    max_diff = float(np.max(np.abs(ours_d - torch_d)))
+    max_diff = None
+    if "float32" in torch_results:
+        torch_d = np.zeros_like(ours_d)
+        torch_d[pairs[:, 0], pairs[:, 1]] = torch_results["float32"][0]
+        max_diff = float(np.max(np.abs(ours_d - torch_d)))
 
-    # Model FLOPs of our steady run (prefix once per candidate, continuations, no-example pass).
-    prefix_tokens = sum(len(seqs.prefixes[j]) for j in range(len(candidates)))
-    cont_tokens = sum(len(seqs.continuations[i]) for i, _ in pairs)
+    # Model FLOPs of our steady run: continuations (attending to their demonstration), the demonstrations as
+    # often as the engine computed them, the no-example pass.
+    cont_tokens = stages.tokens["continuation"]
+    prefix_tokens = stages.tokens["demonstration"]
     scored = sum(seqs.continuations[i].n_scored for i, _ in pairs)
-    mean_prefix = prefix_tokens / len(candidates)
+    mean_prefix = sum(len(seqs.prefixes[j]) for j in range(len(candidates))) / len(candidates)
     flops = (forward_flops(model_config, cont_tokens, scored, context=int(mean_prefix))
              + forward_flops(model_config, prefix_tokens, 0)
              + forward_flops(model_config, no_example_tokens, sum(s.n_scored for s in seqs.no_example)))
     peak = measured_matmul_flops(2048) * len(jax.devices())
     utilization = flops / ours_s / peak
+    ours_tokens = cont_tokens + prefix_tokens + no_example_tokens
 
     pairs_per_s = n_pairs / ours_s
     torch_rates = {name: n_pairs / seconds for name, (_, seconds) in torch_results.items()}
     best_torch = max(torch_rates, key=torch_rates.get)
-    print(f"\n{'implementation':<40} {'seconds':>9} {'pairs/s':>9}")
-    print(f"{'ours f32 (first run, with compile)':<40} {timings[0]:>9.1f} {n_pairs / timings[0]:>9.2f}")
-    print(f"{'ours f32 (steady)':<40} {ours_s:>9.1f} {pairs_per_s:>9.2f}")
+    print(f"\n{'implementation':<40} {'seconds':>9} {'pairs/s':>9} {'model tok/s':>12}")
+    print(f"{'ours f32 (first run, with compile)':<40} {first_s:>9.1f} {n_pairs / first_s:>9.2f}")
+    print(f"{'ours f32 (steady)':<40} {ours_s:>9.1f} {pairs_per_s:>9.2f} {ours_tokens / ours_s:>12.0f}")
     for name, (_, seconds) in torch_results.items():
-        print(f"{'HF torch ' + name + ' (authors procedure)':<40} {seconds:>9.1f} {torch_rates[name]:>9.2f}")
-    print(f"\ntokens per pair: ours {cont_tokens / n_pairs:.0f} (+ {mean_prefix:.0f} once per candidate), "
-          f"torch {pair_tokens / n_pairs:.0f}; pairs without prefix reuse: {len(full)}")
-    print(f"max |d_ours - d_torch_f32| over pairs: {max_diff:.2e}")
+        print(f"{'HF torch ' + name + ' (authors procedure)':<40} {seconds:>9.1f} {torch_rates[name]:>9.2f} "
+              f"{torch_tokens / seconds:>12.0f}")
+    print(f"process CPU seconds (steadier on a shared machine): ours {ours_cpu:.1f} ("
+          f"{ours_tokens / ours_cpu:.0f} tok/cpu-s), "
+          + ", ".join(f"torch {name} {cpu:.1f} ({torch_tokens / cpu:.0f} tok/cpu-s)" for name, cpu in torch_cpu.items()))
+    print(f"\ncompile time of our first run: {compile_s:.1f} s; program shapes: {len(stages.shapes)}; "
+          f"calls: {stages.calls}")
+    print(f"tokens per pair: ours {cont_tokens / n_pairs:.0f} (+ {prefix_tokens / n_pairs:.1f} of demonstrations), "
+          f"torch {(torch_tokens - no_example_tokens) / n_pairs:.0f}; pairs without prefix reuse: {len(full)}; "
+          f"padding: {stages.tokens['computed slots']:,} slots computed for "
+          f"{cont_tokens + prefix_tokens:,} real tokens")
+    print("engine stages of the steady run (seconds): "
+          + ", ".join(f"{name} {value:.2f}" for name, value in stages.top()))
+    if args.trace:
+        ops, matmul_share = top_trace_ops(args.trace)
+        print(f"XLA operations of the steady run (matmul fusions: {matmul_share:.0%} of operation time):")
+        for name, seconds, count in ops:
+            print(f"  {seconds:8.2f} s {count:7d}x  {name}")
+    if max_diff is not None:
+        print(f"max |d_ours - d_torch_f32| over pairs: {max_diff:.2e}")
     print(f"model FLOP/s {flops / ours_s / 1e9:.1f} G of peak {peak / 1e9:.1f} G (jnp.dot 2048^3) -> "
           f"utilization {utilization:.3f}")
-    print(json.dumps({"pairs_per_s": round(pairs_per_s, 3), "torch_pairs_per_s": round(torch_rates[best_torch], 3),
-                      "ratio": round(pairs_per_s / torch_rates[best_torch], 3),
-                      "flop_utilization": round(utilization, 4), "torch_best": best_torch,
-                      "n_pairs": n_pairs, "max_abs_diff_vs_torch_f32": max_diff}))
+    torch_f32_s = torch_results["float32"][1] if "float32" in torch_results else None
+    print(json.dumps({
+        "pairs_per_s": round(pairs_per_s, 3), "torch_pairs_per_s": round(torch_rates[best_torch], 3),
+        "ratio": round(pairs_per_s / torch_rates[best_torch], 3), "torch_best": best_torch,
+        "torch_f32_pairs_per_s": round(n_pairs / torch_f32_s, 3) if torch_f32_s else None,
+        "ours_tokens_per_s": round(ours_tokens / ours_s, 1),
+        "torch_f32_tokens_per_s": round(torch_tokens / torch_f32_s, 1) if torch_f32_s else None,
+        "compile_s": round(compile_s, 2), "first_run_s": round(first_s, 2),
+        "flop_utilization": round(utilization, 4), "n_pairs": n_pairs, "max_abs_diff_vs_torch_f32": max_diff,
+        "ours_tokens_per_cpu_s": round(ours_tokens / ours_cpu, 1),
+        "torch_f32_tokens_per_cpu_s": round(torch_tokens / torch_cpu["float32"], 1) if torch_f32_s else None,
+        "stages_s": dict(stages.top(8))}))
 
 
 if __name__ == "__main__":

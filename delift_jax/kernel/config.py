@@ -25,7 +25,10 @@ class KernelConfig:
         example's use as its own demonstration (which dominates) does not squeeze the off-diagonal structure.
     max_length: longest sequence; longer contexts are truncated from the left (scored tokens never are).
     max_response_tokens: score only the first N response tokens (None: all).
-    batch_size: target continuations per candidate per call. candidates_per_device: candidates per device per call.
+    batch_size: sequences per device per call when scoring without an example. candidates_per_device: unused by
+        the pair engine (kept so existing configurations load).
+    tokens_per_call: continuation tokens the pair engine packs into one call per device (None: sized from the
+        device's free memory; 4096 on CPUs).
     block_pairs: pairs per stored block (the unit of crash-safe progress); None: chosen from the plan for about a
         minute of work per block (``estimate.choose_block_pairs``), fixed for the store when it is created.
     top_k: sparse mode: for each target only its top_k most similar candidates get a utility (None: dense).
@@ -42,6 +45,7 @@ class KernelConfig:
     block_pairs: int | None = None
     logits_chunk: int = 512
     top_k: int | None = None
+    tokens_per_call: int | None = None
 
     def __post_init__(self):
         if self.distance not in DISTANCES:
@@ -56,6 +60,9 @@ class KernelConfig:
                 raise DataError(f"{name}={getattr(self, name)} must be at least 1")
         if self.max_response_tokens is not None and self.max_response_tokens < 1:
             raise DataError(f"max_response_tokens={self.max_response_tokens} must be at least 1 (or None for all)")
+        if self.tokens_per_call is not None and self.tokens_per_call < 1:
+            raise DataError(f"tokens_per_call={self.tokens_per_call} must be at least 1 (or None to size it from "
+                            "the device's memory)")
         if self.top_k is not None and self.top_k < 1:
             raise DataError(f"top_k={self.top_k} must be at least 1 (or None for a dense kernel)")
 

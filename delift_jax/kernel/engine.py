@@ -14,6 +14,7 @@ that is None, from the device's free memory (a fixed size on CPUs, which report 
 from __future__ import annotations
 
 import collections
+import contextlib
 import time
 from typing import Callable, Sequence
 
@@ -92,18 +93,41 @@ def activation_bytes_per_token(config, dtype, attended: int = 2048) -> int:
 
 
 class StageTimes:
-    """Wall-clock seconds per stage of the engine (host packing, dispatch, waiting for results, unpacking)."""
+    """Wall-clock seconds per stage of the engine (host packing, transfer, dispatch with or without compilation,
+    waiting for the devices), calls made, and tokens: real continuation and demonstration tokens against the
+    padded slots computed."""
 
     def __init__(self):
         self.seconds: collections.Counter = collections.Counter()
+        self.tokens: collections.Counter = collections.Counter()
         self.calls = 0
         self.shapes: set = set()
 
     def add(self, stage: str, seconds: float) -> None:
         self.seconds[stage] += seconds
 
+    def count(self, units: Sequence[Unit]) -> None:
+        for unit in units:
+            self.tokens["continuation"] += int(np.count_nonzero(unit.segments))
+            self.tokens["demonstration"] += int(np.count_nonzero(unit.prefix_segments))
+            self.tokens["computed slots"] += unit.shape.rows * unit.shape.length + unit.shape.prefix
+
     def top(self, n: int = 6) -> list[tuple[str, float]]:
         return [(name, round(value, 3)) for name, value in self.seconds.most_common(n)]
+
+
+_RECORDERS: list[StageTimes] = []
+
+
+@contextlib.contextmanager
+def recording_stages():
+    """Collect the stage times of every ``PairScorer`` call made inside the block (benchmarks use it)."""
+    times = StageTimes()
+    _RECORDERS.append(times)
+    try:
+        yield times
+    finally:
+        _RECORDERS.remove(times)
 
 
 class PairScorer:
@@ -121,6 +145,10 @@ class PairScorer:
         tokens = config.tokens_per_call or tokens_per_call_for(model.config, self.mesh, model.dtype)
         self.sizes = PackingSizes(tokens_per_unit=tokens, max_length=config.max_length)
         self.profile = StageTimes()
+
+    def _add(self, stage: str, seconds: float) -> None:
+        for times in [self.profile, *_RECORDERS]:
+            times.add(stage, seconds)
 
     def score(self, pairs: np.ndarray, seqs: PairSequences, full: dict[tuple[int, int], ScoredSequence],
               on_progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -148,7 +176,9 @@ class PairScorer:
         """float32 log p of each item's scored tokens, indexed by ``Item.key`` (keys 0..len(items)-1)."""
         started = time.perf_counter()
         units = pack_units(items, prefixes, self.sizes)
-        self.profile.add("pack units (host)", time.perf_counter() - started)
+        self._add("pack units (host)", time.perf_counter() - started)
+        for times in [self.profile, *_RECORDERS]:
+            times.count(units)
         out: list[np.ndarray | None] = [None] * len(items)
         pending: collections.deque = collections.deque()
         for shape, call_units in calls_by_shape(units, lambda unit: unit.shape, self.mesh.size):
@@ -167,19 +197,20 @@ class PairScorer:
                                                                                        len(call_units)))
                    for f in _UNIT_FIELDS]
         arrays = [split_rows(a, self.mesh) for a in stacked]
-        self.profile.add("stack + transfer (host)", time.perf_counter() - started)
+        self._add("stack + transfer (host)", time.perf_counter() - started)
         started = time.perf_counter()
         result = _UNIT_LOGPROBS(self.graphdef, self.mesh, self.config.logits_chunk, self.state, *arrays)
-        stage = "dispatch" if shape in self.profile.shapes else "dispatch incl. compile (first call of a shape)"
-        self.profile.add(stage, time.perf_counter() - started)
-        self.profile.shapes.add(shape)
-        self.profile.calls += 1
+        stage = "dispatch" if shape in self.profile.shapes else "dispatch, first call of a shape (may compile)"
+        self._add(stage, time.perf_counter() - started)
+        for times in [self.profile, *_RECORDERS]:
+            times.shapes.add(shape)
+            times.calls += 1
         return result
 
     def _collect(self, call_units: list[Unit], result: jax.Array, out: list, on_progress) -> None:
         started = time.perf_counter()
         result = np.asarray(result)
-        self.profile.add("device compute (waiting for results)", time.perf_counter() - started)
+        self._add("device compute (waiting for results)", time.perf_counter() - started)
         for u, unit in enumerate(call_units):
             for key, slot, n in unit.placed:
                 out[key] = result[u, slot:slot + n].astype(np.float32)

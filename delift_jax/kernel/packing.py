@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from delift_jax.data.tokenize import bucket_for, length_ladder
+from delift_jax.data.tokenize import bucket_for
 from delift_jax.errors import DataError
 
 
@@ -141,11 +141,12 @@ def _prefix_len(builder: _Builder, segment: int) -> int:
 
 
 def _finish(builder: _Builder, prefix_ladder, scored_ladder) -> Unit:
-    """The unit's arrays, padded to its shape."""
+    """The unit's arrays, padded to its shape (a unit short of rows, the last of a run, gets fewer of them)."""
     p_len = bucket_for(max(builder.prefix_used, 1), prefix_ladder)
     n_scored = sum(item.n_scored for row in builder.rows for item in row)
-    shape = UnitShape(prefix=p_len, rows=builder.max_rows, length=builder.length,
-                      scored=min(bucket_for(max(n_scored, 1), scored_ladder), builder.max_rows * builder.length))
+    rows = min(builder.max_rows, _power_of_two_at_least(len(builder.rows)))
+    shape = UnitShape(prefix=p_len, rows=rows, length=builder.length,
+                      scored=min(bucket_for(max(n_scored, 1), scored_ladder), rows * builder.length))
     prefix_tokens = np.zeros(p_len, np.int32)
     prefix_positions = np.zeros(p_len, np.int32)
     prefix_segments = np.zeros(p_len, np.int32)
@@ -189,8 +190,8 @@ def pack_units(items: Sequence[Item], prefixes: Sequence[np.ndarray], sizes: Pac
     """
     longest_prefix = max((len(prefixes[i.prefix]) for i in items if i.prefix is not None), default=0)
     prefix_cap = max(longest_prefix, int(sizes.tokens_per_unit * sizes.prefix_share))
-    prefix_ladder = length_ladder(max(sizes.max_length, prefix_cap), smallest=32)
-    scored_ladder = length_ladder(max(ROW_LADDER[-1], sizes.tokens_per_unit), smallest=64)
+    prefix_ladder = _powers_of_two(32, max(sizes.max_length, prefix_cap))
+    scored_ladder = _powers_of_two(64, max(ROW_LADDER[-1], sizes.tokens_per_unit))
     by_length: dict[int, list[Item]] = {}
     for item in items:
         if item.n_scored >= len(item.tokens) or item.n_scored < 0:
@@ -223,6 +224,18 @@ def _pack_rung(items, prefixes, length, rows, prefix_cap, prefix_ladder, scored_
     if not builder.empty:
         units.append(_finish(builder, prefix_ladder, scored_ladder))
     return units
+
+
+def _power_of_two_at_least(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _powers_of_two(smallest: int, limit: int) -> tuple[int, ...]:
+    """Bucket sizes smallest, 2 x smallest, ... up to the first one >= limit (at most 2x padding, few shapes)."""
+    ladder = [smallest]
+    while ladder[-1] < limit:
+        ladder.append(ladder[-1] * 2)
+    return tuple(ladder)
 
 
 def _groups(items) -> list[tuple[int | None, list[Item]]]:
