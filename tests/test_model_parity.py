@@ -24,6 +24,8 @@ CASES = {
     "qwen2-bias": ("qwen2", dict(num_key_value_heads=2)),
     "mistral": ("mistral", dict(sliding_window=None)),
     "mistral-sliding-window": ("mistral", dict(sliding_window=5)),
+    "phi3": ("phi3", dict(num_key_value_heads=2)),
+    "phi3-sliding-window": ("phi3", dict(num_key_value_heads=4, sliding_window=6)),
 }
 
 

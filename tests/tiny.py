@@ -45,17 +45,21 @@ def randomize_(torch_model, seed: int = 0, scale: float = 0.1) -> None:
 
 
 def make_hf_model(directory: Path, kind: str = "llama", seed: int = 0, tokenizer=None, **overrides):
-    """Save a tiny random model of ``kind`` (llama | qwen2 | mistral) in ``directory``; return the torch model."""
+    """Save a tiny random model of ``kind`` (llama | qwen2 | mistral | phi3) in ``directory``; return the torch
+    model."""
     import torch
     import transformers
 
     classes = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
                "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
-               "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM)}
+               "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+               "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM)}
     config_cls, model_cls = classes[kind]
     settings = dict(vocab_size=tokenizer.vocab_size + 8 if tokenizer is not None else 128, hidden_size=64,
                     intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                     max_position_embeddings=4096, rms_norm_eps=1e-5)
+    if kind == "phi3":  # its defaults name token ids of the 32k Phi-3 vocabulary
+        settings.update(eos_token_id=None, bos_token_id=None, pad_token_id=None)
     if tokenizer is not None:
         settings.update(eos_token_id=tokenizer.eos_token_id, bos_token_id=None, pad_token_id=None)
     settings.update(overrides)

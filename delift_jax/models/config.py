@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from delift_jax.errors import UnsupportedArchitectureError
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "phi3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
 # Keys that never change the forward pass.
@@ -45,6 +45,12 @@ _USED_KEYS = {
     "qwen2": {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
               "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_parameters", "rope_theta", "rope_scaling",
               "tie_word_embeddings", "hidden_act", "sliding_window", "use_sliding_window", "layer_types"},
+    # Phi-3: fused qkv and gate_up projections (split when loading); resid/embd dropout act only in PyTorch
+    # training; original_max_position_embeddings matters only to longrope, which is refused.
+    "phi3": {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+             "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_parameters", "rope_theta", "rope_scaling",
+             "tie_word_embeddings", "hidden_act", "sliding_window", "resid_pdrop", "embd_pdrop",
+             "original_max_position_embeddings", "partial_rotary_factor"},
 }
 
 
@@ -131,7 +137,7 @@ class ModelConfig:
             raise UnsupportedArchitectureError(f"pretraining_tp={hf['pretraining_tp']} is not supported (only 1)")
 
         sliding_window = None
-        if model_type == "mistral":
+        if model_type in ("mistral", "phi3"):
             sliding_window = hf.get("sliding_window")
         elif model_type == "qwen2" and hf.get("use_sliding_window", False):
             raise UnsupportedArchitectureError(
@@ -178,6 +184,9 @@ def _parse_rope(hf: Mapping[str, Any]) -> tuple[float, RopeScaling | None]:
         params.update(legacy)
     theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
     rope_type = params.get("rope_type", params.get("type", "default")) or "default"
+    partial = float(params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)))
+    if partial != 1.0:
+        raise UnsupportedArchitectureError(f"partial_rotary_factor={partial} is not supported (only 1.0)")
     if rope_type not in SUPPORTED_ROPE_TYPES:
         raise UnsupportedArchitectureError(
             f"unknown rope_scaling type {rope_type!r}; supported: {', '.join(SUPPORTED_ROPE_TYPES)}")

@@ -137,9 +137,48 @@ def merge_slots(graphdef, abstract_state, filled: dict[str, jax.Array], stacked:
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
+_FUSED = re.compile(r"model\.layers\.(\d+)\.(self_attn\.qkv_proj|mlp\.gate_up_proj)\.weight")
+
+
+def split_fused(tensors: Mapping[str, object], config: ModelConfig) -> dict[str, object]:
+    """Phi-3's fused ``qkv_proj`` ([q; k; v] rows) and ``gate_up_proj`` ([gate; up] rows) as separate HF tensors."""
+    q_rows, kv_rows = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+    out: dict[str, object] = {}
+    for name, value in tensors.items():
+        match = _FUSED.fullmatch(name)
+        if match is None:
+            out[name] = value
+            continue
+        layer, kind = match.groups()
+        sizes = (q_rows, kv_rows, kv_rows) if kind.endswith("qkv_proj") else (config.intermediate_size,) * 2
+        parts = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj") if kind.endswith("qkv_proj") \
+            else ("mlp.gate_proj", "mlp.up_proj")
+        array = np.asarray(value) if not isinstance(value, jax.Array) else value
+        if array.shape[0] != sum(sizes):
+            raise CorruptCheckpointError(f"tensor {name!r} has {array.shape[0]} rows, expected {sum(sizes)} "
+                                         "(config.json and weights disagree)")
+        for part, start, size in zip(parts, np.cumsum((0,) + sizes[:-1]), sizes):
+            out[f"model.layers.{layer}.{part}.weight"] = array[int(start):int(start) + size]
+    return out
+
+
+def fuse_for_export(tensors: dict[str, np.ndarray], config: ModelConfig) -> dict[str, np.ndarray]:
+    """The inverse of ``split_fused``: Phi-3 checkpoints hold fused qkv and gate_up projections."""
+    out = dict(tensors)
+    for i in range(config.num_layers):
+        head = f"model.layers.{i}."
+        out[head + "self_attn.qkv_proj.weight"] = np.concatenate(
+            [out.pop(f"{head}self_attn.{p}_proj.weight") for p in "qkv"])
+        out[head + "mlp.gate_up_proj.weight"] = np.concatenate(
+            [out.pop(f"{head}mlp.{p}_proj.weight") for p in ("gate", "up")])
+    return out
+
+
 def model_from_hf_tensors(config: ModelConfig, tensors: Mapping[str, object], *, dtype=jnp.float32,
                           param_dtype=jnp.float32, source: str = "checkpoint") -> CausalLM:
     """Build a ``CausalLM`` whose parameters come from ``tensors`` (HF names, HF layouts, array-likes)."""
+    if config.model_type == "phi3":
+        tensors = split_fused(tensors, config)
     graphdef, abstract_state = nnx.split(abstract_model(config, dtype=dtype, param_dtype=param_dtype))
     filled = fill_slots(tensors, lambda name: map_hf_name(name, config), expected_slots(abstract_state),
                         param_dtype, source, "check attention_bias / mlp_bias / tie_word_embeddings in config.json")
@@ -170,4 +209,4 @@ def model_to_hf_tensors(model: CausalLM) -> dict[str, np.ndarray]:
         stacked, layer = stacked_slot(path)
         array = np.asarray(by_path[stacked] if layer is None else by_path[stacked][layer])
         out[name] = np.ascontiguousarray(array.T if transpose else array)
-    return out
+    return fuse_for_export(out, model.config) if model.config.model_type == "phi3" else out

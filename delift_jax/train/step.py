@@ -22,7 +22,6 @@ to the model call; nothing random is stored on a module.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -135,20 +134,22 @@ def _train_step(split: ModelSplit, optimizer, logits_chunk: int, dropout: bool, 
 
 @dataclasses.dataclass(frozen=True)
 class TrainStep:
-    """``step(state, batch) -> (state, metrics)``: the jitted step with its frozen weights bound (state donated).
+    """``step(state, batch) -> (state, metrics)``: the jitted step with its static settings and frozen weights
+    bound (state donated).
 
-    ``jitted`` is the ``jax.jit`` function of ``(frozen, state, batch)``; ``lower`` lowers it for inspection
-    (``.compile().memory_analysis()``, ``.as_text()``) without running it.
+    ``jitted`` is the ``jax.jit`` function of ``(*static, frozen, state, batch)``; ``lower`` lowers it for
+    inspection (``.compile().memory_analysis()``, ``.as_text()``) without running it.
     """
 
     jitted: Any
+    static: tuple
     frozen: Any
 
     def __call__(self, state: TrainState, batch: dict):
-        return self.jitted(self.frozen, state, batch)
+        return self.jitted(*self.static, self.frozen, state, batch)
 
     def lower(self, state: TrainState, batch: dict):
-        return self.jitted.lower(self.frozen, state, batch)
+        return self.jitted.lower(*self.static, self.frozen, state, batch)
 
 
 def make_train_step(split: ModelSplit, optimizer, frozen, mesh: Mesh, *, logits_chunk: int = 512,
@@ -167,7 +168,7 @@ def make_train_step(split: ModelSplit, optimizer, frozen, mesh: Mesh, *, logits_
     jitted = jax.jit(_train_step, static_argnums=(0, 1, 2, 3), donate_argnums=(5,),
                      in_shardings=(frozen_sharding, state_sharding, batch_sharding),
                      out_shardings=(state_sharding, NamedSharding(mesh, PartitionSpec())))
-    return TrainStep(functools.partial(jitted, split, optimizer, logits_chunk, dropout), frozen)
+    return TrainStep(jitted, (split, optimizer, logits_chunk, dropout), frozen)
 
 
 def _place(leaf, sharding):
