@@ -93,6 +93,34 @@ def test_plan_blocks_keep_the_greedy_packing():
                                                           [9, 11], [11, 12]])
 
 
+def greedy_blocks_reference(pairs, block_pairs):
+    """Block packing written plainly: walk every candidate's run piece by piece."""
+    runs = np.split(np.arange(len(pairs)), np.flatnonzero(np.diff(pairs[:, 1])) + 1)
+    blocks, start, size = [], 0, 0
+    for run in runs:
+        for piece_start in range(0, len(run), block_pairs):
+            piece = len(run[piece_start:piece_start + block_pairs])
+            if size and size + piece > block_pairs:
+                blocks.append((start, start + size))
+                start, size = start + size, 0
+            size += piece
+    if size:
+        blocks.append((start, start + size))
+    return np.asarray(blocks, np.int64).reshape(-1, 2)
+
+
+def test_plan_blocks_equal_the_plain_packing_on_random_plans():
+    rng = np.random.default_rng(3)
+    for _ in range(60):
+        n, m = (int(x) for x in rng.integers(1, 25, 2))
+        k = int(rng.integers(1, m + 1))
+        neighbours = np.stack([rng.choice(m, k, replace=False) for _ in range(n)])
+        for pairs in (plan_pairs(n, m, None), plan_pairs(n, m, neighbours)):
+            for block_pairs in (1, 2, 3, 7, 16, 1000):
+                np.testing.assert_array_equal(plan_blocks(pairs, block_pairs),
+                                              greedy_blocks_reference(pairs, block_pairs))
+
+
 def test_sparse_planning_memory_grows_with_n_times_k():
     n, k = 60_000, 16
     neighbours = np.random.default_rng(0).integers(0, n, (n, k)).astype(np.int32)

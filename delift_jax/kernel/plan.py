@@ -62,27 +62,34 @@ def _pairs_and_slots(n_targets: int, n_candidates: int, top_k: np.ndarray | None
     k = top_k.shape[1]
     row_major = np.stack([np.repeat(np.arange(n_targets, dtype=np.int32), k),
                           np.asarray(top_k, np.int32).ravel()], axis=1)
-    order = np.lexsort((row_major[:, 0], row_major[:, 1]))  # row-major position of each sorted pair
+    # Row-major order is already by target: a stable sort by candidate gives (candidate, target) order. ``order``
+    # holds the row-major position of each sorted pair.
+    order = np.argsort(row_major[:, 1], kind="stable")
     return row_major[order], order.astype(np.int64)
 
 
 def plan_blocks(pairs: np.ndarray, block_pairs: int) -> np.ndarray:
     """Contiguous ``[start, end)`` ranges (``[n_blocks, 2]`` int64) of about ``block_pairs`` pairs; a candidate's
-    pairs stay together unless they alone exceed ``block_pairs``."""
+    pairs stay together unless they alone exceed ``block_pairs``.
+
+    Each candidate's run of pairs is cut into pieces of at most ``block_pairs``; a block takes whole pieces while
+    they fit (greedy), so the Python loop runs once per block, not once per candidate."""
     if len(pairs) == 0:
         return np.zeros((0, 2), np.int64)
     boundaries = np.flatnonzero(np.diff(pairs[:, 1])) + 1
-    run_lengths = np.diff(np.concatenate([[0], boundaries, [len(pairs)]]))
-    blocks, start, size = [], 0, 0
-    for run in run_lengths.tolist():
-        for piece_start in range(0, run, block_pairs):
-            piece = min(block_pairs, run - piece_start)
-            if size and size + piece > block_pairs:
-                blocks.append((start, start + size))
-                start, size = start + size, 0
-            size += piece
-    if size:
-        blocks.append((start, start + size))
+    runs = np.diff(np.concatenate([[0], boundaries, [len(pairs)]]))
+    full, rest = np.divmod(runs, block_pairs)
+    n_pieces = full + (rest > 0)
+    pieces = np.full(int(n_pieces.sum()), block_pairs, np.int64)
+    last_piece = np.cumsum(n_pieces) - 1
+    pieces[last_piece[rest > 0]] = rest[rest > 0]
+    ends = np.concatenate([[0], np.cumsum(pieces)])
+    blocks, piece = [], 0
+    while piece < len(pieces):
+        # The most whole pieces from ``piece`` on that fit in block_pairs (at least one: no piece exceeds it).
+        after = max(int(np.searchsorted(ends, ends[piece] + block_pairs, side="right")) - 1, piece + 1)
+        blocks.append((ends[piece], ends[after]))
+        piece = after
     return np.asarray(blocks, np.int64).reshape(-1, 2)
 
 
