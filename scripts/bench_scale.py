@@ -189,8 +189,8 @@ def run_neighbours(args, report: dict) -> None:
             from delift_jax.kernel.neighbours import recall_at_k
 
             chosen = np.random.default_rng(1).choice(args.recall_n, args.recall_queries, replace=False)
-            full = np.load(f"{args.out}/approx_{args.recall_n}.npy")[chosen]
-            report["recall_at_16"] = recall_at_k(full, np.load(f"{args.out}/exact_queries.npy"))
+            full = np.load(f"{args.out}/approx_{args.recall_n}.npy", allow_pickle=False)[chosen]
+            report["recall_at_16"] = recall_at_k(full, np.load(f"{args.out}/exact_queries.npy", allow_pickle=False))
             exact_sub = result["seconds"] * args.recall_n / args.recall_queries
             report[f"neighbours_exact_{label(args.recall_n)}_projected_s"] = exact_sub
     report["neighbours_exact_growth_exponent"] = growth(exact)
