@@ -164,7 +164,7 @@ def compute_kernels(model, tokenizer, seed: int, args, sizes: Sizes, loader=None
     for what, rows, columns, out in jobs:
         path = raw_path(cache, seed, what)
         if path.is_file():
-            raw[what] = dict(np.load(path))
+            raw[what] = dict(np.load(path, allow_pickle=False))
             continue
         start = time.perf_counter()
         result = utility_kernel(model, tokenizer, rows, columns, config, out_dir=out, progress=args.progress)
