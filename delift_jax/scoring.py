@@ -140,20 +140,20 @@ class TeacherForcedScorer:
     def logprobs(self, sequences: Sequence[ScoredSequence], progress: bool = False) -> list[np.ndarray]:
         """log p of every scored token, one float32 array per sequence (input order)."""
         out: list[np.ndarray | None] = [None] * len(sequences)
-        bar = _progress_bar(sum(len(s) for s in sequences), progress, "scoring")
-        size = self.config.batch_size
-        calls = calls_by_shape(self.plan(sequences), lambda batch: batch[1:], self.mesh.size)
-        for (length, scored), batches in calls:
-            padded = [pad_batch([sequences[i] for i in rows], size, length, scored) for rows, _, _ in batches]
-            padded += [pad_batch([], size, length, scored)] * (self.mesh.size - len(padded))
-            stack = lambda field: split_rows(np.concatenate([getattr(p, field) for p in padded]), self.mesh)
-            logp = np.asarray(self._fn(self.graphdef, self.mesh, self.config.logits_chunk, self.state,
-                                       stack("tokens"), stack("valid"), stack("score_index"), stack("score_target")))
-            for b, (rows, _, _) in enumerate(batches):
-                for row, i in enumerate(rows):
-                    out[i] = logp[b * size + row, :sequences[i].n_scored].astype(np.float32)
-                bar.update(sum(len(sequences[i]) for i in rows))
-        bar.close()
+        with _progress_bar(sum(len(s) for s in sequences), progress, "scoring") as bar:  # closed on Ctrl-C too
+            size = self.config.batch_size
+            calls = calls_by_shape(self.plan(sequences), lambda batch: batch[1:], self.mesh.size)
+            for (length, scored), batches in calls:
+                padded = [pad_batch([sequences[i] for i in rows], size, length, scored) for rows, _, _ in batches]
+                padded += [pad_batch([], size, length, scored)] * (self.mesh.size - len(padded))
+                stack = lambda field: split_rows(np.concatenate([getattr(p, field) for p in padded]), self.mesh)
+                logp = np.asarray(self._fn(self.graphdef, self.mesh, self.config.logits_chunk, self.state,
+                                           stack("tokens"), stack("valid"), stack("score_index"),
+                                           stack("score_target")))
+                for b, (rows, _, _) in enumerate(batches):
+                    for row, i in enumerate(rows):
+                        out[i] = logp[b * size + row, :sequences[i].n_scored].astype(np.float32)
+                    bar.update(sum(len(sequences[i]) for i in rows))
         return out
 
 
