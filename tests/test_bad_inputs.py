@@ -397,7 +397,11 @@ def test_finetune_checkpoint_and_results_faults_resume_to_the_same_run(world, ti
     expect_fault(argv + ["ft"], capsys, faults, errno.EIO, "results.json")
     assert no_temporaries(world) == [] and not Path("ft/results.json").exists()
 
+    crashed_export = Path("ft/.model.k1ll3d.tmp")  # what kill -9 during an earlier export leaves
+    crashed_export.mkdir()
+    (crashed_export / "model.safetensors").write_bytes(b"\0" * 4096)
     assert run_cli(argv + ["ft"], capsys)[0] == 0
+    assert not crashed_export.exists()
     resumed = json.loads(Path("ft/results.json").read_text())
     assert resumed["resumed_from"] == 4
     assert resumed["losses"] == reference["losses"]  # the same run, step for step
