@@ -343,3 +343,21 @@ def test_store_names_dense_and_sparse_modes_in_a_mismatch(tmp_path):
     with pytest.raises(KernelStoreMismatchError, match=r"holds a sparse \(top-4\) kernel and this run asks for a "
                                                        r"dense one"):
         store.open({"format_version": 3, "mode": "dense", "top_k": None})
+
+
+def test_a_failed_manifest_write_during_assembly_leaves_no_staged_file(tmp_path, monkeypatch):
+    plan = plan_kernel(N_TARGETS, N_CANDIDATES, square=False, block_pairs=6)
+    store = make_store(tmp_path, plan)
+    compute_blocks(plan, CountingScorer(), store)
+    write_outputs(store, plan, KernelConfig(), {})
+    kernel_before = np.load(store.directory / "kernel.npy")
+
+    def disk_full(**fields):
+        raise OSError(28, "No space left on device", str(store.manifest_path))
+
+    monkeypatch.setattr(store, "update_manifest", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_outputs(store, plan, KernelConfig(normalization="exp"), {})
+    assert not list(store.directory.glob(".*.tmp"))
+    assert store.read_manifest()["complete"] is True
+    np.testing.assert_array_equal(np.load(store.directory / "kernel.npy"), kernel_before)

@@ -43,22 +43,22 @@ def write_outputs(store: KernelStore, plan: KernelPlan, config: KernelConfig, ru
     no_example = store.load_checked_npz("no_example.npz")
     staged: dict[str, Path] = {}
     try:
-        with_example, utility_range = _stage_arrays(store, plan, config, no_example, staged)
+        low, high = _stage_arrays(store, plan, config, no_example, staged)
+        store.update_manifest(complete=False)  # the renames below are not one atomic step
+        store.publish(staged)
     except BaseException:
-        for tmp in staged.values():
+        for tmp in staged.values():  # those not yet renamed; a rerun reassembles
             tmp.unlink(missing_ok=True)
         raise
     summary = {"distance": config.distance, "normalization": config.normalization,
-               "exclude_diagonal": config.exclude_diagonal, "utility_min": utility_range[0],
-               "utility_max": utility_range[1], **run_summary}
-    store.update_manifest(complete=False)  # the renames below are not one atomic step
-    store.publish(staged)
+               "exclude_diagonal": config.exclude_diagonal, "utility_min": low, "utility_max": high, **run_summary}
     store.update_manifest(complete=True, summary=summary)
     return _result(store, plan, config, summary, in_memory)
 
 
 def _stage_arrays(store: KernelStore, plan: KernelPlan, config: KernelConfig, no_example: dict,
-                  staged: dict[str, Path]) -> tuple[WithExample, tuple[float, float]]:
+                  staged: dict[str, Path]) -> tuple[float, float]:
+    """Write every final array into a staging file (recorded in ``staged``); returns U's min and max."""
     def new(name: str, dtype) -> np.ndarray:
         staged[name] = store.staging_path(name)
         return np.lib.format.open_memmap(staged[name], mode="w+", dtype=dtype, shape=plan.shape)
@@ -83,7 +83,7 @@ def _stage_arrays(store: KernelStore, plan: KernelPlan, config: KernelConfig, no
         _stage_npy(store, staged, "kernel_indices.npy", plan.neighbours)
         staged["kernel_values.npy"] = staged.pop("kernel.npy")
         staged["utility_raw_values.npy"] = staged.pop("utility_raw.npy")
-    return with_example, utility_range
+    return utility_range
 
 
 def _verified_blocks(store: KernelStore, plan: KernelPlan) -> Iterator[tuple[int, dict]]:
