@@ -18,9 +18,30 @@ selection's ground set, not only the subset; same prompt and response), and an o
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
 
-from delift_jax.data.sources import add_data_arguments
+import jax.numpy as jnp
+import numpy as np
+
+from delift_jax.cli_checks import refuse_nonfinite_metrics
+from delift_jax.commands.selection_data import check_selection_data, data_options_summary, examples_sha256
+from delift_jax.data.builtin import BUILTIN_DATASETS
+from delift_jax.data.sources import add_data_arguments, data_options, load_examples
+from delift_jax.data.splits import SplitError, shared_examples
+from delift_jax.errors import DataError
+from delift_jax.evaluate.generate import GenerationConfig
+from delift_jax.evaluate.icl import subset_from_indices
+from delift_jax.evaluate.judge import JudgeConfig
+from delift_jax.evaluate.pipeline import EvalSetup, evaluate_model, parse_metrics
+from delift_jax.evaluate.report import markdown_table, write_json
+from delift_jax.models import load_model
 from delift_jax.models.loading import DEFAULT_MODEL
+from delift_jax.progress import show_progress
+from delift_jax.scoring import ScoringConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,13 +85,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_indices(location: str):
     """Subset indices from a .npy file, a directory holding picks.npy, or a .json list."""
-    import json
-    from pathlib import Path
-
-    import numpy as np
-
-    from delift_jax.errors import DataError
-
     path = Path(location).expanduser()
     if path.is_dir():
         path = path / "picks.npy"
@@ -87,10 +101,6 @@ def load_indices(location: str):
 def _source_options(args: argparse.Namespace) -> tuple[dict, dict]:
     """``load_examples`` keywords for --data and for --pool: the same data options for both; field mapping and
     --format apply to data files only, so a built-in dataset on one side loads without them."""
-    from delift_jax.data.builtin import BUILTIN_DATASETS
-    from delift_jax.data.sources import data_options
-    from delift_jax.errors import DataError
-
     options = data_options(args)
     sources = [s for s in (args.data, args.pool) if s]
     if options["fields"] is not None and all(s in BUILTIN_DATASETS for s in sources):
@@ -107,26 +117,8 @@ def overlap_message(n_shared: int, n_test: int, first: int, pool: str) -> str:
             "set to the kernel's --limit), or pass --allow-overlap to evaluate anyway")
 
 
-def run(args: argparse.Namespace) -> int:
-    import dataclasses
-    import sys
-    import time
-
-    import jax.numpy as jnp
-
-    from delift_jax.cli_checks import refuse_nonfinite_metrics
-    from delift_jax.data.sources import load_examples
-    from delift_jax.data.splits import SplitError, shared_examples
-    from delift_jax.errors import DataError
-    from delift_jax.commands.selection_data import check_selection_data, data_options_summary, examples_sha256
-    from delift_jax.evaluate.generate import GenerationConfig
-    from delift_jax.evaluate.icl import subset_from_indices
-    from delift_jax.evaluate.judge import JudgeConfig
-    from delift_jax.evaluate.pipeline import EvalSetup, evaluate_model, parse_metrics
-    from delift_jax.evaluate.report import markdown_table, write_json
-    from delift_jax.models import load_model
-    from delift_jax.scoring import ScoringConfig
-
+def check_args(args: argparse.Namespace) -> tuple[str, ...]:
+    """The metrics; one-line errors for settings that cannot work together."""
     metrics = parse_metrics(args.metrics)
     if args.limit is not None and args.limit < 1:
         raise DataError(f"--limit {args.limit} must be at least 1")
@@ -136,59 +128,90 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"--pool-limit {args.pool_limit} needs --pool and must be at least 1")
     if args.indices and not args.pool:
         raise DataError("--indices index into --pool; give the pool the selection was made from")
-    generation = GenerationConfig(temperature=args.temperature, top_p=args.top_p, min_p=args.min_p,
-                                  max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_length,
-                                  batch_size=args.batch_size, seed=args.seed)
+    return metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalInputs:
+    """test: the examples evaluated; ground: the whole --pool (None without it); pool: the demonstrations (the
+    selected subset of ground, or all of it); overlap: test positions that also occur in ground."""
+
+    test: list
+    ground: list | None
+    pool: list | None
+    overlap: list
+    selection_check: str | None
+    data_options: dict
+
+
+def load_inputs(args: argparse.Namespace) -> EvalInputs:
+    """The test set and the selection's pool; a test set overlapping the pool is refused (or warned about)."""
     data_opts, pool_opts = _source_options(args)
     examples = load_examples(args.data, **data_opts)[args.skip:]
     test = examples[:args.limit] if args.limit is not None else examples
     if not test:
         raise DataError(f"no test examples in {args.data!r} after skipping {args.skip}")
-    pool = ground = None
-    selection_check = None
-    overlap = []
-    if args.pool:
-        ground = load_examples(args.pool, limit=args.pool_limit, **pool_opts)
-        overlap = shared_examples(ground, test)
-        if overlap and not args.allow_overlap:
-            raise SplitError(overlap_message(len(overlap), len(test), args.skip + overlap[0], args.pool))
-        if overlap:
-            print(f"warning: {len(overlap)} of {len(test)} test examples also occur in the selection pool --pool "
-                  f"{args.pool} (e.g. test example {args.skip + overlap[0]}); evaluating anyway (--allow-overlap), "
-                  "the scores are not held-out scores", file=sys.stderr)
-        pool = ground
-        if args.indices:
-            selection_check = check_selection_data(args.indices, ground, "--pool")
-            pool = subset_from_indices(ground, load_indices(args.indices))
+    if not args.pool:
+        return EvalInputs(test, None, None, [], None, data_opts)
+    ground = load_examples(args.pool, limit=args.pool_limit, **pool_opts)
+    overlap = shared_examples(ground, test)
+    if overlap and not args.allow_overlap:
+        raise SplitError(overlap_message(len(overlap), len(test), args.skip + overlap[0], args.pool))
+    if overlap:
+        print(f"warning: {len(overlap)} of {len(test)} test examples also occur in the selection pool --pool "
+              f"{args.pool} (e.g. test example {args.skip + overlap[0]}); evaluating anyway (--allow-overlap), "
+              "the scores are not held-out scores", file=sys.stderr)
+    pool, selection_check = ground, None
+    if args.indices:
+        selection_check = check_selection_data(args.indices, ground, "--pool")
+        pool = subset_from_indices(ground, load_indices(args.indices))
+    return EvalInputs(test, ground, pool, overlap, selection_check, data_opts)
 
-    start = time.perf_counter()
-    model, tokenizer, _ = load_model(args.model, dtype=getattr(jnp, args.dtype))
+
+def eval_setup(args: argparse.Namespace, metrics, pool) -> EvalSetup:
+    """Generation, metrics, demonstrations and the judge (loaded when asked for) of the evaluation."""
+    generation = GenerationConfig(temperature=args.temperature, top_p=args.top_p, min_p=args.min_p,
+                                  max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_length,
+                                  batch_size=args.batch_size, seed=args.seed)
     judge_model = judge_tokenizer = None
     if "judge" in metrics and args.judge_model:
         judge_model, judge_tokenizer, _ = load_model(args.judge_model, dtype=getattr(jnp, args.dtype))
-    setup = EvalSetup(generation=generation, metrics=metrics, pool=pool, k=args.k, judge_model=judge_model,
-                      judge_tokenizer=judge_tokenizer,
-                      judge_config=JudgeConfig(max_new_tokens=args.judge_max_new_tokens, batch_size=args.batch_size,
-                                               max_prompt_tokens=2 * args.max_length),
-                      scoring=ScoringConfig(max_length=2 * args.max_length),
-                      progress=True)
-    results = evaluate_model(model, tokenizer, test, setup)
-    refuse_nonfinite_metrics(results["conditions"])  # a NaN NLL is a failure, not a null in a results file
-    payload = {
+    return EvalSetup(generation=generation, metrics=metrics, pool=pool, k=args.k, judge_model=judge_model,
+                     judge_tokenizer=judge_tokenizer,
+                     judge_config=JudgeConfig(max_new_tokens=args.judge_max_new_tokens, batch_size=args.batch_size,
+                                              max_prompt_tokens=2 * args.max_length),
+                     scoring=ScoringConfig(max_length=2 * args.max_length), progress=show_progress())
+
+
+def results_payload(args: argparse.Namespace, metrics, inputs: EvalInputs, setup: EvalSetup, results: dict,
+                    seconds: float) -> dict:
+    """The results JSON: what was evaluated, against which pool, with which settings, and the results."""
+    test, ground, pool = inputs.test, inputs.ground, inputs.pool
+    return {
         "model": args.model, "data": args.data, "skip": args.skip, "n_test": len(test), "metrics": list(metrics),
-        "data_options": data_options_summary(data_opts), "test_sha256": examples_sha256(test),
+        "data_options": data_options_summary(inputs.data_options), "test_sha256": examples_sha256(test),
         "pool": args.pool, "pool_limit": args.pool_limit, "indices": args.indices,
         "pool_size": None if pool is None else len(pool),
         "ground_size": None if ground is None else len(ground),
         "pool_sha256": None if ground is None else examples_sha256(ground),
-        "subset_sha256": None if pool is None else examples_sha256(pool), "selection_check": selection_check,
-        "test_pool_overlap": len(overlap), "allow_overlap": bool(args.allow_overlap),
-        "generation": dataclasses.asdict(generation),
+        "subset_sha256": None if pool is None else examples_sha256(pool), "selection_check": inputs.selection_check,
+        "test_pool_overlap": len(inputs.overlap), "allow_overlap": bool(args.allow_overlap),
+        "generation": dataclasses.asdict(setup.generation),
         "judge": ({"model": args.judge_model or args.model, "label": "small-judge approximation"}
                   if "judge" in metrics else None),
-        "seconds": round(time.perf_counter() - start, 2), **results,
+        "seconds": round(seconds, 2), **results,
     }
-    path = write_json(args.out, payload)
+
+
+def run(args: argparse.Namespace) -> int:
+    metrics = check_args(args)
+    inputs = load_inputs(args)
+    start = time.perf_counter()
+    model, tokenizer, _ = load_model(args.model, dtype=getattr(jnp, args.dtype))
+    setup = eval_setup(args, metrics, inputs.pool)
+    results = evaluate_model(model, tokenizer, inputs.test, setup)
+    refuse_nonfinite_metrics(results["conditions"])  # a NaN NLL is a failure, not a null in a results file
+    path = write_json(args.out, results_payload(args, metrics, inputs, setup, results, time.perf_counter() - start))
     print(markdown_table(results["conditions"]))
     if "judge" in metrics:
         print("judge scores are a small-judge approximation (Prometheus-style rubric graded by "

@@ -18,11 +18,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from delift_jax.atomic_io import atomic_save_json, atomic_save_npz, remove_staging_leftovers
 from delift_jax.commands.selection_data import check_selection_data, data_options_summary, examples_sha256
-from delift_jax.data.sources import add_data_arguments
+from delift_jax.data.sources import add_data_arguments, data_options, load_examples
+from delift_jax.errors import DataError
+from delift_jax.models import load_model
 from delift_jax.models.loading import DEFAULT_MODEL
+from delift_jax.progress import show_progress
+from delift_jax.train.config import TrainConfig
+from delift_jax.train.export import export_hf
+from delift_jax.train.lora import LoRAConfig
+from delift_jax.train.loop import finetune
+from delift_jax.train.step import split_model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep", type=int, default=2, help="checkpoints to keep (default 2)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
     parser.add_argument("--no-export", action="store_true", help="do not write the merged model to OUT/model")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (default: a bar when stderr is a terminal)")
     parser.add_argument("--save-params", default=None, help=argparse.SUPPRESS)  # tests: trainable params as .npz
     parser.add_argument("--sleep-per-step", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: slow a run
     add_data_arguments(parser)
@@ -66,12 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def select_examples(examples: list, indices_path: str | None) -> list:
     """``examples`` restricted to the indices in ``indices_path`` (order kept as given, duplicates refused)."""
-    from delift_jax.errors import DataError
-
     if indices_path is None:
         return examples
-    import numpy as np
-
     path = Path(indices_path).expanduser()
     if not path.is_file():
         raise DataError(f"indices file {path} does not exist")
@@ -98,17 +109,14 @@ def select_examples(examples: list, indices_path: str | None) -> list:
     return [examples[int(i)] for i in indices]
 
 
-def config_from_args(args: argparse.Namespace):
-    from delift_jax.train.config import TrainConfig
-    from delift_jax.train.lora import LoRAConfig
-
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
     targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
     return TrainConfig(method=args.method, lora=LoRAConfig(args.lora_rank, args.lora_alpha, args.lora_dropout, targets),
                        learning_rate=args.lr, schedule=args.schedule, warmup_steps=args.warmup_steps,
                        weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm or None, epochs=args.epochs,
                        max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
-                       max_length=args.max_length, seed=args.seed, pad_to_max_length=args.pad_to_max_length, save_every=args.save_every,
-                       keep_checkpoints=args.keep)
+                       max_length=args.max_length, seed=args.seed, pad_to_max_length=args.pad_to_max_length,
+                       save_every=args.save_every, keep_checkpoints=args.keep)
 
 
 def resume_hint(out: Path) -> str:
@@ -122,17 +130,6 @@ def resume_hint(out: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
-
-    import jax.numpy as jnp
-    import numpy as np
-
-    from delift_jax.data.sources import data_options, load_examples
-    from delift_jax.models import load_model
-    from delift_jax.train.export import export_hf
-    from delift_jax.atomic_io import atomic_save_json, atomic_save_npz, remove_staging_leftovers
-    from delift_jax.train.loop import finetune
-
     config = config_from_args(args)
     options = data_options(args)
     loaded = load_examples(args.data, limit=args.limit, **options)
@@ -143,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
     remove_staging_leftovers(out / "model")  # a partial export of a crashed run (hundreds of MB)
     on_step = (lambda step, metrics: time.sleep(args.sleep_per_step)) if args.sleep_per_step > 0 else None
     try:
-        result = finetune(model, tokenizer, examples, config, out, progress=not args.no_progress, on_step=on_step)
+        result = finetune(model, tokenizer, examples, config, out,
+                          progress=show_progress(False if args.no_progress else None), on_step=on_step)
     except KeyboardInterrupt:
         print(f"interrupted: {resume_hint(out)}; rerun the same command to resume", file=sys.stderr)
         return 130
@@ -156,9 +154,6 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_export:
         summary["export"] = str(export_hf(result.model, tokenizer, out / "model"))
     if args.save_params:
-        from delift_jax.train.step import split_model
-        from flax import nnx
-
         _, params, _ = split_model(result.model, nnx.LoRAParam if config.method == "lora" else nnx.Param)
         atomic_save_npz(args.save_params, **{k: np.asarray(v) for k, v in params.items()})
     text = json.dumps(summary)
@@ -170,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """``python -m delift_jax.train.command ...``: exactly ``delift finetune ...`` (same up-front checks of counts
     and output paths, same one-line errors)."""
-    from delift_jax.cli import main as cli_main
+    from delift_jax.cli import main as cli_main  # here, not at the top: the cli imports this module
 
     return cli_main(["finetune", *(sys.argv[1:] if argv is None else argv)])
 
