@@ -10,7 +10,7 @@ from delift_jax.train.optim import SCHEDULES
 
 METHODS = ("lora", "full")
 # Settings that do not change what a run computes: a resume may change them.
-_BOOKKEEPING = ("save_every", "keep_checkpoints", "log_every")
+_BOOKKEEPING = ("save_every", "keep_checkpoints", "log_every", "remat_layers")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +25,8 @@ class TrainConfig:
     save_every: checkpoint every N steps (and at the end) when the run has an output directory.
     log_every: fetch step metrics from the device every N steps (and at checkpoints and the end); steps between
     run without waiting for the host.
+    remat_layers: recompute each decoder layer's activations in the backward pass instead of keeping them (less
+    memory for long sequences or large models, about one more forward of compute; same results).
     """
 
     method: str = "lora"
@@ -50,6 +52,7 @@ class TrainConfig:
     save_every: int = 50
     keep_checkpoints: int = 2
     log_every: int = 10
+    remat_layers: bool = False
 
     def __post_init__(self):
         if self.method not in METHODS:

@@ -83,6 +83,7 @@ def finetune(model, tokenizer, examples: Sequence[Example], config: TrainConfig 
         checkpointer = Checkpointer(Path(out_dir), fingerprint, keep=config.keep_checkpoints)
 
     model = nnx.clone(model)
+    model.remat_layers = config.remat_layers
     if config.method == "lora":
         apply_lora(model, config.lora, seed=config.seed)
         trainable = nnx.LoRAParam
