@@ -22,8 +22,7 @@ Returned indices are DATASET indices into the pool (never positions inside a clu
 draw order), then cluster by cluster in cluster-id order, easy ones first (nearest first), then hard ones
 (farthest first). Scores are the distances. Targets and existing data are not used (unsupervised over the pool).
 
-Options: n_clusters, easy_fraction, base_fraction, n_init, max_iter, encoder, embeddings (precomputed, rows
-aligned with pool).
+Options: ``DeftUcsOptions``.
 """
 
 from __future__ import annotations
