@@ -81,9 +81,7 @@ def check_counts(args: argparse.Namespace) -> None:
         if value is None or isinstance(value, bool) or not isinstance(value, int):
             continue
         if value < minimum:
-            bound = "must be at least 1" if minimum == 1 else f"must be at least {minimum}"
-            if minimum == 0:
-                bound = "must not be negative"
+            bound = "must not be negative" if minimum == 0 else f"must be at least {minimum}"
             raise UsageError(f"{option_name(dest)} {value} {bound}")
     for dest, (bound, inclusive) in FLOAT_BOUNDS.items():
         value = values.get(dest)
@@ -136,7 +134,7 @@ def _check_existing(path: Path, kind: str, option: str) -> None:
                          "remove it or choose another path")
     if kind == "file" and path.is_dir():
         raise UsageError(f"{option} {path} is a directory, but a file is written there; "
-                         "give a file path (e.g. {path}/results.json)".replace("{path}", str(path)))
+                         f"give a file path (e.g. {path / 'results.json'})")
 
 
 def _nearest_existing_ancestor(path: Path, option: str) -> Path:

@@ -259,6 +259,17 @@ def test_the_matrix_has_at_least_100_cases():
     assert len(CASES) >= 100
 
 
+def test_every_output_option_of_every_command_is_checked():
+    """A command (or option) added later without an entry in cli_checks.OUTPUTS would skip the up-front checks."""
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    for name, sub in commands.items():
+        dests = {a.dest for a in sub._actions}
+        checked = {spec.dest for spec in cli_checks.OUTPUTS.get(name, ())}
+        writes = {d for d in dests if d == "out" or d.startswith("save_") and d != "save_every"}
+        assert writes <= checked, (name, writes - checked)
+
+
 def test_oserror_that_escapes_the_checks_is_one_line_with_the_path(world, monkeypatch, capsys):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(world / "out" / "picks.npy"))
