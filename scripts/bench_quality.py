@@ -8,7 +8,10 @@ fraction of ``--split``) costs one forward pass per pair: TruthfulQA's short pai
 cores (150 examples at split 0.7: 11,025 pairs, ≈13 min a seed); ifbench's long ones take hours per seed there.
 
 The last line is one JSON object: ``delift``, ``random``, ``full``, ``initial`` (mean held-out token NLL over
-seeds) and ``delift_minus_random``.
+seeds) and ``delift_minus_random``. With ``--icl K`` also the ICL condition (the paper's: the base model, no
+fine-tuning, with the K examples of each method's subset nearest each test prompt as demonstrations), which
+measures the subset as the kernel sees it, without training noise: ``icl_nll`` per method and
+``icl_delift_minus_random``.
 
     python scripts/bench_quality.py --examples 150 --seeds 0 1 2 --out runs/bench_quality
     python scripts/bench_quality.py --data truthfulqa --examples 150 --split 0.7,0.1,0.2 --max-new-tokens 32  # README
@@ -37,6 +40,8 @@ def main():
     parser.add_argument("--max-response-tokens", type=int, default=64, help="scored tokens in the DELIFT kernel")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--split", default="0.8,0.1,0.1", help="train,validation,test fractions of --examples")
+    parser.add_argument("--icl", type=int, default=0, metavar="K",
+                        help="also the ICL condition: base model with K nearest subset examples (0: off)")
     parser.add_argument("--progress", action="store_true", help="progress bars for kernels, training, generation")
     parser.add_argument("--out", default="runs/bench_quality")
     args = parser.parse_args()
@@ -47,6 +52,7 @@ def main():
     pipeline_command.add_arguments(parser)
     nll = {m: [] for m in METHODS}
     rouge = {m: [] for m in METHODS}
+    icl_nll = {m: [] for m in METHODS}
     for seed in args.seeds:
         out = Path(args.out) / f"seed{seed}"
         run_args = parser.parse_args([
@@ -55,7 +61,7 @@ def main():
             "--train-steps", str(args.train_steps), "--max-length", str(args.max_length),
             "--max-response-tokens", str(args.max_response_tokens), "--max-new-tokens", str(args.max_new_tokens),
             "--split", args.split, "--metrics", "rouge,nll", "--no-checkpoints", "--out", str(out)]
-            + (["--progress"] if args.progress else []))
+            + (["--progress"] if args.progress else []) + (["--icl", str(args.icl)] if args.icl else []))
         if pipeline_command.run(run_args):
             raise SystemExit(f"seed {seed}: delift run failed")
         results = json.loads((out / "results.json").read_text(encoding="utf-8"))
@@ -63,6 +69,9 @@ def main():
             metrics = results["methods"][method]["metrics"]
             nll[method].append(float(metrics["token_nll"]))
             rouge[method].append(float(metrics["rougeL"]))
+            icl = results["methods"][method].get("icl_metrics")
+            if icl:  # methods with a subset (not initial)
+                icl_nll[method].append(float(icl["token_nll"]))
 
     print(f"\n{'method':<10} {'held-out NLL (mean ± std)':>28} {'ROUGE-L':>18}   over seeds {args.seeds}")
     for method in METHODS:
@@ -71,6 +80,14 @@ def main():
     summary = {m: round(float(np.mean(nll[m])), 5) for m in METHODS}
     summary["delift_minus_random"] = round(summary["delift"] - summary["random"], 5)
     summary["rougeL"] = {m: round(float(np.mean(rouge[m])), 5) for m in METHODS}
+    if args.icl:
+        print(f"\nICL condition (base model, {args.icl} nearest subset examples per test prompt):")
+        for method in [m for m in METHODS if icl_nll[m]]:
+            print(f"{method:<10} {np.mean(icl_nll[method]):>18.4f} ± {np.std(icl_nll[method]):<7.4f}")
+        summary["icl_nll"] = {m: round(float(np.mean(v)), 5) for m, v in icl_nll.items() if v}
+        summary["icl_nll_std"] = {m: round(float(np.std(v)), 5) for m, v in icl_nll.items() if v}
+        summary["icl_delift_minus_random"] = round(summary["icl_nll"]["delift"] - summary["icl_nll"]["random"], 5)
+        summary["icl_k"] = args.icl
     summary.update(examples=args.examples, split=args.split, seeds=args.seeds, budget=args.budget, data=args.data)
     print(json.dumps(summary))
 

@@ -50,10 +50,10 @@ CACHE = Path("/root/.cache/delift_jax/bench_recovery")
 class Sizes:
     """How many examples each part takes (per source for the task case)."""
 
-    pool_per_source: int = 6
-    select_targets: int = 3       # target examples the selection sees (kernel rows)
-    test_targets: int = 10        # target examples held out for NLL / ICL (never seen by selection)
-    dup_bases: int = 5
+    pool_per_source: int = 4
+    select_targets: int = 2       # target examples the selection sees (kernel rows)
+    test_targets: int = 8         # target examples held out for NLL / ICL (never seen by selection)
+    dup_bases: int = 4
     dup_copies: int = 3
     dup_held_out: int = 20
     max_prompt_chars: int = 240
@@ -132,15 +132,17 @@ def store_dirs(cache: Path, seed: int, sources) -> dict:
 def link_pool(target_dir: Path, pool_store: Path) -> None:
     target_dir.mkdir(parents=True, exist_ok=True)
     link = target_dir / "pool"
-    if not link.exists():
+    try:
         link.symlink_to(pool_store.resolve(), target_is_directory=True)
+    except FileExistsError:  # made by an earlier run or by a process computing another kernel of this seed
+        pass
 
 
 def raw_path(cache: Path, seed: int, what: str) -> Path:
     return cache / f"seed{seed}" / f"raw_{what.replace(':', '_')}.npz"
 
 
-def compute_kernels(model, tokenizer, seed: int, args, sizes: Sizes, loader=None) -> dict:
+def compute_kernels(model, tokenizer, seed: int, args, sizes: Sizes, loader=None, jobs_wanted=None) -> dict:
     """Raw utilities (rms and pmi) for one seed: task pool, each source's selection targets, duplicate pool.
 
     The stores resume a crashed run; the raw utilities are also saved as ``raw_<what>.npz`` (U_rms, U_pmi,
@@ -162,6 +164,9 @@ def compute_kernels(model, tokenizer, seed: int, args, sizes: Sizes, loader=None
     jobs.append(("dup_pool", dups.pool, None, dirs["dup"] / "pool"))
     raw = {}
     for what, rows, columns, out in jobs:
+        kind = {"task_pool": "pool", "dup_pool": "dup"}.get(what, "targets")
+        if jobs_wanted is not None and kind not in jobs_wanted:
+            continue
         path = raw_path(cache, seed, what)
         if path.is_file():
             raw[what] = dict(np.load(path, allow_pickle=False))
@@ -231,37 +236,45 @@ def delift_task_picks(raw: dict, target: str, k: int, distance: str, objective: 
     return greedy(objective, k, scaled["K"], scaled["Q"], eta=eta)
 
 
+def task_picks(raw: dict, data: SourceMixture, target: str, t: int, k: int, seed: int, model, tokenizer) -> dict:
+    """Every method's k picks for one target (greedy, Random and LESS orders: a smaller budget is a prefix)."""
+    picks = {
+        "delift_rms": delift_task_picks(raw, target, k, "rms"),
+        "delift_pmi": delift_task_picks(raw, target, k, "pmi"),
+        "delift_rms_exdiag": delift_task_picks(raw, target, k, "rms", exclude_diagonal=True),
+        "delift_rms_clip": delift_task_picks(raw, target, k, "rms", clip=True),
+        "random": registry_picks("random", data.pool, k, seed * 1000 + t, use_case="task",
+                                 targets=data.select[target]),
+        "delift_se": registry_picks("delift_se", data.pool, k, seed, use_case="task", targets=data.select[target]),
+        "less": registry_picks("less", data.pool, k, seed, use_case="task", targets=data.select[target],
+                               model=model, tokenizer=tokenizer),
+    }
+    for distance in ("rms", "pmi"):
+        for objective in OBJECTIVES:
+            for eta in ETAS:
+                picks[f"{objective}_{distance}_eta{eta:g}"] = delift_task_picks(raw, target, k, distance, objective,
+                                                                                eta)
+    return picks
+
+
 def task_selection(raw: dict, data: SourceMixture, seed: int, model, tokenizer) -> dict:
-    """Precision (share of picks from the target's source) per method, target and budget; picks for later stages."""
+    """Precision (share of picks from the target's source) per method, target and budget; picks for later stages.
+
+    Each method runs once at the largest budget; a smaller budget takes the prefix of its picks (what a greedy,
+    a seeded permutation and a top-k ranking give when run at that budget)."""
     n = len(data.pool)
     out = {"precision": {}, "picks": {}}
+    k_max = max(budget_k(fraction, n) for fraction in BUDGETS)
     for t, target in enumerate(data.sources):
-        for fraction in BUDGETS:
-            k = budget_k(fraction, n)
-            picks = {
-                "delift_rms": delift_task_picks(raw, target, k, "rms"),
-                "delift_pmi": delift_task_picks(raw, target, k, "pmi"),
-                "delift_rms_exdiag": delift_task_picks(raw, target, k, "rms", exclude_diagonal=True),
-                "delift_rms_clip": delift_task_picks(raw, target, k, "rms", clip=True),
-                "random": registry_picks("random", data.pool, k, seed * 1000 + t, use_case="task",
-                                         targets=data.select[target]),
-                "delift_se": registry_picks("delift_se", data.pool, k, seed, use_case="task",
-                                            targets=data.select[target]),
-                "less": registry_picks("less", data.pool, k, seed, use_case="task", targets=data.select[target],
-                                       model=model, tokenizer=tokenizer),
-            }
-            for distance in ("rms", "pmi"):
-                for objective in OBJECTIVES:
-                    for eta in ETAS:
-                        picks[f"{objective}_{distance}_eta{eta:g}"] = delift_task_picks(
-                            raw, target, k, distance, objective, eta)
-            for method, chosen in picks.items():
+        for method, chosen in task_picks(raw, data, target, t, k_max, seed, model, tokenizer).items():
+            for fraction in BUDGETS:
+                prefix = chosen[:budget_k(fraction, n)]
                 out["precision"].setdefault(method, {}).setdefault(f"{fraction:g}", {})[target] = share(
-                    chosen, data.pool_source, t)
-                out["picks"].setdefault(method, {}).setdefault(f"{fraction:g}", {})[target] = chosen.tolist()
-            log(f"seed {seed} task target {target} budget {fraction:g}: " + ", ".join(
-                f"{m} {out['precision'][m][f'{fraction:g}'][target]:.2f}"
-                for m in ("delift_rms", "delift_pmi", "delift_se", "less", "random")))
+                    prefix, data.pool_source, t)
+                out["picks"].setdefault(method, {}).setdefault(f"{fraction:g}", {})[target] = prefix.tolist()
+        log(f"seed {seed} task target {target}: precision @10%/@30% " + ", ".join(
+            f"{m} {out['precision'][m]['0.1'][target]:.2f}/{out['precision'][m]['0.3'][target]:.2f}"
+            for m in ("delift_rms", "delift_pmi", "delift_se", "less", "random")))
     return out
 
 
@@ -596,6 +609,9 @@ def parse_args(argv=None):
     parser.add_argument("--no-training", action="store_true", help="selection metrics only")
     parser.add_argument("--cache", default=str(CACHE), help="kernel stores and per-seed results (resumable)")
     parser.add_argument("--only-kernels", action="store_true", help="compute the kernel stores and stop")
+    parser.add_argument("--kernel-jobs", default="pool,targets,dup",
+                        help="with --only-kernels: which kernels (pool: the task pool, targets: the target rows, "
+                        "dup: the duplicate pool), so separate processes can share the work")
     parser.add_argument("--report-only", action="store_true", help="print the report from saved per-seed results")
     parser.add_argument("--progress", action="store_true")
     for field in dataclasses.fields(Sizes):
@@ -621,7 +637,7 @@ def main(argv=None):
         encoder = None if args.only_kernels else sentence_encoder()
         for seed in args.seeds:
             if args.only_kernels:
-                compute_kernels(model, tokenizer, seed, args, sizes)
+                compute_kernels(model, tokenizer, seed, args, sizes, jobs_wanted=args.kernel_jobs.split(","))
             else:
                 run_seed(model, tokenizer, encoder, seed, args, sizes)
         if args.only_kernels:

@@ -9,10 +9,13 @@ mean ± std markdown tables, and headless matplotlib figures (metric vs budget, 
 
 from delift_jax.report.plots import (
     load_pool_kernel,
+    plot_composition,
     plot_greedy_gains,
+    plot_kernel_by_group,
     plot_kernel_heatmap,
     plot_method_metrics,
     plot_metric_vs_budget,
+    plot_values,
 )
 from delift_jax.report.tables import (
     CSV_FIELDS,
@@ -28,10 +31,13 @@ __all__ = [
     "load_pool_kernel",
     "markdown_summary",
     "metric_rows",
+    "plot_composition",
     "plot_greedy_gains",
+    "plot_kernel_by_group",
     "plot_kernel_heatmap",
     "plot_method_metrics",
     "plot_metric_vs_budget",
+    "plot_values",
     "read_csv",
     "summarize",
     "write_csv",

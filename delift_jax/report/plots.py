@@ -113,3 +113,67 @@ def load_pool_kernel(kernel_dir) -> np.ndarray:
     kernel = np.load(path, allow_pickle=False).astype(np.float64)
     lo, hi = float(kernel.min()), float(kernel.max())
     return (kernel - lo) / (hi - lo) if hi > lo else np.zeros_like(kernel)
+
+
+def plot_composition(counts: Mapping[str, Sequence[int]], sources: Sequence[str], path=None,
+                     title: str = "where each method's picks come from", highlight: str | None = None):
+    """Stacked bars: for each method (a bar), how many picks come from each source (a colour)."""
+    methods = list(counts)
+    table = np.asarray([np.asarray(counts[m], dtype=np.float64) for m in methods]).reshape(len(methods), len(sources))
+    fig = _figure(6.5, 4.0)
+    ax = fig.add_subplot(1, 1, 1)
+    bottom = np.zeros(len(methods))
+    for s, source in enumerate(sources):
+        label = f"{source} (target)" if source == highlight else source
+        ax.bar(methods, table[:, s], bottom=bottom, label=label, edgecolor="black" if source == highlight else None,
+               linewidth=1.5 if source == highlight else 0.0)
+        bottom += table[:, s]
+    ax.set_ylabel("picks")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    return fig
+
+
+def plot_values(values: Mapping[str, float], label: str, path=None, title: str = "", reference: float | None = None,
+                reference_label: str = ""):
+    """One bar per entry (e.g. held-out NLL per method), with an optional horizontal reference line."""
+    names = list(values)
+    fig = _figure()
+    ax = fig.add_subplot(1, 1, 1)
+    ax.bar(names, [float(values[n]) for n in names], color="tab:green")
+    if reference is not None:
+        ax.axhline(reference, color="black", linestyle="--", linewidth=1, label=reference_label or None)
+        if reference_label:
+            ax.legend()
+    ax.set_ylabel(label)
+    ax.set_title(title)
+    _save(fig, path)
+    return fig
+
+
+def plot_kernel_by_group(kernel, groups: Sequence[int], names: Sequence[str], path=None,
+                         title: str = "utility kernel, ordered by source"):
+    """Heatmap of a square kernel with rows and columns sorted by group; lines separate the groups, which are
+    named on both axes."""
+    kernel = np.asarray(kernel, dtype=np.float64)
+    groups = np.asarray(groups)
+    order = np.argsort(groups, kind="stable")
+    ordered = kernel[np.ix_(order, order)]
+    fig = _figure(6.0, 5.0)
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(ordered, cmap="viridis", aspect="auto", interpolation="nearest")
+    fig.colorbar(image, ax=ax)
+    sizes = np.bincount(groups[order], minlength=len(names))
+    edges = np.cumsum(sizes)[:-1] - 0.5
+    for edge in edges:
+        ax.axhline(edge, color="white", linewidth=1)
+        ax.axvline(edge, color="white", linewidth=1)
+    centres = np.cumsum(sizes) - sizes / 2 - 0.5
+    ax.set_xticks(centres, list(names), rotation=30, fontsize=8)
+    ax.set_yticks(centres, list(names), fontsize=8)
+    ax.set_xlabel("demonstration j")
+    ax.set_ylabel("example i (predicted)")
+    ax.set_title(title)
+    _save(fig, path)
+    return fig
