@@ -58,21 +58,25 @@ def one_line(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; every failure it foresees ends in one ``error:`` line on stderr and exit status 2.
-
-    Arguments are checked before any data or model loads (count options, output paths: ``cli_checks``); an
-    ``OSError`` that still escapes (a disk that fills up during the run) is reported with its path, not as a
-    traceback."""
+    """Run one command; every failure it foresees ends in one ``error:`` line on stderr and exit status 2."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse has printed its usage line and message (or --help)
         return exc.code if isinstance(exc.code, int) else 2
+    return run_parsed(args.command, args, importlib.import_module(args._module).run)
+
+
+def run_parsed(command: str, args: argparse.Namespace, run) -> int:
+    """Check ``args`` of ``command`` up front (count options, output paths: ``cli_checks``), then ``run(args)``.
+
+    A ``DeliftError`` or an ``OSError`` that still escapes (a disk that fills up during the run) ends in one
+    ``error:`` line naming the problem (and the path), exit status 2, never a traceback."""
     try:
         from delift_jax.cli_checks import check_arguments
 
-        check_arguments(args.command, args)
+        check_arguments(command, args)
         enable_compilation_cache()
-        return int(importlib.import_module(args._module).run(args) or 0)
+        return int(run(args) or 0)
     except DeliftError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2

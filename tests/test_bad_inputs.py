@@ -91,7 +91,7 @@ REQUIRED = {  # the least each command needs besides the output option
     "finetune": ["finetune", "--model", NO_MODEL, "--data", "data.jsonl", "--no-progress"],
     "evaluate": ["evaluate", "--model", NO_MODEL, "--data", "data.jsonl"],
     "run": ["run", "--use-case", "instruction", "--model", NO_MODEL, "--data", "data.jsonl"],
-    "demo": ["demo", "--model", NO_MODEL, "--data", "data.jsonl"],
+    "demo": ["demo", "--model", NO_MODEL],
 }
 OUT = {"kernel": "out", "select": "out", "finetune": "out", "evaluate": "out.json", "run": "out", "demo": "out",
        "score": None}
@@ -170,7 +170,7 @@ COUNTS = {
     "run": [("--limit", -1), ("--target-limit", 0), ("--existing-limit", 0), ("--kernel-max-length", 3),
             ("--max-response-tokens", 0), ("--epochs", 0), ("--train-steps", 0), ("--batch-size", 0),
             ("--max-length", 0), ("--max-new-tokens", 0), ("--eval-batch-size", 0), ("--icl", -1)],
-    "demo": [("--examples", 0), ("--examples", -3), ("--train-steps", 0)],
+    "demo": [("--per-source", 0), ("--targets", 0), ("--test", -1), ("--train-steps", 0)],
 }
 for command, options in COUNTS.items():
     for option, value in options:

@@ -163,11 +163,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m delift_jax.train.command ...``: exactly ``delift finetune ...`` (same up-front checks of counts
-    and output paths, same one-line errors)."""
-    from delift_jax.cli import main as cli_main  # here, not at the top: the cli imports this module
+    """``python -m delift_jax.train.command ...``: ``delift finetune ...`` without importing the other commands
+    (same up-front checks of counts and output paths, same one-line errors)."""
+    from delift_jax.cli import run_parsed  # here, not at the top: the cli imports this module
 
-    return cli_main(["finetune", *(sys.argv[1:] if argv is None else argv)])
+    parser = argparse.ArgumentParser(prog="delift finetune", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
+    return run_parsed("finetune", args, run)
 
 
 if __name__ == "__main__":
