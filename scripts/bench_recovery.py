@@ -139,48 +139,80 @@ def link_pool(target_dir: Path, pool_store: Path) -> None:
 
 
 def raw_path(cache: Path, seed: int, what: str) -> Path:
-    return cache / f"seed{seed}" / f"raw_{what.replace(':', '_')}.npz"
+    return cache / f"seed{seed}" / f"raw_{what.replace(':', '_').replace('#', '_')}.npz"
 
 
-def compute_kernels(model, tokenizer, seed: int, args, sizes: Sizes, loader=None, jobs_wanted=None) -> dict:
+def kernel_jobs(seed: int, args, sizes: Sizes, loader=None) -> list:
+    """(name, kind, rows, columns, store) of every kernel of one seed. A square kernel split into ``row_parts``
+    becomes rectangular kernels over row blocks (rows part, columns all): U[i, j] is the same pair score, the
+    diagonal included, so the blocks stacked are the square kernel."""
+    data = task_data(seed, args.sources, sizes, loader)
+    dups = dup_data(seed, sizes, loader)
+    dirs = store_dirs(Path(args.cache), seed, args.sources)
+    jobs = []
+    for name, kind, examples, store in (("task_pool", "pool", data.pool, dirs["task_pool"]),
+                                        ("dup_pool", "dup", dups.pool, dirs["dup"] / "pool")):
+        if args.row_parts == 1:
+            jobs.append((name, kind, examples, None, store))
+            continue
+        for part, rows in enumerate(np.array_split(np.arange(len(examples)), args.row_parts)):
+            jobs.append((f"{name}#{part}of{args.row_parts}", kind, [examples[i] for i in rows], examples,
+                         store.parent / f"{store.name}_rows{part}of{args.row_parts}"))
+    for name in args.sources:
+        link_pool(dirs[f"task:{name}"], dirs["task_pool"])
+        jobs.append((f"targets:{name}", "targets", data.select[name], data.pool, dirs[f"task:{name}"] / "targets"))
+    return jobs
+
+
+def compute_kernels(model, tokenizer, seed: int, args, sizes: Sizes, loader=None, jobs_wanted=None,
+                    part_wanted=None) -> dict:
     """Raw utilities (rms and pmi) for one seed: task pool, each source's selection targets, duplicate pool.
 
     The stores resume a crashed run; the raw utilities are also saved as ``raw_<what>.npz`` (U_rms, U_pmi,
-    seconds), which is what the selection phase reads.
+    seconds), which is what the selection phase reads. Row blocks of a split square kernel are stacked once all
+    of them are there.
     """
     import dataclasses as dc
 
     from delift_jax.kernel import utility_kernel
 
-    data = task_data(seed, args.sources, sizes, loader)
-    dups = dup_data(seed, sizes, loader)
     cache = Path(args.cache)
-    dirs = store_dirs(cache, seed, args.sources)
     config = kernel_config(args)
-    jobs = [("task_pool", data.pool, None, dirs["task_pool"])]
-    for name in args.sources:
-        link_pool(dirs[f"task:{name}"], dirs["task_pool"])
-        jobs.append((f"targets:{name}", data.select[name], data.pool, dirs[f"task:{name}"] / "targets"))
-    jobs.append(("dup_pool", dups.pool, None, dirs["dup"] / "pool"))
     raw = {}
-    for what, rows, columns, out in jobs:
-        kind = {"task_pool": "pool", "dup_pool": "dup"}.get(what, "targets")
+    for what, kind, rows, columns, out in kernel_jobs(seed, args, sizes, loader):
         if jobs_wanted is not None and kind not in jobs_wanted:
             continue
-        path = raw_path(cache, seed, what)
-        if path.is_file():
-            raw[what] = dict(np.load(path, allow_pickle=False))
+        if part_wanted is not None and "#" in what and not what.split("#")[1].startswith(f"{part_wanted}of"):
             continue
-        start = time.perf_counter()
-        result = utility_kernel(model, tokenizer, rows, columns, config, out_dir=out, progress=args.progress)
-        seconds = time.perf_counter() - start
-        pmi = utility_kernel(model, tokenizer, rows, columns, dc.replace(config, distance="pmi"), out_dir=out)
-        raw[what] = {"U_rms": np.asarray(result.utility, np.float64), "U_pmi": np.asarray(pmi.utility, np.float64),
-                     "seconds": np.float64(seconds)}
-        np.savez(path, **raw[what])
-        log(f"seed {seed} kernel {what}: {result.utility.shape} in {seconds:.0f} s "
-            f"(pairs computed now {result.summary.get('pairs_computed_now')})")
-    return raw
+        whole = what.split("#")[0]
+        path = raw_path(cache, seed, what)
+        if raw_path(cache, seed, whole).is_file():
+            raw[whole] = dict(np.load(raw_path(cache, seed, whole), allow_pickle=False))
+            continue
+        if not path.is_file():
+            start = time.perf_counter()
+            result = utility_kernel(model, tokenizer, rows, columns, config, out_dir=out, progress=args.progress)
+            seconds = time.perf_counter() - start
+            pmi = utility_kernel(model, tokenizer, rows, columns, dc.replace(config, distance="pmi"), out_dir=out)
+            np.savez(path, U_rms=np.asarray(result.utility, np.float64), U_pmi=np.asarray(pmi.utility, np.float64),
+                     seconds=np.float64(seconds))
+            log(f"seed {seed} kernel {what}: {result.utility.shape} in {seconds:.0f} s")
+        raw[what] = dict(np.load(path, allow_pickle=False))
+    return stack_row_parts(raw, cache, seed, args.row_parts)
+
+
+def stack_row_parts(raw: dict, cache: Path, seed: int, n_parts: int) -> dict:
+    """Replace complete sets of row blocks by the square kernel they make (saved as its own raw file)."""
+    for whole in ("task_pool", "dup_pool"):
+        parts = [raw_path(cache, seed, f"{whole}#{p}of{n_parts}") for p in range(n_parts)]
+        if whole in raw or n_parts == 1 or not all(p.is_file() for p in parts):
+            continue
+        loaded = [dict(np.load(p, allow_pickle=False)) for p in parts]
+        raw[whole] = {"U_rms": np.vstack([x["U_rms"] for x in loaded]),
+                      "U_pmi": np.vstack([x["U_pmi"] for x in loaded]),
+                      "seconds": np.float64(sum(float(x["seconds"]) for x in loaded))}
+        np.savez(raw_path(cache, seed, whole), **raw[whole])
+    return {k: v for k, v in raw.items() if "#" not in k}
 
 
 # ------------------------------------------------------------------------------------------------ selection
@@ -613,6 +645,9 @@ def parse_args(argv=None):
                         help="with --only-kernels: which kernels (pool: the task pool, targets: the target rows, "
                         "dup: the duplicate pool), so separate processes can share the work")
     parser.add_argument("--report-only", action="store_true", help="print the report from saved per-seed results")
+    parser.add_argument("--row-parts", type=int, default=1,
+                        help="split the square kernels into this many row blocks (one process each: --row-part)")
+    parser.add_argument("--row-part", type=int, default=None, help="with --only-kernels: compute only this block")
     parser.add_argument("--progress", action="store_true")
     for field in dataclasses.fields(Sizes):
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=int, default=field.default)
@@ -637,7 +672,8 @@ def main(argv=None):
         encoder = None if args.only_kernels else sentence_encoder()
         for seed in args.seeds:
             if args.only_kernels:
-                compute_kernels(model, tokenizer, seed, args, sizes, jobs_wanted=args.kernel_jobs.split(","))
+                compute_kernels(model, tokenizer, seed, args, sizes, jobs_wanted=args.kernel_jobs.split(","),
+                                part_wanted=args.row_part)
             else:
                 run_seed(model, tokenizer, encoder, seed, args, sizes)
         if args.only_kernels:
