@@ -33,7 +33,7 @@ from delift_jax.kernel.pairs import build_pair_sequences, full_sequences_for
 from delift_jax.kernel.plan import KernelPlan, plan_blocks, plan_kernel, plan_pairs
 from delift_jax.kernel.sparse import effective_top_k, sparse_neighbours
 from delift_jax.kernel.store import DamagedFileError, KernelStore
-from delift_jax.scoring import ScoringConfig, TeacherForcedScorer, mean_log_prob, rms_distance
+from delift_jax.scoring import mean_log_prob, rms_distance
 from delift_jax.sharding import data_mesh
 
 __all__ = ["KernelResult", "utility_kernel", "model_fingerprint", "data_fingerprint", "tokens_fingerprint",
@@ -214,10 +214,8 @@ def _ensure_no_example(job: _Job, store: KernelStore, seqs) -> None:
             return
         except DamagedFileError as exc:
             log(f"{exc}; computing it again")
-    config = job.config
-    scorer = TeacherForcedScorer(job.model, ScoringConfig(max_length=config.max_length, batch_size=config.batch_size,
-                                                          logits_chunk=config.logits_chunk), mesh=job.mesh)
-    logps = scorer.logprobs(seqs.no_example, progress=job.progress)
+    # The pair engine packs them like continuations without a demonstration: large calls, few program shapes.
+    logps = PairScorer(job.model, job.config, mesh=job.mesh).score_sequences(seqs.no_example)
     logp = np.array([mean_log_prob(lp) for lp in logps])
     check_finite(logp, "no-example scores")
     store.save_checked_npz("no_example.npz", rms=np.array([rms_distance(np.exp(lp)) for lp in logps]), logp=logp,

@@ -25,10 +25,9 @@ class KernelConfig:
         example's use as its own demonstration (which dominates) does not squeeze the off-diagonal structure.
     max_length: longest sequence; longer contexts are truncated from the left (scored tokens never are).
     max_response_tokens: score only the first N response tokens (None: all).
-    batch_size: sequences per device per call when scoring without an example. candidates_per_device: unused by
-        the pair engine (kept so existing configurations load).
-    tokens_per_call: continuation tokens the pair engine packs into one call per device (None: sized from the
-        device's free memory; 4096 on CPUs).
+    batch_size: sequences per device per call when the sparse mode embeds examples.
+    tokens_per_call: tokens the pair engine packs into one call per device, for pairs and for the targets without
+        an example (None: sized from the device's free memory; 4096 on CPUs).
     block_pairs: pairs per stored block (the unit of crash-safe progress); None: chosen from the plan for about a
         minute of work per block (``estimate.choose_block_pairs``), fixed for the store when it is created.
     top_k: sparse mode: for each target only its top_k most similar candidates get a utility (None: dense).
@@ -41,7 +40,6 @@ class KernelConfig:
     max_length: int = 2048
     max_response_tokens: int | None = None
     batch_size: int = 8
-    candidates_per_device: int = 1
     block_pairs: int | None = None
     logits_chunk: int = 512
     top_k: int | None = None
@@ -55,7 +53,7 @@ class KernelConfig:
                             f"{', '.join(NORMALIZATIONS)}")
         if self.max_length < 4:
             raise DataError(f"max_length={self.max_length} is too small; use at least 4")
-        for name in ("max_length", "batch_size", "candidates_per_device", "block_pairs", "logits_chunk"):
+        for name in ("max_length", "batch_size", "block_pairs", "logits_chunk"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise DataError(f"{name}={getattr(self, name)} must be at least 1")
         if self.max_response_tokens is not None and self.max_response_tokens < 1:

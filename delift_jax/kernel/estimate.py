@@ -95,7 +95,7 @@ def estimate_run(model, seqs, pairs: np.ndarray, config, mesh) -> RunEstimate:
              + forward_flops(cfg, prefix_tokens, 0)
              + forward_flops(cfg, no_example, int(scored.sum())))
     param_bytes = cfg.param_count() * jnp.dtype(model.dtype).itemsize
-    group = mesh.size * config.candidates_per_device
+    group = mesh.size
     t_max = int(cont_lens.max()) if len(cont_lens) else 1
     p_max = int(prefix_lens.max()) if len(prefix_lens) else 1
     attended = min(t_max + p_max, config.max_length)
