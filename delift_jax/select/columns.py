@@ -98,11 +98,11 @@ def _extent(index: ColumnIndex, candidates):
     return start, index.offsets[candidates + 1] - start
 
 
-def column_gains(index: ColumnIndex, coverage, cap, candidates) -> jax.Array:
+def column_gains(index: ColumnIndex, coverage, cap, candidates, enabled=True) -> jax.Array:
     """Σ over the local rows i listing j of max(min(K[i, j], cap_i) − c_i, 0), for each j in ``candidates``
-    (int32[B]): float32[B]. Work: B · ceil(max degree / width) · width."""
+    (int32[B]): float32[B]. Work: B · ceil(max degree / width) · width; none (zeros) when ``enabled`` is False."""
     start, count = _extent(index, candidates)
-    n_chunks = (jnp.max(count) + index.width - 1) // index.width
+    n_chunks = jnp.where(enabled, (jnp.max(count) + index.width - 1) // index.width, 0)
 
     def body(state):
         c, total = state

@@ -33,8 +33,8 @@ from delift_jax.select.objectives import Objective
 DEFAULT_BLOCK = 1024
 
 
-def _gains(objective: Objective, index: C.ColumnIndex, coverage, candidates, axis_name) -> jax.Array:
-    gains = C.column_gains(index, coverage, objective.cap, candidates)
+def _gains(objective: Objective, index: C.ColumnIndex, coverage, candidates, axis_name, enabled=True) -> jax.Array:
+    gains = C.column_gains(index, coverage, objective.cap, candidates, enabled)
     if axis_name is not None:
         gains = lax.psum(gains, axis_name)
     if objective.bonus is not None:
@@ -42,10 +42,12 @@ def _gains(objective: Objective, index: C.ColumnIndex, coverage, candidates, axi
     return gains
 
 
-def _commit(objective: Objective, index, loop: O._Loop, candidate, gain, stop_if_non_positive: bool) -> O._Loop:
-    """optimizers._commit with the O(degree) cover of the column index."""
-    stop = jnp.logical_and(stop_if_non_positive, gain <= 0)
-    keep = jnp.logical_not(stop)
+def _commit(objective: Objective, index, loop: O._Loop, candidate, gain, stop_if_non_positive: bool,
+            settled=True) -> O._Loop:
+    """optimizers._commit with the O(degree) cover of the column index; with ``settled`` False nothing changes
+    (slots not yet written hold −1 and 0 already, so writing those is a no-op)."""
+    stop = jnp.logical_and(settled, jnp.logical_and(stop_if_non_positive, gain <= 0))
+    keep = jnp.logical_and(settled, jnp.logical_not(stop))
     return O._Loop(
         step=loop.step + keep.astype(jnp.int32),
         stopped=stop,
@@ -56,15 +58,8 @@ def _commit(objective: Objective, index, loop: O._Loop, candidate, gain, stop_if
     )
 
 
-def _best(bound, block_max, block: int):
-    """(block b holding the first maximal bound, the first maximal candidate in it)."""
-    b = jnp.argmax(block_max).astype(jnp.int32)
-    within = jnp.argmax(lax.dynamic_slice_in_dim(bound, b * block, block)).astype(jnp.int32)
-    return b, b * block + within
-
-
-def _block_max(bound, b, block: int):
-    return jnp.max(lax.dynamic_slice_in_dim(bound, b * block, block))
+def _put(array, where, value):
+    return lax.dynamic_update_index_in_dim(array, jnp.reshape(value, (1,)).astype(array.dtype), where, 0)
 
 
 def lazy_greedy(objective: Objective, k: int, *, batch: int = O.DEFAULT_BATCH, block: int = DEFAULT_BLOCK,
@@ -82,28 +77,29 @@ def lazy_greedy(objective: Objective, k: int, *, batch: int = O.DEFAULT_BATCH, b
     block_max = jnp.max(bound.reshape(n_blocks, block), axis=1)
     fresh_at = jnp.zeros((n_blocks * block,), jnp.int32)
 
-    def stale(state):
-        loop, bound, fresh_at, block_max = state
-        _, best = _best(bound, block_max, block)
-        return fresh_at[best] != loop.step
+    lane = jnp.arange(block, dtype=jnp.int32)
 
-    def refresh(state):
-        loop, bound, fresh_at, block_max = state
-        b, _ = _best(bound, block_max, block)
-        old, top = lax.top_k(lax.dynamic_slice_in_dim(bound, b * block, block), batch)  # (value desc, index asc)
-        top = b * block + top.astype(jnp.int32)
-        fresh = _gains(objective, index, loop.coverage, jnp.minimum(top, n - 1), axis_name)
-        fresh = jnp.where(old == -jnp.inf, -jnp.inf, fresh)  # picked or padding slots stay out
-        bound = bound.at[top].set(fresh)
-        fresh_at = fresh_at.at[top].set(loop.step)
-        return loop, bound, fresh_at, block_max.at[b].set(_block_max(bound, b, block))
-
+    # One flat loop: an iteration either confirms the best bound (a pick) or refreshes the best bounds of its
+    # block. XLA keeps the carried n-sized arrays in place only if every read of them feeds their own update;
+    # so all updates go through one block (dynamic_slice, edit, dynamic_update_slice), scalars are read from the
+    # block by reductions (computed once, not re-read by each consumer), the pick's gain is the exact block
+    # maximum, and the cover runs before the gains (a pick needs no gains, a refresh changes no coverage).
     def step(carry):
-        loop, bound, fresh_at, block_max = lax.while_loop(stale, refresh, carry)
-        b, best = _best(bound, block_max, block)
-        loop = _commit(objective, index, loop, best, bound[best], stop_if_non_positive)
-        bound = bound.at[best].set(-jnp.inf)
-        return loop, bound, fresh_at, block_max.at[b].set(_block_max(bound, b, block))
+        loop, bound, fresh_at, block_max = carry
+        b = jnp.argmax(block_max).astype(jnp.int32)  # the block holding the first maximal bound
+        segment = lax.dynamic_slice_in_dim(bound, b * block, block)
+        stamps = lax.dynamic_slice_in_dim(fresh_at, b * block, block)
+        local = jnp.argmax(segment).astype(jnp.int32)
+        settled = jnp.max(jnp.where(lane == local, stamps, -1)) == loop.step
+        loop = _commit(objective, index, loop, b * block + local, block_max[b], stop_if_non_positive, settled)
+        old, top = lax.top_k(segment, batch)  # (value desc, index asc)
+        fresh = _gains(objective, index, loop.coverage, jnp.minimum(b * block + top, n - 1), axis_name,
+                       enabled=jnp.logical_not(settled))
+        fresh = jnp.where(old == -jnp.inf, -jnp.inf, fresh)  # picked or padding slots stay out
+        segment = jnp.where(settled, jnp.where(lane == local, -jnp.inf, segment), segment.at[top].set(fresh))
+        stamps = jnp.where(settled, stamps, stamps.at[top].set(loop.step))
+        return (loop, lax.dynamic_update_slice_in_dim(bound, segment, b * block, 0),
+                lax.dynamic_update_slice_in_dim(fresh_at, stamps, b * block, 0), block_max.at[b].set(jnp.max(segment)))
 
     loop, *_ = lax.while_loop(O._running(k), step, (start, bound, fresh_at, block_max))
     return O._finish(loop)
@@ -127,15 +123,12 @@ def stochastic_greedy(objective: Objective, k: int, key, *, epsilon: float = O.D
         top = jnp.max(fresh)
         best = jnp.min(jnp.where(fresh == top, sample, n)).astype(jnp.int32)  # lowest index among tied maxima
         loop = _commit(objective, index, loop, best, top, stop_if_non_positive)
-        # Swap-remove best from the unpicked prefix (a no-op when the early stop rejected it).
+        # Swap-remove best from the unpicked prefix (after an early stop the loop ends, so the pool no longer matters).
         last = n_left - 1
         here, moved = position[best], pool[last]
-        picked = loop.taken[best]
-        pool = pool.at[here].set(jnp.where(picked, moved, pool[here]))
-        pool = pool.at[last].set(jnp.where(picked, best, pool[last]))
-        position = position.at[moved].set(jnp.where(picked, here, position[moved]))
-        position = position.at[best].set(jnp.where(picked, last, position[best]))
+        pool = _put(_put(pool, here, moved), last, best)
+        position = _put(_put(position, moved, here), best, last)
         return loop, pool, position
 
-    loop, _, _ = lax.while_loop(O._running(k), step, (O._start(objective, k), pool, pool))
+    loop, _, _ = lax.while_loop(O._running(k), step, (O._start(objective, k), pool, jnp.argsort(pool)))
     return O._finish(loop)
