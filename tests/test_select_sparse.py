@@ -148,3 +148,10 @@ def test_indexed_lazy_greedy_matches_submodlib(name):
     agree = agreeing_prefix(gaps)
     assert agree >= 3
     assert np.asarray(ours.picks).tolist()[:agree] == their_picks[:agree]
+
+
+def test_radix_order_equals_a_stable_argsort():
+    rng = np.random.default_rng(10)
+    for n in (10, 70_000, 3_000_000):  # one and two 16-bit passes
+        keys = rng.integers(0, n, 50_000)
+        assert np.array_equal(C._stable_order(keys), np.argsort(keys, kind="stable"))
