@@ -477,7 +477,7 @@ def sentence_encoder():
     try:
         from delift_jax.models.bert import load_sentence_encoder
     except ImportError:
-        from delift_jax.evaluate.bert import load_sentence_encoder
+        from delift_jax.models.bert import load_sentence_encoder
     return load_sentence_encoder()
 
 
