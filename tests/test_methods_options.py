@@ -27,7 +27,6 @@ def test_registry_maps_names_to_function_and_options_class():
 @pytest.mark.parametrize("name, values, fragment", [
     ("delift", {"scale": "zscore"}, "delift: scale 'zscore' is unknown; choose one of minmax, clip, clip_minmax"),
     ("delift", {"optimizer": "fast"}, "delift: optimizer 'fast' is unknown"),
-    ("delift", {"kernel_config": KernelConfig(top_k=4)}, "sparse kernel (top_k) is not supported"),
     ("delift", {"max_pairs": 0}, "delift: max_pairs must be at least 1"),
     ("delift_se", {"similarity": "dot"}, "delift_se: similarity 'dot' is unknown"),
     ("deft_ucs", {"n_clusters": 0}, "deft_ucs: n_clusters must be at least 1"),
