@@ -49,17 +49,21 @@ def _normalized(embeddings, what: str) -> np.ndarray:
     x = np.asarray(embeddings)
     if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
         raise DataError(f"{what} embeddings must be a non-empty 2-D array (rows, width); got shape {x.shape}")
-    x = x.astype(np.float32)
-    if not np.all(np.isfinite(x)):
+    if not all(np.isfinite(x[start:start + (1 << 15)]).all() for start in range(0, x.shape[0], 1 << 15)):
         raise DataError(f"{what} embeddings contain NaN or infinite values; recompute them")
     return quantized(x)
 
 
 def quantized(embeddings) -> np.ndarray:
     """Rows scaled to unit length and rounded to the grid 2^-11 (float32; see the module docstring for why)."""
-    x = np.asarray(embeddings, np.float64)
-    x = x / np.maximum(np.sqrt(np.sum(x ** 2, axis=1, keepdims=True)), 1e-12)
-    return (np.round(x * GRID) / GRID).astype(np.float32)
+    x = np.asarray(embeddings)
+    out = np.empty(x.shape, np.float32)
+    step = 1 << 15  # float64 in row slices: no n x d float64 temporaries at n = 1M
+    for start in range(0, x.shape[0], step):
+        rows = x[start:start + step].astype(np.float64)
+        rows /= np.maximum(np.sqrt(np.sum(rows * rows, axis=1, keepdims=True)), 1e-12)
+        out[start:start + step] = np.round(rows * GRID) / GRID
+    return out
 
 
 def _checked(queries, candidates, k: int, exclude_self: bool):
