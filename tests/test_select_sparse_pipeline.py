@@ -56,3 +56,17 @@ def test_sparse_objective_uses_the_sparse_row_maxima(tiny_llama, use_case):
         objective = make_objective("flcg", kernel, private_kernel=p.astype(np.float32))
     assert result.arrays["indices_K"].shape == (len(POOL), 2)
     np.testing.assert_allclose(result.info["objective_value"], evaluate(objective, result.indices), rtol=1e-5)
+
+
+def test_delift_run_flags_reach_the_kernel_and_delift_options():
+    import argparse
+
+    from delift_jax.pipeline import command
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    args = parser.parse_args(["--use-case", "instruction", "--data", "ifbench", "--top-k", "16",
+                              "--optimizer", "stochastic", "--exclude-diagonal"])
+    config, _ = command.resolve_run(args)
+    assert config.kernel.top_k == 16
+    assert config.method_options["delift"] == {"optimizer": "stochastic", "exclude_diagonal": True}

@@ -41,6 +41,8 @@ CONFIG_FLAGS = {
     "max_new_tokens": ((("generation", "max_new_tokens"),), int),
     "eval_batch_size": ((("generation", "batch_size"),), int), "icl": ((("icl_k",),), int),
     "export_models": ((("export_models",),), bool), "continual_start": ((("continual_start",),), str),
+    "top_k": ((("kernel", "top_k"),), int), "optimizer": ((("method_options", "delift", "optimizer"),), str),
+    "exclude_diagonal": ((("method_options", "delift", "exclude_diagonal"),), bool),
 }
 # flag (argparse dest) -> RunInputs field
 INPUT_FLAGS = {"model": "model", "data": "data", "target": "target", "existing": "existing",
@@ -92,6 +94,12 @@ def _add_stage_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-response-tokens", type=int,
                        help="score only the first N response tokens in the kernel (default: all)")
     group.add_argument("--distance", choices=("rms", "pmi"), help="kernel distance (default rms)")
+    group.add_argument("--top-k", type=int, metavar="K",
+                       help="sparse mode: score only each example's K most similar candidates (n*K pairs instead of "
+                            "n^2; default: dense)")
+    group.add_argument("--optimizer", choices=("lazy", "naive", "stochastic"), help="DELIFT's greedy (default lazy)")
+    group.add_argument("--exclude-diagonal", action="store_true", default=None,
+                       help="leave each example's own cell out of DELIFT's pool kernel")
     group = parser.add_argument_group("fine-tuning")
     group.add_argument("--train-method", choices=("lora", "full"), help="default lora")
     group.add_argument("--epochs", type=int, help="passes over the subset (default 1)")
