@@ -117,3 +117,36 @@ def test_two_processes_share_process_0s_sparse_neighbours(tiny_llama, pool_file,
     assert not list(out.glob("failed_process_*.txt"))
     for name in ("neighbours.npy", "kernel_indices.npy", "kernel_values.npy", "utility_raw_values.npy"):
         np.testing.assert_array_equal(np.load(out / name), np.load(single / name), err_msg=name)
+
+
+def test_two_independent_runs_on_one_out_share_the_blocks(tiny_llama, pool_file, tmp_path, reference_kernel):
+    """Two `delift kernel` runs started on the same --out (no coordinator): they wait for each other's store steps
+    and split the blocks through their claims; no pair is computed twice and the kernel is the one-run kernel."""
+    out = tmp_path / "kernel"
+    processes = [subprocess.Popen(kernel_command(tiny_llama[0], pool_file, out), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in processes]
+    computed = []
+    for process, (stdout, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr[-3000:]
+        computed.append(int(stdout.split(" pairs computed now")[0].rsplit(" ", 1)[1]))
+    assert sum(computed) == len(POOL) ** 2, computed
+    np.testing.assert_array_equal(np.load(out / "kernel.npy"), reference_kernel[0])
+    np.testing.assert_array_equal(np.load(out / "utility_raw.npy"), reference_kernel[1])
+    assert json.loads((out / "manifest.json").read_text())["complete"] is True
+
+
+def test_orphans_and_damaged_blocks_of_a_crash_are_cleaned_on_the_next_run(tiny_llama, pool_file, tmp_path,
+                                                                          reference_kernel):
+    out = tmp_path / "kernel"
+    run_to_end(kernel_command(tiny_llama[0], pool_file, out))
+    (out / "blocks" / ".block_000004.npz.q1w2e3.tmp").write_bytes(b"half a block")
+    (out / ".kernel.npy.r4t5y6.tmp").write_bytes(b"half a kernel")
+    (out / "blocks" / "block_000007.npz").write_bytes(b"PK\x03\x04 torn")
+    resumed = run_to_end(kernel_command(tiny_llama[0], pool_file, out))
+    assert "removed 2 temporary files" in resumed.stderr
+    assert sum("block_000007" in line for line in resumed.stderr.splitlines()) == 1
+    assert " 3 pairs computed now" in resumed.stdout  # block 7 only
+    assert not list(out.rglob(".*.tmp"))
+    np.testing.assert_array_equal(np.load(out / "kernel.npy"), reference_kernel[0])
+    np.testing.assert_array_equal(np.load(out / "utility_raw.npy"), reference_kernel[1])
