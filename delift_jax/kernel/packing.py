@@ -190,7 +190,8 @@ def pack_units(items: Sequence[Item], prefixes: Sequence[np.ndarray], sizes: Pac
     """
     longest_prefix = max((len(prefixes[i.prefix]) for i in items if i.prefix is not None), default=0)
     prefix_cap = max(longest_prefix, int(sizes.tokens_per_unit * sizes.prefix_share))
-    prefix_ladder = _powers_of_two(32, max(sizes.max_length, prefix_cap))
+    # From 64: a unit without demonstrations (targets alone) then shares the shape of typical pair units.
+    prefix_ladder = _powers_of_two(64, max(sizes.max_length, prefix_cap))
     scored_ladder = _powers_of_two(64, max(ROW_LADDER[-1], sizes.tokens_per_unit))
     by_length: dict[int, list[Item]] = {}
     for item in items:
