@@ -24,8 +24,8 @@ faster torch variant), ``ratio``, ``torch_f32_pairs_per_s``, ``ours_tokens_per_s
 Profile notes (2-core CPU shared with other jobs, load average 15-35: every figure contended, only the shares
 mean anything):
 - Before packing (one candidate and 8-16 continuations per call, keys/values through the host), 24 x 4 pairs:
-  continuation calls 96% of the wall time (compilation of 5+ bucket shapes 9%, demonstration calls 4%), host
-  preparation and transfers 0.16 s of 934 s. The time is the model's own compute, at small matmuls.
+  continuation calls 96% and demonstration calls 4% of the wall time (both including compilation: 81 s, 9%),
+  host preparation and transfers 0.16 s of 934 s. The time is the model's own compute, in small calls.
 - Packed engine, ``--examples 12 --candidates 2 --trace``: XLA operation time 83% matmul fusions (YNNPACK), the
   rest layout copies (~4%) and attention masking (~2%); host packing/stacking/dispatch under 0.1% of the run.
   Waste left is padding of partly filled units (small runs: 3,232 slots for 1,824 real tokens), which full
