@@ -115,3 +115,23 @@ def test_top_k_pairs_uses_the_blocked_search_and_encoder_embeddings_are_unit_row
     pairs = top_k_pairs(emb, emb, 1, exclude_self=True)
     assert pairs[:, 0].tolist() == [1, 0, 3, 2]
     assert np.array_equal(pairs, N.exact_top_k(emb, emb, 1, exclude_self=True)[0])
+
+
+def test_sparse_kernel_with_encoder_neighbours(tiny_llama):
+    import dataclasses
+
+    from delift_jax.data.records import Example
+    from delift_jax.kernel import KernelConfig, utility_kernel
+    from delift_jax.kernel.embeddings import encoder_embeddings, top_k_pairs
+
+    _, _, model, tok = tiny_llama
+    pool = [Example(f"What is {i} plus {i}?", f" {2 * i}") for i in range(5)] + [
+        Example("Name a color:", " blue"), Example("Name a colour:", " red")]
+    config = KernelConfig(max_length=96, batch_size=4, top_k=2, neighbours="encoder")
+    result = utility_kernel(model, tok, pool, None, config)
+    emb = encoder_embeddings(pool)
+    assert np.array_equal(result.indices, top_k_pairs(emb, emb, 2))
+    with pytest.raises(DataError, match="neighbours"):
+        KernelConfig(top_k=2, neighbours="bm25")
+    assert KernelConfig().compute_fingerprint() == KernelConfig(neighbours="encoder").compute_fingerprint()
+    assert config.compute_fingerprint() != dataclasses.replace(config, neighbours="model").compute_fingerprint()

@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "plan for about a minute of work each, then fixed for the store)")
     parser.add_argument("--top-k", type=int, default=None,
                         help="sparse mode: utilities only for each target's K most similar candidates")
+    parser.add_argument("--neighbours", choices=("model", "encoder"), default="model",
+                        help="sparse mode's similarity: the scoring model's mean-pooled states (default) or the "
+                             "built-in sentence encoder")
     parser.add_argument("--max-pairs", type=int, default=1_000_000,
                         help="refuse to start a plan with more pairs than this (default 1,000,000)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
@@ -62,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     config = KernelConfig(distance=args.distance, normalization=args.normalization,
                           exclude_diagonal=args.exclude_diagonal, max_length=args.max_length,
                           max_response_tokens=args.max_response_tokens, batch_size=args.batch_size,
-                          block_pairs=args.block_pairs, top_k=args.top_k)
+                          block_pairs=args.block_pairs, top_k=args.top_k, neighbours=args.neighbours)
     pool = load_examples(args.data, limit=args.limit, **data_options(args))
     targets = load_examples(args.targets, limit=args.limit, **data_options(args)) if args.targets else pool
     candidates = pool if args.targets else None

@@ -12,6 +12,8 @@ from delift_jax.kernel.normalize import NORMALIZATIONS
 
 DISTANCES = ("rms", "pmi")
 
+NEIGHBOURS = ("model", "encoder")
+
 
 @dataclasses.dataclass(frozen=True)
 class KernelConfig:
@@ -31,6 +33,8 @@ class KernelConfig:
     block_pairs: pairs per stored block (the unit of crash-safe progress); None: chosen from the plan for about a
         minute of work per block (``estimate.choose_block_pairs``), fixed for the store when it is created.
     top_k: sparse mode: for each target only its top_k most similar candidates get a utility (None: dense).
+    neighbours: the sparse mode's similarity: "model" (mean-pooled final hidden states of the scoring model) or
+        "encoder" (the built-in sentence encoder, all-MiniLM-L6-v2, on prompt + response).
     """
 
     templates: Templates = DEFAULT_TEMPLATES
@@ -44,6 +48,7 @@ class KernelConfig:
     logits_chunk: int = 512
     top_k: int | None = None
     tokens_per_call: int | None = None
+    neighbours: str = "model"
 
     def __post_init__(self):
         if self.distance not in DISTANCES:
@@ -61,6 +66,8 @@ class KernelConfig:
         if self.tokens_per_call is not None and self.tokens_per_call < 1:
             raise DataError(f"tokens_per_call={self.tokens_per_call} must be at least 1 (or None to size it from "
                             "the device's memory)")
+        if self.neighbours not in NEIGHBOURS:
+            raise DataError(f"neighbours {self.neighbours!r} is unknown; choose one of {', '.join(NEIGHBOURS)}")
         if self.top_k is not None and self.top_k < 1:
             raise DataError(f"top_k={self.top_k} must be at least 1 (or None for a dense kernel)")
 
@@ -71,5 +78,7 @@ class KernelConfig:
         # In the sparse mode exclude_diagonal changes which pairs are planned (the neighbours skip the diagonal).
         for name in ("distance", "normalization") + (("exclude_diagonal",) if self.top_k is None else ()):
             fields.pop(name)
+        if self.top_k is None or self.neighbours == "model":  # default or unused: fingerprints of older stores hold
+            fields.pop("neighbours")
         fields.update(extra or {})
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()

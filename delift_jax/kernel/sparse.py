@@ -13,7 +13,7 @@ import numpy as np
 
 from delift_jax.errors import DataError
 from delift_jax.kernel.config import KernelConfig
-from delift_jax.kernel.embeddings import mean_pooled_embeddings, top_k_pairs
+from delift_jax.kernel.embeddings import encoder_embeddings, mean_pooled_embeddings, top_k_pairs
 from delift_jax.kernel.pairs import build_pair_sequences
 
 
@@ -38,6 +38,9 @@ def sparse_neighbours(model, tokenizer, seqs, targets, candidates, square: bool,
         if target_emb.shape[0] != len(targets) or candidate_emb.shape[0] != len(candidates):
             raise DataError(f"embeddings have {target_emb.shape[0]} and {candidate_emb.shape[0]} rows; expected "
                             f"{len(targets)} targets and {len(candidates)} candidates")
+    elif config.neighbours == "encoder":
+        target_emb = encoder_embeddings(targets)
+        candidate_emb = target_emb if square else encoder_embeddings(candidates)
     else:
         embed = lambda sequences: mean_pooled_embeddings(model, sequences, max_length=config.max_length,
                                                          batch_size=config.batch_size, mesh=mesh)
