@@ -1,8 +1,9 @@
 """Compile time of the jitted programs a run builds, on SmolLM2-135M-Instruct (30 layers): one scoring bucket,
-one kernel bucket (demonstration keys/values and continuation scoring), and the first LoRA training step.
+one pair-engine unit of the kernel, and the first LoRA training step, with the decoder layers scanned and
+unrolled (same parameters, same process).
 
 Each program is lowered and compiled ahead of time (``jit(...).lower(...).compile()``), so the figures are
-compilation alone, with no execution. The last line is one JSON object of seconds per program.
+compilation alone, with no execution. The last line is one JSON object of seconds per program and mode.
 
     python scripts/bench_compile.py [--length 256] [--scored 32] [--batch 8]
 """
@@ -24,7 +25,9 @@ def parse_args(argv=None):
     parser.add_argument("--length", type=int, default=256, help="sequence bucket (tokens)")
     parser.add_argument("--scored", type=int, default=32, help="scored-token bucket")
     parser.add_argument("--batch", type=int, default=8, help="rows per call")
-    parser.add_argument("--unrolled", action="store_true", help="run the layers as an unrolled Python loop")
+    parser.add_argument("--programs", nargs="+", default=PROGRAMS, choices=PROGRAMS)
+    parser.add_argument("--skip", nargs="*", default=(), choices=("scanned", "unrolled"),
+                        help="leave out a layer mode (both are measured by default, in this order)")
     return parser.parse_args(argv)
 
 
@@ -49,24 +52,20 @@ def scoring_bucket(model, mesh, args) -> float:
                                      ints(b, r)).compile())
 
 
-def kernel_bucket(model, mesh, args) -> dict:
+def kernel_bucket(model, mesh, args) -> float:
+    """One unit of the pair engine: demonstrations' keys/values and the continuations' scored log-probabilities."""
     from flax import nnx
 
     from delift_jax.kernel import engine
+    from delift_jax.kernel.packing import UnitShape
     from delift_jax.sharding import replicate
 
-    cfg = model.config
     graphdef, state = nnx.split(model)
     state = replicate(state, mesh)
-    g, b, p, t, r = mesh.size, args.batch, args.length, args.length // 2, args.scored
-    ints = lambda *shape: jnp.zeros(shape, jnp.int32)
-    demo = _seconds(lambda: engine._DEMONSTRATION_KV.lower(graphdef, mesh, state, ints(g, p),
-                                                           jnp.ones((g, p), bool)).compile())
-    kv = jnp.zeros((g, cfg.num_layers, p, cfg.num_kv_heads, cfg.head_dim), jnp.float32)
-    cont = _seconds(lambda: engine._CONTINUATION_LOGPROBS.lower(
-        graphdef, mesh, 512, state, kv, kv, jnp.ones((g, p), bool), ints(g, b, t), jnp.ones((g, b, t), bool),
-        ints(g, b, r), ints(g, b, r)).compile())
-    return {"kernel_demonstration_s": demo, "kernel_continuation_s": cont}
+    shape = UnitShape(prefix=2 * args.length, rows=args.batch * 2, length=args.length, scored=2 * args.length)
+    unit = engine._empty_unit(shape)
+    arrays = [jnp.asarray(np.stack([getattr(unit, f)] * mesh.size)) for f in engine._UNIT_FIELDS]
+    return _seconds(lambda: engine._UNIT_LOGPROBS.lower(graphdef, mesh, 512, state, *arrays).compile())
 
 
 def train_step(model, mesh, args) -> float:
@@ -89,20 +88,36 @@ def train_step(model, mesh, args) -> float:
     return _seconds(lambda: step.lower(state, batch).compile())
 
 
+PROGRAMS = ("scoring", "kernel", "train")
+
+
+def measure(model, mesh, args, mode: str) -> dict:
+    """Seconds per program; each figure is printed as soon as it is known (compiles can take minutes)."""
+    fns = {"scoring": scoring_bucket, "kernel": kernel_bucket, "train": train_step}
+    out = {}
+    for name in args.programs:
+        out[name] = fns[name](model, mesh, args)
+        print(f"{mode} {name}: {out[name]} s", flush=True)
+    return out
+
+
 def main(argv=None):
     args = parse_args(argv)
     from delift_jax.models import load_model
     from delift_jax.sharding import data_mesh
 
     model, _, _ = load_model(args.model, with_tokenizer=False)
-    if args.unrolled:
-        model.scan_layers = False
     mesh = data_mesh(jax.local_devices()[:1])
-    result = {"scoring_bucket_s": scoring_bucket(model, mesh, args)}
-    result.update(kernel_bucket(model, mesh, args))
-    result["train_first_step_compile_s"] = train_step(model, mesh, args)
-    result.update(layers=model.config.num_layers, length=args.length, batch=args.batch,
-                  scan_layers=getattr(model, "scan_layers", False), backend=jax.default_backend())
+    result = {"layers": model.config.num_layers, "length": args.length, "batch": args.batch,
+              "backend": jax.default_backend()}
+    for mode, scan in (("scanned", True), ("unrolled", False)):
+        if mode in args.skip:
+            continue
+        model.scan_layers = scan
+        result[mode] = measure(model, mesh, args, mode)
+    if "scanned" in result and "unrolled" in result:
+        result["scanned_over_unrolled"] = {k: round(result["scanned"][k] / result["unrolled"][k], 3)
+                                           for k in result["scanned"]}
     print(json.dumps(result))
 
 

@@ -42,26 +42,29 @@ runs = {"lora": TrainConfig(method="lora", lora=LoRAConfig(4, 8.0), learning_rat
         "full": TrainConfig(method="full", learning_rate=1e-3, schedule="constant", batch_size=2, max_length=64,
                             pad_to_max_length=True, max_steps=3)}
 meshes = {"1": data_mesh(jax.devices()[:1]), "8x1": model_mesh(8, 1), "4x2": model_mesh(4, 2), "2x4": model_mesh(2, 4)}
-out = {f"{method}/{name}": finetune(model, tokenizer, EXAMPLES, cfg, mesh=mesh).losses
-       for method, cfg in runs.items() for name, mesh in meshes.items()}
+# Every mesh shape for LoRA; full fine-tuning (every parameter sharded) on the two-axis extreme only.
+plan = [("lora", name) for name in meshes] + [("full", "1"), ("full", "2x4")]
+out = {f"{method}/{name}": finetune(model, tokenizer, EXAMPLES, runs[method], mesh=meshes[name]).losses
+       for method, name in plan}
 print(json.dumps(out))
 """
 
 
 @pytest.fixture(scope="module")
-def losses_by_mesh():
+def losses_by_mesh():  # six compilations of the train step in a child process
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     done = subprocess.run([sys.executable, "-c", CHILD, str(TESTS)], capture_output=True, text=True, env=env,
-                          timeout=1200)
+                          timeout=2400)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("method", ["lora", "full"])
-def test_losses_equal_on_every_mesh(losses_by_mesh, method):
+@pytest.mark.slow
+@pytest.mark.parametrize("method, meshes", [("lora", ("8x1", "4x2", "2x4")), ("full", ("2x4",))])
+def test_losses_equal_on_every_mesh(losses_by_mesh, method, meshes):
     reference = losses_by_mesh[f"{method}/1"]
     assert len(reference) == 3 and np.all(np.isfinite(reference))
-    for name in ("8x1", "4x2", "2x4"):
+    for name in meshes:
         np.testing.assert_allclose(losses_by_mesh[f"{method}/{name}"], reference, atol=ATOL, rtol=0, err_msg=name)
     assert reference[-1] < reference[0]  # it really trains
 
