@@ -165,7 +165,7 @@ def kernel_jobs(seed: int, args, sizes: Sizes, loader=None) -> list:
 
 
 def compute_kernels(model, tokenizer, seed: int, args, sizes: Sizes, loader=None, jobs_wanted=None,
-                    part_wanted=None) -> dict:
+                    part_wanted=None, compute: bool = True) -> dict:
     """Raw utilities (rms and pmi) for one seed: task pool, each source's selection targets, duplicate pool.
 
     The stores resume a crashed run; the raw utilities are also saved as ``raw_<what>.npz`` (U_rms, U_pmi,
@@ -184,10 +184,14 @@ def compute_kernels(model, tokenizer, seed: int, args, sizes: Sizes, loader=None
             continue
         if part_wanted is not None and "#" in what and not what.split("#")[1].startswith(f"{part_wanted}of"):
             continue
+        if kind == "targets" and args.only_target and what != f"targets:{args.only_target}":
+            continue
         whole = what.split("#")[0]
         path = raw_path(cache, seed, what)
         if raw_path(cache, seed, whole).is_file():
             raw[whole] = dict(np.load(raw_path(cache, seed, whole), allow_pickle=False))
+            continue
+        if not path.is_file() and not compute:
             continue
         if not path.is_file():
             start = time.perf_counter()
@@ -298,6 +302,8 @@ def task_selection(raw: dict, data: SourceMixture, seed: int, model, tokenizer) 
     out = {"precision": {}, "picks": {}}
     k_max = max(budget_k(fraction, n) for fraction in BUDGETS)
     for t, target in enumerate(data.sources):
+        if f"targets:{target}" not in raw:
+            continue
         for method, chosen in task_picks(raw, data, target, t, k_max, seed, model, tokenizer).items():
             for fraction in BUDGETS:
                 prefix = chosen[:budget_k(fraction, n)]
@@ -366,11 +372,31 @@ def unit_rows(x) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def dup_only(model, tokenizer, encoder, seed: int, args, sizes: Sizes) -> dict:
+    """The instruction case alone, from an already computed duplicate-pool kernel: picks and kernel statistics."""
+    raw = compute_kernels(model, tokenizer, seed, args, sizes, compute=False)
+    if "dup_pool" not in raw:
+        raise SystemExit(f"seed {seed}: the duplicate-pool kernel is not there yet")
+    dups = dup_data(seed, sizes)
+    stats = {}
+    for distance in ("rms", "pmi"):
+        u = raw["dup_pool"][f"U_{distance}"]
+        eye = np.eye(len(u), dtype=bool)
+        same = (dups.base_of[:, None] == dups.base_of[None, :]) & ~eye
+        stats[distance] = {"diag_mean": float(np.diag(u).mean()), "copy_mean": float(u[same].mean()),
+                           "other_mean": float(u[~same & ~eye].mean()), "other_std": float(u[~same & ~eye].std()),
+                           "other_min": float(u[~same & ~eye].min()), "other_max": float(u[~same & ~eye].max())}
+    return {"seed": seed, "dup": dup_selection(raw, dups, seed, encoder), "dup_stats": stats,
+            "kernel_seconds": float(raw["dup_pool"]["seconds"])}
+
+
 def kernel_stats(raw: dict, data: SourceMixture, dups: DupData) -> dict:
     """Diagonal vs off-diagonal scale, row spread, and the known-answer structure: same-source vs other-source."""
     stats = {}
     for distance in ("rms", "pmi"):
         for name in ("task_pool", "dup_pool"):
+            if name not in raw:
+                continue
             u = raw[name][f"U_{distance}"]
             off = u[~np.eye(len(u), dtype=bool)]
             same = (data.pool_source[:, None] == data.pool_source[None, :]) if name == "task_pool" else \
@@ -387,6 +413,8 @@ def kernel_stats(raw: dict, data: SourceMixture, dups: DupData) -> dict:
             }
         target_same, target_other = [], []
         for t, target in enumerate(data.sources):
+            if f"targets:{target}" not in raw:
+                continue
             u = raw[f"targets:{target}"][f"U_{distance}"]
             target_same.append(float(u[:, data.pool_source == t].mean()))
             target_other.append(float(u[:, data.pool_source != t].mean()))
@@ -432,7 +460,7 @@ def icl_nll(model, tokenizer, encoder, subset, test, args) -> float:
 def task_training(results: dict, save, model, tokenizer, encoder, data: SourceMixture, seed: int, args) -> None:
     """Held-out NLL of each target's test part: base model, ICL with each subset, and after fine-tuning on it."""
     picks = results["task"]["picks"]
-    for target in data.sources:
+    for target in results["targets_measured"]:
         test = data.test[target]
         unit = results.setdefault("task_nll", {}).setdefault(target, {})
         if "initial" not in unit:
@@ -485,7 +513,9 @@ def run_seed(model, tokenizer, encoder, seed: int, args, sizes: Sizes) -> dict:
     """Everything for one seed; results are saved after each unit of work, so a rerun resumes."""
     from delift_jax.atomic_io import atomic_write_text
 
-    raw = compute_kernels(model, tokenizer, seed, args, sizes)
+    raw = compute_kernels(model, tokenizer, seed, args, sizes, compute=not args.no_new_kernels)
+    if "task_pool" not in raw:
+        raise SystemExit(f"seed {seed}: the task pool kernel is not there yet; run without --no-new-kernels")
     data, dups = task_data(seed, args.sources, sizes), dup_data(seed, sizes)
     path = Path(args.cache) / f"seed{seed}" / "results.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
@@ -495,7 +525,8 @@ def run_seed(model, tokenizer, encoder, seed: int, args, sizes: Sizes) -> dict:
         results["stats"] = kernel_stats(raw, data, dups)
         results["task"] = task_selection(raw, data, seed, model, tokenizer)
         results["continual"] = continual_selection(raw, data, seed)
-        results["dup"] = dup_selection(raw, dups, seed, encoder)
+        results["dup"] = dup_selection(raw, dups, seed, encoder) if "dup_pool" in raw else None
+        results["targets_measured"] = [t for t in data.sources if f"targets:{t}" in raw]
         save()
     if not args.no_training:
         task_training(results, save, model, tokenizer, encoder, data, seed, args)
@@ -529,6 +560,11 @@ def _get(results, *keys):
     return results
 
 
+def _cell(values) -> str:
+    values = [v for v in values if v is not None]
+    return f"{np.mean(values):.2f}" if values else "—"
+
+
 def precision_of(method: str, budget: str):
     return lambda r: _mean_over_targets(r["task"]["precision"][method][budget])
 
@@ -556,7 +592,7 @@ def report(results: list, seeds: list, sources, base_share: float) -> tuple[str,
     lines += ["", "Per target source, precision @10% (mean over seeds):", "",
               "| method | " + " | ".join(sources) + " |", "|---|" + "---|" * len(sources)]
     for method in MAIN_METHODS[:5]:
-        cells = [f"{np.mean([r['task']['precision'][method]['0.1'][t] for r in results]):.2f}" for t in sources]
+        cells = [_cell([r['task']['precision'][method]['0.1'].get(t) for r in results]) for t in sources]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", "Task objectives, precision @10% / @30% by η:", "",
               "| objective | distance | " + " | ".join(f"η={e:g}" for e in ETAS) + " |",
@@ -575,10 +611,11 @@ def report(results: list, seeds: list, sources, base_share: float) -> tuple[str,
         lines.append(f"| {method} | {fmt(per_seed(results, lambda r: _mean_over_targets(r['continual']['novel'][method])))} |")
     lines += ["", "Instruction (planted near-duplicates): distinct bases among the picks / held-out coverage:", "",
               "| method | distinct @k=bases | distinct @50% | coverage @k=bases |", "|---|---|---|---|"]
-    for method in results[0]["dup"]["distinct"]:
-        lines.append(f"| {method} | {fmt(per_seed(results, lambda r: r['dup']['distinct'][method]['k=bases']))} | "
-                     f"{fmt(per_seed(results, lambda r: r['dup']['distinct'][method]['50%']))} | "
-                     f"{fmt(per_seed(results, lambda r: r['dup']['coverage'][method]['k=bases']), 3)} |")
+    dup_results = [r for r in results if r.get("dup")]
+    for method in (dup_results[0]["dup"]["distinct"] if dup_results else []):
+        lines.append(f"| {method} | {fmt(per_seed(dup_results, lambda r: r['dup']['distinct'][method]['k=bases']))} | "
+                     f"{fmt(per_seed(dup_results, lambda r: r['dup']['distinct'][method]['50%']))} | "
+                     f"{fmt(per_seed(dup_results, lambda r: r['dup']['coverage'][method]['k=bases']), 3)} |")
     nll_rows = [("initial (base model)", "task_nll", "initial")]
     for method in ("delift_rms", "random", "delift_se", "delift_pmi", "less"):
         nll_rows += [(f"fine-tuned on {method}", "task_nll", f"ft:{method}"), (f"ICL from {method}", "task_nll",
@@ -601,8 +638,8 @@ def report(results: list, seeds: list, sources, base_share: float) -> tuple[str,
         "task_precision_delift_30": stat("delift_rms", "0.3"), "task_precision_random_30": stat("random", "0.3"),
         "continual_novel_delift": per_seed(results, lambda r: _mean_over_targets(r["continual"]["novel"]["delift_rms"])),
         "continual_novel_random": per_seed(results, lambda r: _mean_over_targets(r["continual"]["novel"]["random"])),
-        "dup_distinct_delift": per_seed(results, lambda r: r["dup"]["distinct"]["delift_rms"]["k=bases"]),
-        "dup_distinct_random": per_seed(results, lambda r: r["dup"]["distinct"]["random"]["k=bases"]),
+        "dup_distinct_delift": per_seed(results, lambda r: _get(r, "dup", "distinct", "delift_rms", "k=bases")),
+        "dup_distinct_random": per_seed(results, lambda r: _get(r, "dup", "distinct", "random", "k=bases")),
         "task_nll_delift": per_seed(results, nll_of("task_nll", "ft:delift_rms")),
         "task_nll_random": per_seed(results, nll_of("task_nll", "ft:random")),
         "task_nll_initial": per_seed(results, nll_of("task_nll", "initial")),
@@ -615,7 +652,8 @@ def report(results: list, seeds: list, sources, base_share: float) -> tuple[str,
     for key, values in summary.items():
         out[key] = round(float(values.mean()), 4) if values.size else None
         out[f"{key}_std"] = round(float(values.std()), 4) if values.size else None
-    out.update(seeds=seeds, base_share=base_share, n_seeds_with_training=int(summary["task_nll_delift"].size))
+    out.update(seeds=seeds, base_share=base_share, n_seeds_with_training=int(summary["task_nll_delift"].size),
+               targets_measured={str(seed): r.get("targets_measured") for seed, r in zip(seeds, results)})
     return "\n".join(lines), out
 
 
@@ -639,15 +677,20 @@ def parse_args(argv=None):
     parser.add_argument("--icl-k", type=int, default=3, help="demonstrations per test prompt in the ICL condition")
     parser.add_argument("--continual-rotations", type=int, default=4, help="continual fine-tunes for the first N")
     parser.add_argument("--no-training", action="store_true", help="selection metrics only")
+    parser.add_argument("--no-new-kernels", action="store_true",
+                        help="use only the kernels already computed (targets without one are left out)")
     parser.add_argument("--cache", default=str(CACHE), help="kernel stores and per-seed results (resumable)")
     parser.add_argument("--only-kernels", action="store_true", help="compute the kernel stores and stop")
     parser.add_argument("--kernel-jobs", default="pool,targets,dup",
                         help="with --only-kernels: which kernels (pool: the task pool, targets: the target rows, "
                         "dup: the duplicate pool), so separate processes can share the work")
     parser.add_argument("--report-only", action="store_true", help="print the report from saved per-seed results")
+    parser.add_argument("--dup-only", action="store_true",
+                        help="only the instruction (duplicates) case, from kernels already computed")
     parser.add_argument("--row-parts", type=int, default=1,
                         help="split the square kernels into this many row blocks (one process each: --row-part)")
     parser.add_argument("--row-part", type=int, default=None, help="with --only-kernels: compute only this block")
+    parser.add_argument("--only-target", default=None, help="with --only-kernels: only this source's target rows")
     parser.add_argument("--progress", action="store_true")
     for field in dataclasses.fields(Sizes):
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=int, default=field.default)
@@ -670,6 +713,10 @@ def main(argv=None):
 
         model, tokenizer, _ = load_model(None if args.model == "smollm2" else args.model)
         encoder = None if args.only_kernels else sentence_encoder()
+        if args.dup_only:
+            for seed in args.seeds:
+                print(json.dumps(dup_only(model, tokenizer, encoder, seed, args, sizes)))
+            return
         for seed in args.seeds:
             if args.only_kernels:
                 compute_kernels(model, tokenizer, seed, args, sizes, jobs_wanted=args.kernel_jobs.split(","),

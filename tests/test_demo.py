@@ -1,4 +1,4 @@
-"""`delift demo` end to end on the tiny model: the comparison table, results and the three plots."""
+"""`delift demo` end to end on the tiny model: the known-answer table, results and the three plots."""
 
 import json
 
@@ -8,27 +8,29 @@ from delift_jax.cli import main
 
 pytestmark = pytest.mark.slow
 
+ARGS = ["--per-source", "2", "--targets", "1", "--test", "2", "--train-steps", "1", "--budget", "0.5"]
 
-def test_demo_writes_table_results_and_plots(tiny_llama, tmp_path, capsys):
+
+def test_demo_writes_composition_nll_and_plots(tiny_llama, tmp_path, capsys):
     out = tmp_path / "demo"
-    status = main(["demo", "--model", str(tiny_llama[0]), "--examples", "12", "--train-steps", "1",
-                   "--out", str(out)])
-    assert status == 0
+    assert main(["demo", "--model", str(tiny_llama[0]), *ARGS, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "| method | selected |" in printed and "| initial | 0 |" in printed
+    assert "| method | asdiv | boolq | nq-open | commonsenseqa | share from asdiv |" in printed
+    assert "| initial |" in printed and "within noise" in printed
     results = json.loads((out / "results.json").read_text())
-    assert set(results["methods"]) == {"delift", "random", "full", "initial"}
-    for name in ("rougeL_per_method.png", "kernel_heatmap.png", "greedy_gains.png"):
+    assert set(results["picks"]) == {"delift", "delift_fl2mi", "delift_se", "random"}
+    assert set(results["nll"]) == {"initial", "delift", "delift_fl2mi", "delift_se", "random"}
+    for method, picks in results["picks"].items():
+        assert len(picks) == 4 == sum(results["composition"][method]) and len(set(picks)) == 4
+        # The composition counts the picks' sources.
+        counts = [sum(results["pool_source"][i] == s for i in picks) for s in range(4)]
+        assert counts == results["composition"][method]
+    for name in ("composition.png", "nll_per_method.png", "kernel_by_source.png"):
         data = (out / name).read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000, name
 
-    # A rerun starts fresh, even over a kernel store another version wrote (which a resume would refuse).
-    manifest_path = out / "delift" / "kernels" / "pool" / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest_path.write_text(json.dumps(dict(manifest, format_version=1)))
+    # A rerun starts fresh and leaves unrelated files alone.
     (out / "unrelated.txt").write_text("kept")
-    status = main(["demo", "--model", str(tiny_llama[0]), "--examples", "12", "--train-steps", "1",
-                   "--out", str(out)])
-    assert status == 0 and "replacing the previous demo outputs" in capsys.readouterr().out
-    assert json.loads(manifest_path.read_text())["format_version"] != 1
+    assert main(["demo", "--model", str(tiny_llama[0]), *ARGS, "--out", str(out)]) == 0
+    assert "replacing the previous demo outputs" in capsys.readouterr().out
     assert (out / "unrelated.txt").read_text() == "kept"
