@@ -18,7 +18,7 @@ from delift_jax.errors import DeliftError
 COMMANDS = {
     "run": ("delift_jax.pipeline.command",
             "one use case end to end: select, export, fine-tune, evaluate on a held-out split"),
-    "demo": ("delift_jax.commands.demo", "the main job on the built-in model and data: score, kernel, select"),
+    "demo": ("delift_jax.commands.demo", "a known-answer task on built-in data: which sources each method picks"),
     "score": ("delift_jax.commands.score", "score responses teacher-forced with a model; print per-example distances"),
     "kernel": ("delift_jax.kernel.command", "compute the DELIFT utility kernel into a resumable directory"),
     "select": ("delift_jax.select.command", "pick a subset from a kernel with submodular maximization"),
