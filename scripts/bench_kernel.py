@@ -79,29 +79,20 @@ def torch_pair_distances(torch_model, sequences, batch, dtype):
     return np.array([np.sqrt(np.mean((1 - np.exp(lp.astype(np.float64))) ** 2)) for lp in logps]), seconds, cpu
 
 
-COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                  "/jax/core/compile/backend_compile_duration")
-_compile_seconds = [0.0]
-
-
-def _on_event(event, duration, **_):
-    if event in COMPILE_EVENTS:
-        _compile_seconds[0] += duration
-
-
 def run_ours(model, tokenizer, targets, candidates, config, trace_dir):
     """(result, first-run seconds, compile seconds of the first run, steady seconds, steady process CPU seconds,
     steady stage times)."""
     import jax
 
+    from delift_jax.compile_clock import compile_seconds
     from delift_jax.kernel import utility_kernel
     from delift_jax.kernel.engine import recording_stages
 
-    compiled = _compile_seconds[0]
+    compiled = compile_seconds()
     start = time.perf_counter()
     utility_kernel(model, tokenizer, targets, candidates, config)
     first = time.perf_counter() - start
-    compile_s = _compile_seconds[0] - compiled
+    compile_s = compile_seconds() - compiled
     if trace_dir:
         jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
     with recording_stages() as stages:
@@ -149,7 +140,9 @@ def main():
     from delift_jax.data.tokenize import ScoredSequence
     from delift_jax.models import default_model_path, load_model
 
-    jax.monitoring.register_event_duration_secs_listener(_on_event)
+    from delift_jax.compile_clock import compile_seconds
+
+    compile_seconds()  # start counting before any compilation
     torch.set_num_threads(args.threads)
     targets = shortest_examples(args.examples)
     candidates = targets[:args.candidates]

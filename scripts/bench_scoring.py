@@ -74,33 +74,24 @@ def timed(fn, repeats):
     return result, times
 
 
-COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                  "/jax/core/compile/backend_compile_duration")
-_compile_seconds = [0.0]
-
-
-def _on_event(event, duration, **_):
-    if event in COMPILE_EVENTS:
-        _compile_seconds[0] += duration
-
-
 def bench_jax(model_source, dtype_name, sequences, scoring_config, repeats):
     """(log-probs, compile seconds of the first pass, first-pass seconds, steady-state pass times)."""
     import jax.numpy as jnp
 
+    from delift_jax.compile_clock import compile_seconds
     from delift_jax.models import load_model
     from delift_jax.scoring import TeacherForcedScorer
 
     model, _, _ = load_model(model_source, dtype=getattr(jnp, dtype_name), with_tokenizer=False)
     scorer = TeacherForcedScorer(model, scoring_config)
-    compiled_before = _compile_seconds[0]
+    compiled_before = compile_seconds()
     start = time.perf_counter()
     scorer.logprobs(sequences)
     first = time.perf_counter() - start
-    compile_s = _compile_seconds[0] - compiled_before
-    before = _compile_seconds[0]
+    compile_s = compile_seconds() - compiled_before
+    before = compile_seconds()
     logps, times = timed(lambda: scorer.logprobs(sequences), repeats)
-    assert _compile_seconds[0] == before, "steady-state passes recompiled"
+    assert compile_seconds() == before, "steady-state passes recompiled"
     return logps, compile_s, first, times
 
 
@@ -153,7 +144,9 @@ def main(argv=None):
     import jax
     import numpy as np
 
-    jax.monitoring.register_event_duration_secs_listener(_on_event)
+    from delift_jax.compile_clock import compile_seconds
+
+    compile_seconds()  # start counting before any compilation
 
     from delift_jax.data import load_builtin
     from delift_jax.models import load_model

@@ -20,9 +20,10 @@ from pathlib import Path
 
 from delift_jax.budget import parse_budget
 from delift_jax.data.sources import add_data_arguments
-from delift_jax.errors import DataError
+from delift_jax.errors import DataError, NonFiniteError
 from delift_jax.models.loading import DEFAULT_MODEL
 from delift_jax.pipeline.config import RunConfig, RunInputs, check_methods, load_run_file, parse_split
+from delift_jax.pipeline.results import failed_methods
 from delift_jax.pipeline.run import run_use_case
 from delift_jax.progress import show_progress
 
@@ -162,4 +163,9 @@ def run(args: argparse.Namespace) -> int:
                            config=config, data_options=inputs.data_options(), echo=print,
                            progress=show_progress(args.progress))
     print((Path(args.out) / "results.md").read_text(encoding="utf-8"), end="")
+    failed = failed_methods(results)
+    if failed:
+        name, status = next(iter(failed.items()))
+        raise NonFiniteError(f"method {name} {status} (diverged training or damaged weights); results.json marks "
+                             f"{len(failed)} method(s) as failed — rerun them with a lower --learning-rate")
     return 0 if results["methods"] else 1

@@ -3,6 +3,8 @@ them)."""
 
 from __future__ import annotations
 
+import math
+
 from delift_jax.data.fields import FieldMap
 from delift_jax.pipeline.config import RunConfig
 from delift_jax.pipeline.inputs import Source
@@ -39,13 +41,26 @@ def run_record(model_source, config: RunConfig, sources: dict[str, Source | None
             "warnings": warnings, "existing_training": None, "methods": {}}
 
 
+def non_finite_metrics(metrics: dict | None) -> list[str]:
+    """Names of the metrics that are NaN or infinite (a failure of the model's numerics, never a score)."""
+    return sorted(k for k, v in (metrics or {}).items()
+                  if isinstance(v, float) and not isinstance(v, bool) and not math.isfinite(v))
+
+
 def method_record(result: MethodResult, model_dir: str | None) -> dict:
-    """One method's entry of ``results.json``."""
-    return {"selected": int(len(result.indices)), "fine_tuned": result.train_summary is not None,
-            "selection": result.selection.info, "train": result.train_summary,
-            "metrics": result.evaluation["conditions"]["no_icl"],
-            "icl_metrics": result.icl_evaluation["conditions"]["icl"] if result.icl_evaluation else None,
-            "directory": result.name, "model": model_dir, "seconds": result.seconds}
+    """One method's entry of ``results.json``; ``status`` is "ok", or names the metrics that came out non-finite."""
+    metrics = result.evaluation["conditions"]["no_icl"]
+    icl_metrics = result.icl_evaluation["conditions"]["icl"] if result.icl_evaluation else None
+    bad = non_finite_metrics(metrics) + [f"ICL {k}" for k in non_finite_metrics(icl_metrics)]
+    status = f"failed: non-finite {', '.join(bad)}" if bad else "ok"
+    return {"status": status, "selected": int(len(result.indices)), "fine_tuned": result.train_summary is not None,
+            "selection": result.selection.info, "train": result.train_summary, "metrics": metrics,
+            "icl_metrics": icl_metrics, "directory": result.name, "model": model_dir, "seconds": result.seconds}
+
+
+def failed_methods(results: dict) -> dict[str, str]:
+    """{method: status} of the methods whose results are not usable."""
+    return {name: entry["status"] for name, entry in results["methods"].items() if entry.get("status", "ok") != "ok"}
 
 
 def markdown_results(results: dict) -> str:
@@ -72,6 +87,8 @@ def markdown_results(results: dict) -> str:
 def _cell(value) -> str:
     if value is None:
         return "-"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "non-finite"
     if isinstance(value, float):
         return f"{value:.4f}"
     return str(value)
