@@ -90,6 +90,9 @@ class Checkpointer:
     def save(self, step: int, state: Any, meta: dict) -> None:
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                         meta=ocp.args.JsonSave(meta)))
+        # The train step donates ``state``'s buffers on its next call; an asynchronous save may still be copying
+        # them to the host then (a use after donation aborted the process in device_get). Finish the save first.
+        self.manager.wait_until_finished()
 
     def restore(self, step: int, like: Any) -> tuple[Any, dict]:
         """Restore ``state`` shaped (and sharded) like the pytree ``like``, and the meta dict."""
