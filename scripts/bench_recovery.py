@@ -322,7 +322,7 @@ def continual_split(data: SourceMixture, t: int):
     in_a, in_b = np.flatnonzero(data.pool_source == a), np.flatnonzero(data.pool_source == b)
     half = len(in_a) // 2
     existing = in_a[:half]
-    new = np.concatenate([in_a[half:], in_b[:half]])
+    new = np.sort(np.concatenate([in_a[half:], in_b[:half]]))  # pool order, which interleaves A and B
     return existing, new, np.isin(new, in_b)
 
 

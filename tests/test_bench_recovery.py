@@ -40,14 +40,16 @@ def test_mixture_parts_are_disjoint_seeded_and_equal():
     b = source_mixture(0, SOURCES, pool_per_source=3, select_targets=2, test_targets=4, loader=fake_loader)
     c = source_mixture(1, SOURCES, pool_per_source=3, select_targets=2, test_targets=4, loader=fake_loader)
     assert a.pool == b.pool and a.select == b.select and a.test == b.test and a.pool != c.pool
-    assert a.pool_source.tolist() == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
+    assert np.bincount(a.pool_source).tolist() == [3, 3, 3, 3]
+    assert a.pool_source.tolist() != sorted(a.pool_source.tolist())  # interleaved, not in source order
     for s, name in enumerate(SOURCES):
         parts = [set(a.pool[i] for i in np.flatnonzero(a.pool_source == s)), set(a.select[name]), set(a.test[name])]
         assert [len(p) for p in parts] == [3, 2, 4]
         assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
         assert all(name in ex.prompt for part in parts for ex in part)
-    assert composition([0, 4, 5, 11], a.pool_source, 4).tolist() == [1, 2, 0, 1]
-    assert precision([3, 4, 9], a.pool_source, 1) == pytest.approx(2 / 3)
+    grouped = np.array([0] * 3 + [1] * 3 + [2] * 3 + [3] * 3)
+    assert composition([0, 4, 5, 11], grouped, 4).tolist() == [1, 2, 0, 1]
+    assert precision([3, 4, 9], grouped, 1) == pytest.approx(2 / 3)
 
 
 def test_duplicates_are_light_edits_of_their_base(bench):

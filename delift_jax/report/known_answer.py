@@ -23,7 +23,8 @@ SOURCES = ("asdiv", "boolq", "nq-open", "commonsenseqa")
 
 @dataclasses.dataclass(frozen=True)
 class SourceMixture:
-    """pool: the examples of every source's pool part, in source order; pool_source: the source index of each pool
+    """pool: the examples of every source's pool part, in a seeded shuffled order (so that no source sits at the
+    low indices, which greedy's lowest-index tie-break would favour); pool_source: the source index of each pool
     example; select / test: source name -> that source's selection targets / held-out test targets."""
 
     sources: tuple
@@ -70,7 +71,12 @@ def source_mixture(seed: int, sources: Sequence[str] = SOURCES, *, pool_per_sour
         pool_source += [s] * pool_per_source
         select[name] = drawn[pool_per_source:pool_per_source + select_targets]
         test[name] = drawn[pool_per_source + select_targets:]
-    return SourceMixture(tuple(sources), pool, np.array(pool_source, np.int64), select, test)
+    # Interleave the sources: greedy breaks exact ties (common among the saturated gains of FL1MI/FLCG) towards the
+    # lowest index, so a pool kept in source order would favour the first source. Stream [seed, len(sources)] is
+    # disjoint from the per-source draws [seed, s].
+    shuffle = np.random.default_rng([seed, len(sources)]).permutation(len(pool))
+    return SourceMixture(tuple(sources), [pool[i] for i in shuffle], np.array(pool_source, np.int64)[shuffle],
+                         select, test)
 
 
 def composition(picks: Sequence[int], pool_source: np.ndarray, n_sources: int) -> np.ndarray:
