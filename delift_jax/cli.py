@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -44,12 +45,26 @@ def enable_compilation_cache() -> None:
     ``DELIFT_XLA_CACHE`` sets the directory (default ``~/.cache/delift_jax/xla``); ``DELIFT_XLA_CACHE=0`` turns
     it off."""
     location = os.environ.get("DELIFT_XLA_CACHE", str(Path.home() / ".cache" / "delift_jax" / "xla"))
-    if location in ("", "0"):
+    if location in ("", "0") or simulated_cpu_devices() > 1:
         return
     import jax
 
     jax.config.update("jax_compilation_cache_dir", location)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def simulated_cpu_devices() -> int:
+    """How many CPU devices this process asked XLA to simulate (1 if none), read without starting a backend (so a
+    later ``jax.distributed.initialize`` still works).
+
+    With several simulated CPU devices, programs with cross-device collectives loaded back from the persistent cache
+    deadlock in XLA's all-reduce rendezvous and abort the process (jaxlib 0.10.2: a warm cache turned the sharded
+    train step into "Termination timeout for all reduce ... Exiting"); such processes compile afresh instead."""
+    import jax
+
+    match = re.search(r"--xla_force_host_platform_device_count=(\d+)", os.environ.get("XLA_FLAGS", ""))
+    forced = int(match.group(1)) if match else 1
+    return max(1, int(jax.config.jax_num_cpu_devices), forced)  # jax_num_cpu_devices is -1 when unset
 
 
 def one_line(text: str) -> str:
