@@ -90,8 +90,9 @@ class Checkpointer:
     def save(self, step: int, state: Any, meta: dict) -> None:
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                         meta=ocp.args.JsonSave(meta)))
-        # The train step donates ``state``'s buffers on its next call; an asynchronous save may still be copying
-        # them to the host then (a use after donation aborted the process in device_get). Finish the save first.
+        # The train step donates ``state``'s buffers on its next call; finishing the save here means no save can
+        # still be reading them then, whatever Orbax copies in the background. (An abort once blamed on this was
+        # the persistent XLA cache: see ``cli.simulated_cpu_devices``.)
         self.manager.wait_until_finished()
 
     def restore(self, step: int, like: Any) -> tuple[Any, dict]:
