@@ -1,4 +1,5 @@
-"""Frozen configuration of a Llama-family decoder, built from a Hugging Face ``config.json`` (or GGUF metadata).
+"""Frozen configuration of a decoder (Llama family, Phi-3, Gemma 2/3), built from a Hugging Face ``config.json``
+(or GGUF metadata).
 
 Every attribute of the HF config is either *used* (it shapes the computation), *inert* (it cannot change the
 forward pass: bookkeeping, training-only or generation defaults) or *constrained* (accepted only at the value we
@@ -14,7 +15,9 @@ from typing import Any, Mapping
 
 from delift_jax.errors import UnsupportedArchitectureError
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "phi3")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "phi3", "gemma2", "gemma3_text")
+GEMMA_MODEL_TYPES = ("gemma2", "gemma3_text")
+LAYER_TYPES = ("full_attention", "sliding_attention")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
 # Keys that never change the forward pass.
@@ -32,6 +35,7 @@ _INERT_KEYS = frozenset({
     "num_beam_groups", "num_beams", "num_return_sequences", "output_scores", "remove_invalid_values",
     "repetition_penalty", "return_dict_in_generate", "suppress_tokens", "temperature", "top_k", "top_p",
     "typical_p", "output_router_logits", "quantization_config", "max_window_layers", "source_gguf_sha256",
+    "cache_implementation",
 })
 
 # Keys that shape the model, per architecture.
@@ -51,7 +55,37 @@ _USED_KEYS = {
              "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_parameters", "rope_theta", "rope_scaling",
              "tie_word_embeddings", "hidden_act", "sliding_window", "resid_pdrop", "embd_pdrop",
              "original_max_position_embeddings", "partial_rotary_factor"},
+    # Gemma 2: (1 + w) RMSNorm, GeGLU, scaled embeddings, sandwich norms, soft-capping, alternating local/global
+    # layers. HF reads the activation from hidden_activation only; hidden_act, which Hub configs also carry, is
+    # ignored there and here.
+    "gemma2": {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_parameters", "rope_theta", "rope_scaling",
+               "tie_word_embeddings", "hidden_activation", "hidden_act", "attention_bias", "query_pre_attn_scalar",
+               "sliding_window", "layer_types", "final_logit_softcapping", "attn_logit_softcapping",
+               "use_bidirectional_attention"},
+    # Gemma 3 text: Gemma 2 plus q/k norms and a separate RoPE base for the sliding layers; older configs give the
+    # layer pattern as sliding_window_pattern instead of layer_types.
+    "gemma3_text": {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                    "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_parameters", "rope_theta",
+                    "rope_scaling", "rope_local_base_freq", "tie_word_embeddings", "hidden_activation",
+                    "hidden_act", "attention_bias", "query_pre_attn_scalar", "sliding_window", "layer_types",
+                    "sliding_window_pattern", "_sliding_window_pattern", "final_logit_softcapping",
+                    "attn_logit_softcapping", "use_bidirectional_attention"},
 }
+
+# Values HF's config classes give Gemma attributes that a config.json leaves out (they differ from Llama's:
+# a missing tie_word_embeddings means tied, a missing final_logit_softcapping means 30 in Gemma 2).
+_GEMMA_DEFAULTS = {
+    "gemma2": {"head_dim": 256, "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "query_pre_attn_scalar": 256,
+               "sliding_window": 4096, "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0,
+               "hidden_activation": "gelu_pytorch_tanh", "rope_theta": 10000.0, "sliding_window_pattern": 2},
+    "gemma3_text": {"head_dim": 256, "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
+                    "query_pre_attn_scalar": 256, "sliding_window": 4096, "final_logit_softcapping": None,
+                    "attn_logit_softcapping": None, "hidden_activation": "gelu_pytorch_tanh",
+                    "rope_theta": 1_000_000.0, "rope_local_base_freq": 10000.0, "sliding_window_pattern": 6},
+}
+# HF activation names -> ours. gelu_pytorch_tanh is GELU with the tanh approximation (Gemma's GeGLU gate).
+_ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +121,19 @@ class ModelConfig:
     model_type: str = "llama"
     eos_token_id: int | None = None
     bos_token_id: int | None = None
+    # Gemma-style options; the defaults are the Llama computation.
+    activation: str = "silu"                 # MLP gate: silu (SwiGLU) or gelu_tanh (GeGLU)
+    norm_plus_one: bool = False              # RMSNorm weights stored zero-centred, applied as (1 + w)
+    sandwich_norms: bool = False             # extra norms on the attention and MLP outputs before each residual add
+    qk_norm: bool = False                    # RMSNorm over head_dim on queries and keys, before RoPE
+    scale_embeddings: bool = False           # embeddings multiplied by sqrt(hidden_size)
+    query_pre_attn_scalar: float | None = None  # attention scores scaled by this ** -0.5 (None: head_dim ** -0.5)
+    attn_softcap: float | None = None        # scores -> cap * tanh(scores / cap) before masking
+    final_softcap: float | None = None       # logits -> cap * tanh(logits / cap)
+    # Per layer "full_attention" or "sliding_attention" (the latter use sliding_window); None: every layer uses
+    # sliding_window when it is set (Mistral, Phi-3).
+    layer_types: tuple[str, ...] | None = None
+    local_rope_theta: float | None = None    # RoPE base of sliding layers, unscaled (None: same RoPE as the others)
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
@@ -104,6 +151,28 @@ class ModelConfig:
                 f"model_type {self.model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
         if self.sliding_window is not None and self.sliding_window <= 0:
             raise UnsupportedArchitectureError(f"sliding_window={self.sliding_window} must be positive or null")
+        if self.activation not in _ACTIVATIONS.values():
+            raise UnsupportedArchitectureError(f"activation={self.activation!r} must be one of "
+                                               f"{', '.join(_ACTIVATIONS.values())}")
+        if self.layer_types is not None:
+            if len(self.layer_types) != self.num_layers or any(t not in LAYER_TYPES for t in self.layer_types):
+                raise UnsupportedArchitectureError(
+                    f"layer_types={list(self.layer_types)} must name one of {', '.join(LAYER_TYPES)} for each of "
+                    f"the {self.num_layers} layers")
+            if "sliding_attention" in self.layer_types and self.sliding_window is None:
+                raise UnsupportedArchitectureError("layer_types has sliding_attention layers but sliding_window is "
+                                                   "null; give the window size")
+        for name in ("query_pre_attn_scalar", "attn_softcap", "final_softcap", "local_rope_theta"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise UnsupportedArchitectureError(f"config field {name}={value!r} must be positive or null")
+
+    @property
+    def sliding_layers(self) -> tuple[bool, ...]:
+        """Per layer: whether its attention is restricted to the last ``sliding_window`` positions."""
+        if self.layer_types is None:
+            return (self.sliding_window is not None,) * self.num_layers
+        return tuple(t == "sliding_attention" for t in self.layer_types)
 
     @property
     def group_size(self) -> int:
@@ -114,7 +183,7 @@ class ModelConfig:
         """Number of parameters (for FLOP and memory estimates)."""
         d, f, hd = self.hidden_size, self.intermediate_size, self.head_dim
         attn = d * hd * (self.num_heads * 2 + self.num_kv_heads * 2)
-        per_layer = attn + 3 * d * f + 2 * d
+        per_layer = attn + 3 * d * f + (4 if self.sandwich_norms else 2) * d + (2 * hd if self.qk_norm else 0)
         head = 0 if self.tie_word_embeddings else self.vocab_size * d
         return self.num_layers * per_layer + self.vocab_size * d + head + d
 
@@ -122,6 +191,10 @@ class ModelConfig:
     def from_hf_config(cls, hf: Mapping[str, Any]) -> "ModelConfig":
         """Build from a HF ``config.json`` mapping; refuse attributes whose semantics are not implemented."""
         model_type = hf.get("model_type")
+        if model_type == "gemma3":
+            raise UnsupportedArchitectureError(
+                "model_type 'gemma3' is the multimodal Gemma 3 (Gemma3ForConditionalGeneration); only text-only "
+                "checkpoints are supported: model_type 'gemma3_text' (Gemma3ForCausalLM, e.g. gemma-3-1b)")
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise UnsupportedArchitectureError(
                 f"unsupported architecture model_type={model_type!r} (architectures={hf.get('architectures')}); "
@@ -131,11 +204,21 @@ class ModelConfig:
             raise UnsupportedArchitectureError(
                 f"{model_type} config has attributes this package does not implement: {', '.join(unknown)}; "
                 "remove them from config.json only if they do not change the forward pass")
-        if hf.get("hidden_act", "silu") != "silu":
-            raise UnsupportedArchitectureError(f"hidden_act={hf['hidden_act']!r} is not supported (only 'silu')")
         if hf.get("pretraining_tp", 1) != 1:
             raise UnsupportedArchitectureError(f"pretraining_tp={hf['pretraining_tp']} is not supported (only 1)")
+        num_heads = hf["num_attention_heads"]
+        eos = hf.get("eos_token_id")
+        if isinstance(eos, list):
+            eos = eos[0] if eos else None
+        common = dict(vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
+                      intermediate_size=hf["intermediate_size"], num_layers=hf["num_hidden_layers"],
+                      num_heads=num_heads, num_kv_heads=hf.get("num_key_value_heads") or num_heads,
+                      model_type=model_type, eos_token_id=eos, bos_token_id=hf.get("bos_token_id"))
+        if model_type in GEMMA_MODEL_TYPES:
+            return cls(**common, **_gemma_fields(hf, model_type))
 
+        if hf.get("hidden_act", "silu") != "silu":
+            raise UnsupportedArchitectureError(f"hidden_act={hf['hidden_act']!r} is not supported (only 'silu')")
         sliding_window = None
         if model_type in ("mistral", "phi3"):
             sliding_window = hf.get("sliding_window")
@@ -147,20 +230,10 @@ class ModelConfig:
             raise UnsupportedArchitectureError(f"layer_types other than full_attention are not supported: {layer_types}")
 
         rope_theta, rope_scaling = _parse_rope(hf)
-        num_heads = hf["num_attention_heads"]
-        head_dim = hf.get("head_dim") or hf["hidden_size"] // num_heads
-        eos = hf.get("eos_token_id")
-        if isinstance(eos, list):
-            eos = eos[0] if eos else None
         attention_bias = bool(hf.get("attention_bias", False))
         return cls(
-            vocab_size=hf["vocab_size"],
-            hidden_size=hf["hidden_size"],
-            intermediate_size=hf["intermediate_size"],
-            num_layers=hf["num_hidden_layers"],
-            num_heads=num_heads,
-            num_kv_heads=hf.get("num_key_value_heads") or num_heads,
-            head_dim=head_dim,
+            **common,
+            head_dim=hf.get("head_dim") or hf["hidden_size"] // num_heads,
             rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
             rope_theta=rope_theta,
             rope_scaling=rope_scaling,
@@ -170,10 +243,78 @@ class ModelConfig:
             mlp_bias=bool(hf.get("mlp_bias", False)),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             sliding_window=sliding_window,
-            model_type=model_type,
-            eos_token_id=eos,
-            bos_token_id=hf.get("bos_token_id"),
         )
+
+
+def _gemma_fields(hf: Mapping[str, Any], model_type: str) -> dict:
+    """The ``ModelConfig`` fields of a Gemma 2 / Gemma 3 text config, with HF's defaults for absent keys."""
+    defaults = _GEMMA_DEFAULTS[model_type]
+    get = lambda key: hf[key] if key in hf else defaults[key]  # an explicit null (no soft-capping) stays null
+    activation = get("hidden_activation")
+    if activation != "gelu_pytorch_tanh":
+        raise UnsupportedArchitectureError(
+            f"{model_type} hidden_activation={activation!r} is not supported (only 'gelu_pytorch_tanh')")
+    if hf.get("use_bidirectional_attention"):
+        raise UnsupportedArchitectureError(
+            f"{model_type} use_bidirectional_attention=true (an encoder-style model) is not supported; only causal "
+            "attention is")
+    attn_softcap = get("attn_logit_softcapping")
+    if model_type == "gemma3_text" and attn_softcap is not None:
+        raise UnsupportedArchitectureError(
+            f"gemma3_text attn_logit_softcapping={attn_softcap} is not supported: transformers' Gemma 3 ignores it, "
+            "so what the checkpoint expects is unclear; set it to null (the released Gemma 3 models do)")
+    n_layers = hf["num_hidden_layers"]
+    layer_types = hf.get("layer_types")
+    if layer_types is None:
+        # Older configs: every pattern-th layer is global, the others sliding (transformers reads only the public
+        # sliding_window_pattern key; _sliding_window_pattern is its own bookkeeping).
+        pattern = hf.get("sliding_window_pattern", defaults["sliding_window_pattern"])
+        if not isinstance(pattern, int) or pattern <= 0:
+            raise UnsupportedArchitectureError(f"sliding_window_pattern={pattern!r} must be a positive integer")
+        layer_types = ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n_layers)]
+    if model_type == "gemma2":
+        (rope_theta, rope_scaling), local_theta = _parse_rope(hf), None
+    else:
+        rope_theta, rope_scaling, local_theta = _gemma3_rope(hf)
+    attention_bias = bool(hf.get("attention_bias", False))
+    final_softcap = get("final_logit_softcapping")
+    return dict(
+        head_dim=int(get("head_dim")), rms_norm_eps=float(get("rms_norm_eps")), rope_theta=rope_theta,
+        rope_scaling=rope_scaling, qkv_bias=attention_bias, o_bias=attention_bias,
+        tie_word_embeddings=bool(get("tie_word_embeddings")), sliding_window=get("sliding_window"),
+        activation=_ACTIVATIONS[activation], norm_plus_one=True, sandwich_norms=True,
+        qk_norm=model_type == "gemma3_text", scale_embeddings=True,
+        query_pre_attn_scalar=float(get("query_pre_attn_scalar")),
+        attn_softcap=None if attn_softcap is None else float(attn_softcap),
+        final_softcap=None if final_softcap is None else float(final_softcap),
+        layer_types=tuple(layer_types), local_rope_theta=local_theta)
+
+
+def _gemma3_rope(hf: Mapping[str, Any]) -> tuple[float, RopeScaling | None, float]:
+    """Gemma 3's two RoPEs: ``(global theta, global scaling, local theta)``.
+
+    transformers 5 writes ``rope_parameters`` keyed by layer type; older configs give the global base as
+    ``rope_theta`` (scaled by ``rope_scaling``) and the sliding layers' base as ``rope_local_base_freq``.
+    """
+    defaults = _GEMMA_DEFAULTS["gemma3_text"]
+    nested = hf.get("rope_parameters") or {}
+    stray = sorted(set(nested) - set(LAYER_TYPES))
+    if stray:
+        raise UnsupportedArchitectureError(
+            f"gemma3_text rope_parameters must be keyed by layer type ({', '.join(LAYER_TYPES)}); found "
+            f"{', '.join(stray)}")
+    full = dict(nested.get("full_attention") or {})
+    full.update(hf.get("rope_scaling") or {})  # as transformers does: a legacy rope_scaling scales global layers
+    full.setdefault("rope_theta", hf.get("rope_theta", defaults["rope_theta"]))
+    local = dict(nested.get("sliding_attention") or {})
+    local.setdefault("rope_theta", hf.get("rope_local_base_freq", defaults["rope_local_base_freq"]))
+    theta, scaling = _parse_rope({"rope_parameters": full})
+    local_theta, local_scaling = _parse_rope({"rope_parameters": local})
+    if local_scaling is not None:
+        raise UnsupportedArchitectureError(
+            "gemma3_text RoPE scaling on sliding layers (rope_parameters.sliding_attention) is not supported; the "
+            "released Gemma 3 models scale only the global layers")
+    return theta, scaling, local_theta
 
 
 def _parse_rope(hf: Mapping[str, Any]) -> tuple[float, RopeScaling | None]:

@@ -1,4 +1,11 @@
-"""Flax NNX decoder-only transformer for the Llama family (Llama 2/3, Mistral, Qwen2, SmolLM/SmolLM2).
+"""Flax NNX decoder-only transformer: the Llama family (Llama 2/3, Mistral, Qwen2, SmolLM/SmolLM2), Phi-3 and
+Gemma 2/3 (text).
+
+Gemma's differences are configuration switches on the same modules (``ModelConfig``): GeGLU, (1 + w) RMSNorm,
+scaled embeddings, extra norms on the attention and MLP outputs, q/k norms, attention and final logit
+soft-capping, and layers alternating between sliding-window (local) and full (global) attention, each kind with
+its own RoPE. The layers stay one stacked module under ``lax.scan``: a layer's kind is scanned over as a flag that
+selects its mask and RoPE tables, so one layer body still serves every depth.
 
 The model is stateless with respect to its key/value cache: a call returns the keys (already rotated) and values
 it computed, and a later call can attend to them through a ``KVPrefix``. The same mechanism serves decoding
@@ -11,6 +18,7 @@ g query heads per key/value head, h head dim, f MLP width, v vocabulary.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -43,12 +51,17 @@ class KVPrefix(NamedTuple):
         return self.positions.shape[1]
 
 
-def rope_inverse_frequencies(config: ModelConfig) -> np.ndarray:
-    """Inverse frequencies ``[h/2]`` in float32, with linear or Llama-3 scaling, computed as transformers does."""
+def rope_inverse_frequencies(config: ModelConfig, *, local: bool = False) -> np.ndarray:
+    """Inverse frequencies ``[h/2]`` in float32, with linear or Llama-3 scaling, computed as transformers does.
+
+    local: for the sliding-window layers of a model that gives them their own RoPE (Gemma 3: base
+    ``local_rope_theta``, never scaled); other models use one RoPE for every layer."""
     dim = config.head_dim
+    theta, scaling = config.rope_theta, config.rope_scaling
+    if local and config.local_rope_theta is not None:
+        theta, scaling = config.local_rope_theta, None
     exponents = np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)
-    inv_freq = np.reciprocal(np.float32(config.rope_theta) ** exponents).astype(np.float32)
-    scaling = config.rope_scaling
+    inv_freq = np.reciprocal(np.float32(theta) ** exponents).astype(np.float32)
     if scaling is None:
         return inv_freq
     if scaling.kind == "linear":
@@ -69,29 +82,49 @@ def rope_inverse_frequencies(config: ModelConfig) -> np.ndarray:
     return np.where(is_medium, smoothed, scaled).astype(np.float32)
 
 
-def apply_rope(x_btnh: jax.Array, positions_bt: jax.Array, inv_freq: np.ndarray) -> jax.Array:
-    """Rotate pairs (i, i + h/2) by position * frequency ("rotate half" layout, as in HF checkpoints)."""
+def rope_tables(positions_bt: jax.Array, inv_freq: np.ndarray) -> tuple[jax.Array, jax.Array]:
+    """cos and sin ``[b, t, h]`` (float32) of position * frequency, computed once per call for all layers."""
     angles_bth = positions_bt.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None, :]
     angles_bth = jnp.concatenate([angles_bth, angles_bth], axis=-1)
-    cos = jnp.cos(angles_bth)[:, :, None, :]
-    sin = jnp.sin(angles_bth)[:, :, None, :]
+    return jnp.cos(angles_bth), jnp.sin(angles_bth)
+
+
+def apply_rope(x_btnh: jax.Array, cos_bth: jax.Array, sin_bth: jax.Array) -> jax.Array:
+    """Rotate pairs (i, i + h/2) by position * frequency ("rotate half" layout, as in HF checkpoints)."""
     x = x_btnh.astype(jnp.float32)
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return (x * cos + rotated * sin).astype(x_btnh.dtype)
+    return (x * cos_bth[:, :, None, :] + rotated * sin_bth[:, :, None, :]).astype(x_btnh.dtype)
+
+
+def softcap(x: jax.Array, cap: float | None) -> jax.Array:
+    """``cap * tanh(x / cap)``: bounds x to (-cap, cap), nearly the identity for |x| << cap (Gemma 2)."""
+    return x if cap is None else jnp.tanh(x / cap) * cap
 
 
 class RMSNorm(nnx.Module):
-    """x / rms(x) * scale, normalized in float32 and cast back before scaling (as in HF Llama)."""
+    """x / rms(x) * scale, normalized in float32.
 
-    def __init__(self, dim: int, eps: float, *, param_dtype=jnp.float32):
-        self.scale = nnx.Param(jnp.ones((dim,), dtype=param_dtype))
+    Llama casts the normalized value back before scaling by ``scale``. With ``plus_one`` (Gemma) the stored scale
+    is zero-centred and ``1 + scale`` multiplies in float32 before the cast, as the reference does; in float32
+    the two orders agree, in bfloat16 they round differently.
+    """
+
+    def __init__(self, dim: int, eps: float, *, plus_one: bool = False, param_dtype=jnp.float32):
+        self.scale = nnx.Param((jnp.zeros if plus_one else jnp.ones)((dim,), dtype=param_dtype))
         self.eps = eps
+        self.plus_one = plus_one
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        if self.plus_one:
+            return (normed * (1.0 + self.scale[...].astype(jnp.float32))).astype(x.dtype)
         return self.scale[...].astype(x.dtype) * normed.astype(x.dtype)
+
+
+def _norm(config: ModelConfig, dim: int, param_dtype) -> RMSNorm:
+    return RMSNorm(dim, config.rms_norm_eps, plus_one=config.norm_plus_one, param_dtype=param_dtype)
 
 
 def _linear(d_in, d_out, bias, dtype, param_dtype, rngs):
@@ -113,29 +146,37 @@ class Attention(nnx.Module):
         self.k_proj = _linear(d, config.num_kv_heads * h, config.qkv_bias, dtype, param_dtype, rngs)
         self.v_proj = _linear(d, config.num_kv_heads * h, config.qkv_bias, dtype, param_dtype, rngs)
         self.o_proj = _linear(config.num_heads * h, d, config.o_bias, dtype, param_dtype, rngs)
+        # Gemma 3 normalizes each head's queries and keys (shared weights over heads) before RoPE.
+        self.q_norm = _norm(config, h, param_dtype) if config.qk_norm else None
+        self.k_norm = _norm(config, h, param_dtype) if config.qk_norm else None
 
-    def __call__(self, x_btd, positions_bt, mask_bts, inv_freq, prefix_kv=None, prefix_mask_btp=None,
-                 dropout_key=None):
+    def __call__(self, x_btd, rope, mask_bts, prefix_kv=None, prefix_mask_btp=None, dropout_key=None):
+        """rope: this layer's ``(cos_bth, sin_bth)``; mask_bts / prefix_mask_btp: its (windowed) masks."""
         cfg = self.config
         b, t, _ = x_btd.shape
         q_btnh = _project(self.q_proj, x_btd, dropout_key, 0).reshape(b, t, cfg.num_heads, cfg.head_dim)
         k_btkh = _project(self.k_proj, x_btd, dropout_key, 1).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
         v_btkh = _project(self.v_proj, x_btd, dropout_key, 2).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
-        q_btnh = apply_rope(q_btnh, positions_bt, inv_freq)
-        k_btkh = apply_rope(k_btkh, positions_bt, inv_freq)
+        if self.q_norm is not None:
+            q_btnh, k_btkh = self.q_norm(q_btnh), self.k_norm(k_btkh)
+        q_btnh = apply_rope(q_btnh, *rope)
+        k_btkh = apply_rope(k_btkh, *rope)
         q_btkgh = q_btnh.reshape(b, t, cfg.num_kv_heads, cfg.group_size, cfg.head_dim)
-        scale = cfg.head_dim ** -0.5
+        if cfg.query_pre_attn_scalar is None:
+            scale = cfg.head_dim ** -0.5
+        else:  # Gemma scales by a configured width, which differs from head_dim in some sizes
+            scale = cfg.query_pre_attn_scalar ** -0.5
 
-        scores_bkgts = jnp.einsum("btkgh,bskh->bkgts", q_btkgh, k_btkh,
-                                  preferred_element_type=jnp.float32) * scale
+        scores_bkgts = softcap(jnp.einsum("btkgh,bskh->bkgts", q_btkgh, k_btkh,
+                                          preferred_element_type=jnp.float32) * scale, cfg.attn_softcap)
         scores_bkgts = jnp.where(mask_bts[:, None, None], scores_bkgts, _MASKED)
         if prefix_kv is not None:
             prefix_k, prefix_v = prefix_kv
             spec = "pkh" if prefix_k.shape[0] == 1 and b != 1 else "bpkh"
             if spec == "pkh":
                 prefix_k, prefix_v = prefix_k[0], prefix_v[0]
-            scores_bkgtp = jnp.einsum(f"btkgh,{spec}->bkgtp", q_btkgh, prefix_k,
-                                      preferred_element_type=jnp.float32) * scale
+            scores_bkgtp = softcap(jnp.einsum(f"btkgh,{spec}->bkgtp", q_btkgh, prefix_k,
+                                              preferred_element_type=jnp.float32) * scale, cfg.attn_softcap)
             scores_bkgtp = jnp.where(prefix_mask_btp[:, None, None], scores_bkgtp, _MASKED)
             p = scores_bkgtp.shape[-1]
             probs = jax.nn.softmax(jnp.concatenate([scores_bkgtp, scores_bkgts], axis=-1), axis=-1)
@@ -150,34 +191,47 @@ class Attention(nnx.Module):
         return out_btd, (k_btkh, v_btkh)
 
 
+# Gate activations: SwiGLU (Llama family) and GeGLU with tanh-approximated GELU (Gemma).
+_ACTIVATIONS = {"silu": jax.nn.silu, "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True)}
+
+
 class MLP(nnx.Module):
     def __init__(self, config: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
         d, f = config.hidden_size, config.intermediate_size
         self.gate_proj = _linear(d, f, config.mlp_bias, dtype, param_dtype, rngs)
         self.up_proj = _linear(d, f, config.mlp_bias, dtype, param_dtype, rngs)
         self.down_proj = _linear(f, d, config.mlp_bias, dtype, param_dtype, rngs)
+        self.activation = config.activation
 
     def __call__(self, x_btd, dropout_key=None):
         gate = _project(self.gate_proj, x_btd, dropout_key, 0)
         up = _project(self.up_proj, x_btd, dropout_key, 1)
-        return _project(self.down_proj, jax.nn.silu(gate) * up, dropout_key, 2)
+        return _project(self.down_proj, _ACTIVATIONS[self.activation](gate) * up, dropout_key, 2)
 
 
 class DecoderLayer(nnx.Module):
-    def __init__(self, config: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
-        self.input_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=param_dtype)
-        self.attn = Attention(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.post_attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=param_dtype)
-        self.mlp = MLP(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    """Pre-norm residual block. ``post_attn_norm`` is always the norm in front of the MLP. With
+    ``sandwich_norms`` (Gemma 2/3) the attention and MLP outputs are normed again before their residual adds
+    (``attn_out_norm``, ``mlp_out_norm``; HF calls the first ``post_attention_layernorm``)."""
 
-    def __call__(self, x_btd, positions_bt, mask_bts, inv_freq, prefix_kv=None, prefix_mask_btp=None,
-                 dropout_key=None):
+    def __init__(self, config: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.input_norm = _norm(config, config.hidden_size, param_dtype)
+        self.attn = Attention(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.post_attn_norm = _norm(config, config.hidden_size, param_dtype)
+        self.mlp = MLP(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.attn_out_norm = _norm(config, config.hidden_size, param_dtype) if config.sandwich_norms else None
+        self.mlp_out_norm = _norm(config, config.hidden_size, param_dtype) if config.sandwich_norms else None
+
+    def __call__(self, x_btd, rope, mask_bts, prefix_kv=None, prefix_mask_btp=None, dropout_key=None):
         attn_key, mlp_key = (None, None) if dropout_key is None else jax.random.split(dropout_key)
-        attn_btd, kv = self.attn(self.input_norm(x_btd), positions_bt, mask_bts, inv_freq, prefix_kv, prefix_mask_btp,
-                                 attn_key)
+        attn_btd, kv = self.attn(self.input_norm(x_btd), rope, mask_bts, prefix_kv, prefix_mask_btp, attn_key)
+        if self.attn_out_norm is not None:
+            attn_btd = self.attn_out_norm(attn_btd)
         x_btd = x_btd + attn_btd
-        x_btd = x_btd + self.mlp(self.post_attn_norm(x_btd), mlp_key)
-        return x_btd, kv
+        mlp_btd = self.mlp(self.post_attn_norm(x_btd), mlp_key)
+        if self.mlp_out_norm is not None:
+            mlp_btd = self.mlp_out_norm(mlp_btd)
+        return x_btd + mlp_btd, kv
 
 
 def stack_modules(modules: list) -> nnx.Module:
@@ -188,7 +242,7 @@ def stack_modules(modules: list) -> nnx.Module:
 
 
 class CausalLM(nnx.Module):
-    """Llama-family causal language model.
+    """Decoder-only causal language model (Llama family, Phi-3, Gemma 2/3).
 
     ``__call__`` returns final (normed) hidden states and the per-layer keys/values; ``logits`` projects hidden
     states onto the vocabulary in float32. Keeping the two apart lets scoring project only the positions it needs.
@@ -209,7 +263,7 @@ class CausalLM(nnx.Module):
                                rngs=rngs)
         self.layers = stack_modules([DecoderLayer(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
                                      for _ in range(config.num_layers)])
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=param_dtype)
+        self.norm = _norm(config, config.hidden_size, param_dtype)
         self.lm_head = None if config.tie_word_embeddings else _linear(
             config.hidden_size, config.vocab_size, False, dtype, param_dtype, rngs)
 
@@ -237,31 +291,59 @@ class CausalLM(nnx.Module):
         mask_bts = self._block_mask(positions_bt, valid_bt)
         if segments_bt is not None:
             mask_bts = mask_bts & (segments_bt[:, :, None] == segments_bt[:, None, :])
-        prefix_mask_btp = None if prefix is None else self._prefix_mask(positions_bt, prefix)
-        x_btd, (keys_lbtkh, values_lbtkh) = self._run_layers(self.embed(tokens_bt), positions_bt, mask_bts, prefix,
+        prefix_mask_btp = None if prefix is None else jnp.broadcast_to(prefix.valid[:, None, :],
+                                                                       (b, t, prefix.length))
+        x_btd, (keys_lbtkh, values_lbtkh) = self._run_layers(self._embed(tokens_bt), positions_bt, mask_bts, prefix,
                                                              prefix_mask_btp, dropout_key)
         if stacked_kv:
             return self.norm(x_btd), (keys_lbtkh, values_lbtkh)
         kv = tuple((keys_lbtkh[i], values_lbtkh[i]) for i in range(self.config.num_layers))
         return self.norm(x_btd), kv
 
+    def _embed(self, tokens_bt):
+        x_btd = self.embed(tokens_bt)
+        if not self.config.scale_embeddings:
+            return x_btd
+        # sqrt(d) is rounded to the weights' dtype first, as in the reference (in bfloat16 sqrt(3072) is 55.5).
+        scale = jnp.asarray(math.sqrt(self.config.hidden_size), self.embed.param_dtype)
+        return x_btd * scale.astype(x_btd.dtype)
+
+    def _attention_inputs(self, sliding: bool, positions_bt, mask_bts, prefix, prefix_mask_btp):
+        """``(rope, mask_bts, prefix_mask_btp)`` for the full-attention (``sliding=False``) or sliding layers."""
+        rope = rope_tables(positions_bt, rope_inverse_frequencies(self.config, local=sliding))  # trace-time freqs
+        window = self.config.sliding_window if sliding else None
+        if window is None:
+            return rope, mask_bts, prefix_mask_btp
+        near = lambda key_positions: (positions_bt[:, :, None] - key_positions[:, None, :]) < window
+        return rope, mask_bts & near(positions_bt), None if prefix is None else prefix_mask_btp & near(prefix.positions)
+
     def _run_layers(self, x_btd, positions_bt, mask_bts, prefix, prefix_mask_btp, dropout_key):
         """The decoder stack: ``(x_btd, (keys_lbtkh, values_lbtkh))``."""
-        inv_freq = rope_inverse_frequencies(self.config)  # a trace-time constant
         n_layers = self.config.num_layers
         graphdef, state = nnx.split(self.layers)
         prefix_kv = None if prefix is None else (_stacked(prefix.keys), _stacked(prefix.values))
         layer_keys = None if dropout_key is None else jax.vmap(
             lambda i: jax.random.fold_in(dropout_key, i))(jnp.arange(n_layers))
+        # Masks and RoPE tables of each kind of layer present, built once per call, not once per layer.
+        sliding_l = self.config.sliding_layers
+        inputs = {kind: self._attention_inputs(kind, positions_bt, mask_bts, prefix, prefix_mask_btp)
+                  for kind in sorted(set(sliding_l))}
+        # Mixed kinds (Gemma): a per-layer flag, scanned over with the parameters, picks the layer's inputs.
+        layer_sliding = jnp.asarray(sliding_l) if len(inputs) == 2 else None
 
         def body(x_btd, xs):
-            layer_state, layer_prefix, layer_key = xs
+            layer_state, layer_prefix, layer_key, is_sliding = xs
             layer = nnx.merge(graphdef, layer_state)
-            return layer(x_btd, positions_bt, mask_bts, inv_freq, layer_prefix, prefix_mask_btp, layer_key)
+            if is_sliding is None:
+                rope, mask, prefix_mask = inputs[sliding_l[0]]
+            else:
+                rope, mask, prefix_mask = jax.tree.map(lambda s, f: jnp.where(is_sliding, s, f), inputs[True],
+                                                       inputs[False])
+            return layer(x_btd, rope, mask, layer_prefix, prefix_mask, layer_key)
 
         if self.remat_layers:
             body = jax.checkpoint(body, prevent_cse=False)
-        xs = (state, prefix_kv, layer_keys)
+        xs = (state, prefix_kv, layer_keys, layer_sliding)
         if self.scan_layers:
             return jax.lax.scan(body, x_btd, xs)
         kv = []
@@ -271,28 +353,20 @@ class CausalLM(nnx.Module):
         return x_btd, jax.tree.map(lambda *a: jnp.stack(a), *kv)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
-        """Vocabulary logits in float32 for any ``[..., d]`` hidden states."""
+        """Vocabulary logits in float32 for any ``[..., d]`` hidden states (soft-capped where the model is)."""
         if self.lm_head is None:
             table_vd = self.embed.embedding[...]
-            return jnp.einsum("...d,vd->...v", hidden, table_vd.astype(hidden.dtype),
-                              preferred_element_type=jnp.float32)
-        return self.lm_head(hidden).astype(jnp.float32)
-
-    def _window_ok(self, query_positions, key_positions):
-        if self.config.sliding_window is None:
-            return True
-        return (query_positions - key_positions) < self.config.sliding_window
+            logits = jnp.einsum("...d,vd->...v", hidden, table_vd.astype(hidden.dtype),
+                                preferred_element_type=jnp.float32)
+        else:
+            logits = self.lm_head(hidden).astype(jnp.float32)
+        return softcap(logits, self.config.final_softcap)
 
     def _block_mask(self, positions_bt, valid_bt):
+        """Causal by index, valid keys only; sliding windows are applied per layer kind."""
         t = positions_bt.shape[1]
         causal_ts = jnp.arange(t)[:, None] >= jnp.arange(t)[None, :]
-        mask = causal_ts[None] & valid_bt[:, None, :]
-        return mask & self._window_ok(positions_bt[:, :, None], positions_bt[:, None, :])
-
-    def _prefix_mask(self, positions_bt, prefix: KVPrefix):
-        mask = jnp.broadcast_to(prefix.valid[:, None, :], (positions_bt.shape[0], positions_bt.shape[1],
-                                                           prefix.length))
-        return mask & self._window_ok(positions_bt[:, :, None], prefix.positions[:, None, :])
+        return causal_ts[None] & valid_bt[:, None, :]
 
 
 def _stacked(per_layer) -> jax.Array:

@@ -28,8 +28,17 @@ HF_KEY_TABLE: tuple[tuple[str, str, bool], ...] = (
     (r"model\.layers\.(\d+)\.mlp\.(gate|up|down)_proj\.bias", r"layers.\1.mlp.\2_proj.bias", False),
     (r"model\.layers\.(\d+)\.input_layernorm\.weight", r"layers.\1.input_norm.scale", False),
     (r"model\.layers\.(\d+)\.post_attention_layernorm\.weight", r"layers.\1.post_attn_norm.scale", False),
+    (r"model\.layers\.(\d+)\.self_attn\.([qk])_norm\.weight", r"layers.\1.attn.\2_norm.scale", False),
     (r"model\.norm\.weight", "norm.scale", False),
     (r"lm_head\.weight", "lm_head.kernel", True),
+)
+# Models with sandwich norms (Gemma 2/3), looked up before HF_KEY_TABLE: there post_attention_layernorm normalizes
+# the attention output (our attn_out_norm), and pre_feedforward_layernorm is the norm in front of the MLP (our
+# post_attn_norm, which is what Llama's post_attention_layernorm is).
+SANDWICH_KEY_TABLE: tuple[tuple[str, str, bool], ...] = (
+    (r"model\.layers\.(\d+)\.post_attention_layernorm\.weight", r"layers.\1.attn_out_norm.scale", False),
+    (r"model\.layers\.(\d+)\.pre_feedforward_layernorm\.weight", r"layers.\1.post_attn_norm.scale", False),
+    (r"model\.layers\.(\d+)\.post_feedforward_layernorm\.weight", r"layers.\1.mlp_out_norm.scale", False),
 )
 # Buffers some checkpoints carry that hold no parameters.
 _IGNORED_KEYS = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",)
@@ -47,11 +56,13 @@ def map_hf_name(name: str, config: ModelConfig) -> tuple[str, bool] | None:
         return None
     if name == "lm_head.weight" and config.tie_word_embeddings:
         return None  # tied: the head is the embedding table; some exports still write a copy
-    for pattern, template, transpose in HF_KEY_TABLE:
+    table = SANDWICH_KEY_TABLE + HF_KEY_TABLE if config.sandwich_norms else HF_KEY_TABLE
+    for pattern, template, transpose in table:
         match = re.fullmatch(pattern, name)
         if match:
             return match.expand(template), transpose
-    raise WeightMappingError(f"checkpoint tensor {name!r} maps to no model parameter; is this a Llama-family model?")
+    raise WeightMappingError(f"checkpoint tensor {name!r} maps to no model parameter of a {config.model_type} model; "
+                             "do config.json and the weights belong together?")
 
 
 def stacked_slot(path: str) -> tuple[str, int | None]:
@@ -193,6 +204,9 @@ def hf_tensor_names(config: ModelConfig) -> list[str]:
         names += [f"model.layers.{i}.self_attn.{p}_proj.weight" for p in "qkvo"]
         names += [f"model.layers.{i}.mlp.{p}_proj.weight" for p in ("gate", "up", "down")]
         names += [f"model.layers.{i}.input_layernorm.weight", f"model.layers.{i}.post_attention_layernorm.weight"]
+        names += [f"model.layers.{i}.{p}_feedforward_layernorm.weight" for p in ("pre", "post")
+                  if cfg.sandwich_norms]
+        names += [f"model.layers.{i}.self_attn.{p}_norm.weight" for p in "qk" if cfg.qk_norm]
         names += [f"model.layers.{i}.self_attn.{p}_proj.bias" for p in "qkv" if cfg.qkv_bias]
         names += [f"model.layers.{i}.self_attn.o_proj.bias"] if cfg.o_bias else []
         names += [f"model.layers.{i}.mlp.{p}_proj.bias" for p in ("gate", "up", "down") if cfg.mlp_bias]
