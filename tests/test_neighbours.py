@@ -56,6 +56,84 @@ def test_bit_identical_for_any_tiling_and_device_count():
         assert np.array_equal(values.view(np.uint32), runs[0][1].view(np.uint32))
 
 
+def _reference(q, c, k, exclude_self=False):
+    sims = N.quantized(q).astype(np.float64) @ N.quantized(c).astype(np.float64).T  # exact: multiples of 2^-22
+    sims += 0.0  # -0.0 to 0.0, as the search reports zeros
+    if exclude_self:
+        np.fill_diagonal(sims, -np.inf)
+    indices = np.argsort(-sims, axis=1, kind="stable")[:, :k]  # stable: ties to the lowest index
+    return indices, np.take_along_axis(sims, indices, axis=1).astype(np.float32)
+
+
+def _meshes():
+    from jax.sharding import Mesh
+
+    sizes = (1, 4) if len(jax.devices()) >= 4 else (1,)
+    return [Mesh(np.array(jax.devices()[:m]), ("data",)) for m in sizes]
+
+
+@pytest.mark.parametrize("exclude_self", [True, False])
+def test_symmetric_search_of_one_pool_equals_the_reference_with_ties(exclude_self):
+    base = clustered(37, d=24, seed=9)
+    x = np.concatenate([base, base[:20], base[5:30]])  # exact ties across tiles, n = 82 (tiles do not divide it)
+    expected = _reference(x, x, 10, exclude_self)
+    for mesh in _meshes():
+        for block in (82, 16, 7, 2048):
+            indices, values = N.exact_top_k(x, x, 10, exclude_self=exclude_self, block=block, mesh=mesh)
+            assert np.array_equal(indices, expected[0]), (mesh.size, block)
+            assert np.array_equal(values, expected[1]), (mesh.size, block)
+
+
+def test_symmetric_and_general_search_agree_bit_for_bit():
+    x = clustered(150, d=40, seed=10)
+    for exclude_self in (True, False):
+        general = N.exact_top_k(x, x, 12, exclude_self=exclude_self, symmetric=False, query_tile=32, block=64)
+        for mesh in _meshes():
+            fast = N.exact_top_k(x, x, 12, exclude_self=exclude_self, block=64, mesh=mesh)
+            assert np.array_equal(fast[0], general[0])
+            assert np.array_equal(fast[1].view(np.uint32), general[1].view(np.uint32))
+    with pytest.raises(DataError, match="one pool"):
+        N.exact_top_k(x, x[::-1], 3, symmetric=True)
+
+
+def test_signed_zero_similarities_tie_by_index_on_every_path():
+    # Axis vectors +-e_i: most similarities are exactly 0 (ties everywhere), some with every product -0.0. XLA's CPU
+    # dot sums them to 0.0; a backend that returns -0.0 is covered by the merge test below.
+    eye = np.eye(6, dtype=np.float32)
+    x = np.concatenate([eye, -eye, eye[::-1], -eye[::-1]])
+    expected = _reference(x, x, 9, exclude_self=True)
+    runs = [N.exact_top_k(x, x, 9, exclude_self=True, block=b, mesh=m) for m in _meshes() for b in (24, 8, 5)]
+    runs.append(N.exact_top_k(x, x, 9, exclude_self=True, symmetric=False, query_tile=4, block=8))
+    for indices, values in runs:
+        assert np.array_equal(indices, expected[0])
+        assert np.array_equal(values.view(np.uint32), expected[1].view(np.uint32))  # no -0.0 either
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_merge_ranks_negative_zero_as_zero_and_ties_by_index(transposed):
+    import jax.numpy as jnp
+
+    k, width = 4, 64  # width 64 at k 4: two-level merge (groups of 4)
+    assert N._group_size(width, k) > 1
+    sims = np.full((2, width), -1.0, np.float32)
+    sims[:, [3, 9, 20, 40, 41]] = [-0.0, 0.0, -0.0, 0.0, 0.5]
+    running = (jnp.asarray([[0.7, 0.0, -np.inf, -np.inf]] * 2, jnp.float32), jnp.asarray([[5, 6, 99, 99]] * 2))
+    block = N._zeros(jnp.asarray(sims.T if transposed else sims))
+    values, indices = N._merge(*running, block, 100 + jnp.arange(width), k, transposed)
+    assert np.asarray(indices).tolist() == [[5, 141, 6, 103]] * 2  # zeros: running first, then lowest column
+    assert not np.signbit(np.asarray(values)[:, 1:]).any()
+
+
+def test_general_search_bit_identical_for_any_tiling_and_device_count():
+    q, c = clustered(90, d=32, seed=11), clustered(170, d=32, seed=12)
+    expected = _reference(q, c, 11)
+    for mesh in _meshes():
+        for tile, block in ((256, 2048), (7, 13), (16, 64)):
+            indices, values = N.exact_top_k(q, c, 11, query_tile=tile, block=block, mesh=mesh)
+            assert np.array_equal(indices, expected[0])
+            assert np.array_equal(values, expected[1])
+
+
 def test_exclude_self_and_k_clamped_to_the_pool():
     x = clustered(10, seed=5)
     indices, _ = N.exact_top_k(x, x, 50, exclude_self=True)
@@ -76,6 +154,20 @@ def test_no_n_by_n_temporary():
     if memory is None:
         pytest.skip("this backend reports no memory analysis")
     assert memory.temp_size_in_bytes < n * n * 4 // 16  # a 32 x 128 tile plus running top-k, not 16 MiB
+
+
+def test_symmetric_search_holds_o_n_k_state_not_n_by_n():
+    from jax.sharding import Mesh
+
+    n, d, k, tile = 4096, 16, 8, 128
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    search = N._symmetric_searcher(mesh, k, tile, n, n, True)
+    n_tiles = n // tile
+    pairs = jax.ShapeDtypeStruct((1, n_tiles * (n_tiles + 1) // 2, 3), np.int32)
+    memory = search.lower(jax.ShapeDtypeStruct((n, d), np.float32), pairs).compile().memory_analysis()
+    if memory is None:
+        pytest.skip("this backend reports no memory analysis")
+    assert memory.temp_size_in_bytes < n * n * 4 // 16  # running lists (n x k) and a few tiles, not 64 MiB
 
 
 @pytest.mark.parametrize("bad, message", [
