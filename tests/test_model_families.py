@@ -104,3 +104,24 @@ def test_gemma_refuses_what_it_does_not_implement(hub, change, message):
     with pytest.raises(UnsupportedArchitectureError, match=message) as caught:
         ModelConfig.from_hf_config({**hub, **change})
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("hub, changes", [
+    (GEMMA2_HUB, {"tie_word_embeddings": False, "attention_bias": True}),
+    (GEMMA3_HUB, {"rope_scaling": {"rope_type": "linear", "factor": 8.0}, "final_logit_softcapping": 30.0}),
+])
+def test_gemma_export_fields_read_back_to_the_same_config(hub, changes):
+    """gemma_hf_fields (for export) + the common attributes give back the config, in our reader and in HF's."""
+    import transformers
+
+    from delift_jax.models.config import gemma_hf_fields
+
+    config = ModelConfig.from_hf_config({**hub, **changes})
+    common = {k: hub[k] for k in ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                  "num_attention_heads", "num_key_value_heads", "eos_token_id", "bos_token_id")}
+    written = {**common, **gemma_hf_fields(config)}
+    assert ModelConfig.from_hf_config(written) == config
+    config_cls = transformers.Gemma2Config if config.model_type == "gemma2" else transformers.Gemma3TextConfig
+    theirs = config_cls(**{k: v for k, v in written.items() if k != "model_type"})
+    assert tuple(theirs.layer_types) == config.layer_types and theirs.tie_word_embeddings == config.tie_word_embeddings
+    assert theirs.rope_parameters == written["rope_parameters"]

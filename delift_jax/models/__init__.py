@@ -1,4 +1,4 @@
-"""Models: a Flax NNX Llama-family decoder and loaders for HF directories and GGUF files."""
+"""Models: a Flax NNX decoder (Llama family, Phi-3, Gemma 2/3 text) and loaders for HF directories and GGUF files."""
 
 from delift_jax.models.config import ModelConfig, RopeScaling
 from delift_jax.models.llama import CausalLM, KVPrefix, extend_prefix, prefix_from_kv

@@ -345,3 +345,34 @@ def _parse_rope(hf: Mapping[str, Any]) -> tuple[float, RopeScaling | None]:
         high_freq_factor=float(params.get("high_freq_factor", 4.0)),
         original_max_position_embeddings=int(params.get("original_max_position_embeddings", 8192)),
     )
+
+
+def rope_parameters_dict(theta: float, scaling: RopeScaling | None) -> dict:
+    """A transformers 5 ``rope_parameters`` entry for one RoPE (what ``_parse_rope`` reads back)."""
+    out: dict = {"rope_type": "default", "rope_theta": theta}
+    if scaling is not None:
+        out.update(rope_type=scaling.kind, factor=scaling.factor)
+        if scaling.kind == "llama3":
+            out.update(low_freq_factor=scaling.low_freq_factor, high_freq_factor=scaling.high_freq_factor,
+                       original_max_position_embeddings=scaling.original_max_position_embeddings)
+    return out
+
+
+def gemma_hf_fields(config: ModelConfig) -> dict:
+    """The ``config.json`` attributes of a Gemma 2 / Gemma 3 text ``config`` beyond the common ones (model_type,
+    vocabulary, widths, layer and head counts, token ids), for export: ``ModelConfig.from_hf_config`` reads the
+    union back to ``config``. Every Gemma-specific value is written, so no reader falls back on its defaults."""
+    if config.model_type not in GEMMA_MODEL_TYPES:
+        raise ValueError(f"gemma_hf_fields: {config.model_type} is not a Gemma model type")
+    if config.model_type == "gemma2":
+        rope = rope_parameters_dict(config.rope_theta, config.rope_scaling)
+    else:
+        rope = {"full_attention": rope_parameters_dict(config.rope_theta, config.rope_scaling),
+                "sliding_attention": rope_parameters_dict(config.local_rope_theta, None)}
+    scalar = config.query_pre_attn_scalar  # transformers' strict config class wants an int where it is whole
+    return {"head_dim": config.head_dim, "rms_norm_eps": config.rms_norm_eps, "hidden_activation": "gelu_pytorch_tanh",
+            "tie_word_embeddings": config.tie_word_embeddings, "attention_bias": config.qkv_bias,
+            "query_pre_attn_scalar": int(scalar) if float(scalar).is_integer() else scalar, "sliding_window": config.sliding_window,
+            "layer_types": list(config.layer_types), "final_logit_softcapping": config.final_softcap,
+            "attn_logit_softcapping": config.attn_softcap, "use_bidirectional_attention": False,
+            "rope_parameters": rope}
