@@ -369,10 +369,12 @@ def gemma_hf_fields(config: ModelConfig) -> dict:
     else:
         rope = {"full_attention": rope_parameters_dict(config.rope_theta, config.rope_scaling),
                 "sliding_attention": rope_parameters_dict(config.local_rope_theta, None)}
-    scalar = config.query_pre_attn_scalar  # transformers' strict config class wants an int where it is whole
-    return {"head_dim": config.head_dim, "rms_norm_eps": config.rms_norm_eps, "hidden_activation": "gelu_pytorch_tanh",
-            "tie_word_embeddings": config.tie_word_embeddings, "attention_bias": config.qkv_bias,
-            "query_pre_attn_scalar": int(scalar) if float(scalar).is_integer() else scalar, "sliding_window": config.sliding_window,
-            "layer_types": list(config.layer_types), "final_logit_softcapping": config.final_softcap,
-            "attn_logit_softcapping": config.attn_softcap, "use_bidirectional_attention": False,
+    scalar = float(config.query_pre_attn_scalar)
+    scalar = int(scalar) if scalar.is_integer() else scalar  # transformers' strict config class wants an int
+    return {"head_dim": config.head_dim, "rms_norm_eps": config.rms_norm_eps,
+            "hidden_activation": "gelu_pytorch_tanh", "tie_word_embeddings": config.tie_word_embeddings,
+            "attention_bias": config.qkv_bias, "query_pre_attn_scalar": scalar,
+            "sliding_window": config.sliding_window, "layer_types": list(config.layer_types),
+            "final_logit_softcapping": config.final_softcap, "attn_logit_softcapping": config.attn_softcap,
+            "use_bidirectional_attention": False,
             "rope_parameters": rope}
