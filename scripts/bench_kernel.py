@@ -135,6 +135,7 @@ def main():
 
     from delift_jax.kernel import KernelConfig
     from delift_jax.kernel.compute import plan_pairs
+    from delift_jax.kernel.engine import CPU_TOKENS_PER_CALL
     from delift_jax.kernel.estimate import forward_flops, measured_matmul_flops
     from delift_jax.kernel.pairs import build_pair_sequences, full_sequences_for
     from delift_jax.data.tokenize import ScoredSequence
@@ -143,6 +144,7 @@ def main():
     from delift_jax.compile_clock import compile_seconds
 
     compile_seconds()  # start counting before any compilation
+    load_before = os.getloadavg()[0]  # a 1-minute load above ~1.5 on this 2-core machine: other jobs share it
     torch.set_num_threads(args.threads)
     targets = shortest_examples(args.examples)
     candidates = targets[:args.candidates]
@@ -245,7 +247,10 @@ def main():
         "flop_utilization": round(utilization, 4), "n_pairs": n_pairs, "max_abs_diff_vs_torch_f32": max_diff,
         "ours_tokens_per_cpu_s": round(ours_tokens / ours_cpu, 1),
         "torch_f32_tokens_per_cpu_s": round(torch_tokens / torch_cpu["float32"], 1) if torch_f32_s else None,
-        "stages_s": dict(stages.top(8))}))
+        "stages_s": dict(stages.top(8)), "program_shapes": len(stages.shapes), "calls": stages.calls,
+        "tokens_per_call": config.tokens_per_call or CPU_TOKENS_PER_CALL, "computed_slots": stages.tokens["computed slots"],
+        "real_tokens": cont_tokens + prefix_tokens, "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "contended": max(load_before, os.getloadavg()[0]) > 1.5}))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ from delift_jax.data import Example
 from delift_jax.data.tokenize import ScoredSequence
 from delift_jax.kernel import KernelConfig
 from delift_jax.kernel.compute import plan_pairs
-from delift_jax.kernel.engine import PairScorer, activation_bytes_per_token, tokens_per_call_for
+from delift_jax.kernel.engine import (CPU_TOKENS_PER_CALL, PairScorer, activation_bytes_per_token,
+                                       tokens_per_call_for)
 from delift_jax.kernel.packing import Item, PackingSizes, pack_units
 from delift_jax.kernel.pairs import build_pair_sequences, full_sequences_for
 from delift_jax.scoring import ScoringConfig, TeacherForcedScorer
@@ -123,7 +124,8 @@ def test_tokens_per_call_sized_from_device_memory(tiny_llama):
             self.devices = np.array([device])
 
     per_token = activation_bytes_per_token(model.config, model.dtype)
-    assert tokens_per_call_for(model.config, FakeMesh(FakeDevice(None)), model.dtype) == 4096  # CPUs: none
+    cpu = tokens_per_call_for(model.config, FakeMesh(FakeDevice(None)), model.dtype)  # CPUs report no memory
+    assert cpu == CPU_TOKENS_PER_CALL
     big = FakeDevice({"bytes_limit": 2 ** 40, "bytes_in_use": 0})
     assert tokens_per_call_for(model.config, FakeMesh(big), model.dtype) == 65536
     mid = FakeDevice({"bytes_limit": 50_000 * per_token + 5, "bytes_in_use": 5})

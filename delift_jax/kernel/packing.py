@@ -140,13 +140,24 @@ def _prefix_len(builder: _Builder, segment: int) -> int:
     return 0 if segment == 0 else len(builder.prefix[segment - 1])
 
 
-def _finish(builder: _Builder, prefix_ladder, scored_ladder) -> Unit:
-    """The unit's arrays, padded to its shape (a unit short of rows, the last of a run, gets fewer of them)."""
-    p_len = bucket_for(max(builder.prefix_used, 1), prefix_ladder)
+def _shape_of(builder: _Builder, prefix_ladder, scored_ladder) -> UnitShape:
+    """The smallest ladder shape that holds the builder's unit (a unit short of rows gets fewer of them)."""
     n_scored = sum(item.n_scored for row in builder.rows for item in row)
     rows = min(builder.max_rows, _power_of_two_at_least(len(builder.rows)))
-    shape = UnitShape(prefix=p_len, rows=rows, length=builder.length,
-                      scored=min(bucket_for(max(n_scored, 1), scored_ladder), rows * builder.length))
+    return UnitShape(prefix=bucket_for(max(builder.prefix_used, 1), prefix_ladder), rows=rows,
+                     length=builder.length,
+                     scored=min(bucket_for(max(n_scored, 1), scored_ladder), rows * builder.length))
+
+
+def _common_shape(shapes: Sequence[UnitShape]) -> UnitShape:
+    """One shape holding every unit of a rung: the largest prefix, rows and scored slots among them."""
+    return UnitShape(prefix=max(s.prefix for s in shapes), rows=max(s.rows for s in shapes),
+                     length=shapes[0].length, scored=max(s.scored for s in shapes))
+
+
+def _finish(builder: _Builder, shape: UnitShape) -> Unit:
+    """The unit's arrays, padded to ``shape``."""
+    p_len = shape.prefix
     prefix_tokens = np.zeros(p_len, np.int32)
     prefix_positions = np.zeros(p_len, np.int32)
     prefix_segments = np.zeros(p_len, np.int32)
@@ -186,7 +197,8 @@ def pack_units(items: Sequence[Item], prefixes: Sequence[np.ndarray], sizes: Pac
 
     Items go to rows of the shortest rung that holds them; within a rung a candidate's demonstration enters a
     unit once and its continuations fill rows first-fit. A candidate whose continuations overflow a unit starts
-    the next one with its demonstration again.
+    the next one with its demonstration again. Every unit of a rung gets the same shape (the largest prefix,
+    rows and scored slots any of them needs): one compiled program per rung, not one per combination of buckets.
     """
     longest_prefix = max((len(prefixes[i.prefix]) for i in items if i.prefix is not None), default=0)
     prefix_cap = max(longest_prefix, int(sizes.tokens_per_unit * sizes.prefix_share))
@@ -201,30 +213,25 @@ def pack_units(items: Sequence[Item], prefixes: Sequence[np.ndarray], sizes: Pac
         by_length.setdefault(sizes.row_length(len(item.tokens)), []).append(item)
     units: list[Unit] = []
     for length in sorted(by_length):
-        units.extend(_pack_rung(by_length[length], prefixes, length, sizes.rows(length), prefix_cap,
-                                prefix_ladder, scored_ladder))
-    units.sort(key=lambda u: dataclasses.astuple(u.shape))
+        builders = _pack_rung(by_length[length], prefixes, length, sizes.rows(length), prefix_cap)
+        shape = _common_shape([_shape_of(b, prefix_ladder, scored_ladder) for b in builders])
+        units.extend(_finish(builder, shape) for builder in builders)
     return units
 
 
-def _pack_rung(items, prefixes, length, rows, prefix_cap, prefix_ladder, scored_ladder) -> list[Unit]:
-    units: list[Unit] = []
-    builder = _Builder(length, rows, prefix_cap)
+def _pack_rung(items, prefixes, length, rows, prefix_cap) -> list[_Builder]:
+    builders = [_Builder(length, rows, prefix_cap)]
     for candidate, group in _groups(items):
         tokens = None if candidate is None else prefixes[candidate]
-        if not builder.add_prefix(candidate, tokens):
-            units.append(_finish(builder, prefix_ladder, scored_ladder))
-            builder = _Builder(length, rows, prefix_cap)
-            builder.add_prefix(candidate, tokens)
+        if not builders[-1].add_prefix(candidate, tokens):
+            builders.append(_Builder(length, rows, prefix_cap))
+            builders[-1].add_prefix(candidate, tokens)
         for item in sorted(group, key=lambda i: (-len(i.tokens), i.key)):  # first-fit decreasing
-            if not builder.place(item):
-                units.append(_finish(builder, prefix_ladder, scored_ladder))
-                builder = _Builder(length, rows, prefix_cap)
-                builder.add_prefix(candidate, tokens)
-                builder.place(item)
-    if not builder.empty:
-        units.append(_finish(builder, prefix_ladder, scored_ladder))
-    return units
+            if not builders[-1].place(item):
+                builders.append(_Builder(length, rows, prefix_cap))
+                builders[-1].add_prefix(candidate, tokens)
+                builders[-1].place(item)
+    return [b for b in builders if not b.empty]
 
 
 def _power_of_two_at_least(n: int) -> int:
