@@ -13,12 +13,12 @@ import numpy as np
 from flax import nnx
 
 from delift_jax.atomic_io import atomic_directory
-from delift_jax.models.config import ModelConfig
+from delift_jax.models.config import GEMMA_MODEL_TYPES, ModelConfig, gemma_hf_fields
 from delift_jax.models.weights import model_to_hf_tensors
 from delift_jax.train.lora import has_lora, merge_lora
 
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                  "phi3": "Phi3ForCausalLM"}
+                  "phi3": "Phi3ForCausalLM", "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}
 
 
 def to_hf_config(config: ModelConfig, *, max_position_embeddings: int = 8192, dtype: str = "float32") -> dict:
@@ -53,6 +53,9 @@ def to_hf_config(config: ModelConfig, *, max_position_embeddings: int = 8192, dt
         if config.qkv_bias != config.o_bias:
             raise ValueError("llama's attention_bias covers q/k/v and o together; this config splits them")
         out.update(attention_bias=config.qkv_bias, mlp_bias=config.mlp_bias)
+    elif config.model_type in GEMMA_MODEL_TYPES:  # GeGLU, soft-caps, layer kinds, two RoPEs: see gemma_hf_fields
+        del out["hidden_act"]
+        out.update(gemma_hf_fields(config))
     elif config.model_type in ("mistral", "phi3"):
         out["sliding_window"] = config.sliding_window
     else:  # qwen2: q/k/v bias is implied by the architecture
