@@ -9,7 +9,7 @@ from delift_jax.kernel import KernelConfig, utility_kernel
 from delift_jax.methods import select
 from delift_jax.methods.delift_se import similarity
 from delift_jax.methods.submodular import common_scale
-from delift_jax.select import facility_location, fl_conditional_gain, fl_mutual_information, maximize
+from delift_jax.select import facility_location, fl_conditional_gain, fl_mutual_information, make_objective, maximize
 
 POOL = [Example(f"What is {i} plus {i}?", f" {2 * i}") for i in range(6)] + [
     Example("Name a color:", " blue"), Example("Translate 'cat' to German.", " Katze")]
@@ -57,6 +57,22 @@ def test_delift_equals_selection_on_the_kernel(tiny_llama, raw, use_case):
         assert sel.arrays["kernel_P"].shape == (len(POOL), len(EXISTING))
     assert sel.info["objective"] == {"instruction": "fl", "task": "flmi", "continual": "flcg"}[use_case]
     np.testing.assert_allclose(np.sum(sel.scores), sel.info["objective_value"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("task_objective", ["fl2mi", "flmi_paper"])
+def test_task_objective_option_selects_with_that_form(tiny_llama, raw, task_objective):
+    _, _, model, tok = tiny_llama
+    sel = select("delift", pool=POOL, budget=BUDGET, use_case="task", targets=TARGETS, model=model, tokenizer=tok,
+                 seed=0, kernel_config=CONFIG, task_objective=task_objective, eta=0.5)
+    scaled = common_scale({"K": raw["K"], "Q": raw["Q"]}, "minmax")
+    kernels = {"K": scaled["K"].astype(np.float32), "Q": scaled["Q"].astype(np.float32)}
+    objective = make_objective(task_objective, None if task_objective == "fl2mi" else kernels["K"],
+                               query_kernel=kernels["Q"], eta=0.5)
+    np.testing.assert_array_equal(sel.indices, np.asarray(maximize(objective, BUDGET).picks))
+    assert sel.info["objective"] == task_objective and sel.info["eta"] == 0.5
+    with pytest.raises(DataError, match="task_objective"):
+        select("delift", pool=POOL, budget=BUDGET, use_case="task", targets=TARGETS, model=model, tokenizer=tok,
+               kernel_config=CONFIG, task_objective="fl3mi")
 
 
 def test_delift_is_deterministic_and_resumes_from_a_store(tiny_llama, tmp_path):

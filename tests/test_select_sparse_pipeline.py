@@ -15,13 +15,13 @@ from test_methods_delift import CONFIG, EXISTING, POOL, TARGETS
 BUDGET = 3
 
 
-def run(tiny_llama, use_case, top_k):
+def run(tiny_llama, use_case, top_k, **options):
     _, _, model, tok = tiny_llama
     config = CONFIG if top_k is None else dataclasses.replace(CONFIG, top_k=top_k)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # top_k clamped to the candidates available: one-line warning
         return select("delift", pool=POOL, budget=BUDGET, use_case=use_case, targets=TARGETS, existing=EXISTING,
-                      model=model, tokenizer=tok, seed=0, kernel_config=config)
+                      model=model, tokenizer=tok, seed=0, kernel_config=config, **options)
 
 
 @pytest.mark.parametrize("use_case", ["instruction", "task", "continual"])
@@ -29,6 +29,14 @@ def test_sparse_with_every_pair_selects_like_dense(tiny_llama, use_case):
     dense = run(tiny_llama, use_case, None)
     sparse = run(tiny_llama, use_case, len(POOL))  # clamped to every candidate: the same pairs as dense
     assert sparse.info["top_k"] == len(POOL)
+    np.testing.assert_array_equal(sparse.indices, dense.indices)
+    np.testing.assert_allclose(sparse.info["objective_value"], dense.info["objective_value"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("task_objective", ["fl2mi", "flmi_paper"])
+def test_sparse_task_objectives_with_every_pair_select_like_dense(tiny_llama, task_objective):
+    dense = run(tiny_llama, "task", None, task_objective=task_objective)
+    sparse = run(tiny_llama, "task", len(POOL), task_objective=task_objective)
     np.testing.assert_array_equal(sparse.indices, dense.indices)
     np.testing.assert_allclose(sparse.info["objective_value"], dense.info["objective_value"], rtol=1e-5)
 
@@ -66,7 +74,8 @@ def test_delift_run_flags_reach_the_kernel_and_delift_options():
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)
     args = parser.parse_args(["--use-case", "instruction", "--data", "ifbench", "--top-k", "16",
-                              "--optimizer", "stochastic", "--exclude-diagonal"])
+                              "--optimizer", "stochastic", "--exclude-diagonal", "--task-objective", "fl2mi"])
     config, _ = command.resolve_run(args)
     assert config.kernel.top_k == 16
-    assert config.method_options["delift"] == {"optimizer": "stochastic", "exclude_diagonal": True}
+    assert config.method_options["delift"] == {"optimizer": "stochastic", "exclude_diagonal": True,
+                                               "task_objective": "fl2mi"}

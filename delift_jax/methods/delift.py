@@ -33,7 +33,8 @@ from delift_jax.errors import DataError
 from delift_jax.kernel import KernelConfig, utility_kernel
 from delift_jax.methods.base import (MethodOptions, MethodSelection, budget_count, check_at_least, check_choice,
                                      check_inputs, need_model)
-from delift_jax.methods.submodular import OPTIMIZERS, SCALES, common_scale, select_on_kernels
+from delift_jax.methods.submodular import (DEFAULT_TASK_OBJECTIVE, OPTIMIZERS, SCALES, TASK_OBJECTIVES, common_scale,
+                                          select_on_kernels)
 from delift_jax.progress import show_progress
 
 
@@ -42,7 +43,8 @@ class DeliftOptions(MethodOptions):
     """kernel_config: ``KernelConfig`` (distance rms | pmi, max_length, batch sizes; top_k: the sparse mode, each
     row's top_k most similar columns only — see ``sparse_kernels``);
     scale: minmax | clip | clip_minmax (one map for K, Q and P); exclude_diagonal: leave K's diagonal out of the
-    statistics and of the objective; eta (η, task), nu (ν, continual); optimizer: lazy | naive | stochastic;
+    statistics and of the objective; task_objective: flmi (FL1MI, the authors' code) | fl2mi | flmi_paper (the
+    paper's text), see ``methods.submodular``; eta (η, task), nu (ν, continual); optimizer: lazy | naive | stochastic;
     kernel_dir: crash-safe stores ``<dir>/pool``, ``<dir>/targets``, ``<dir>/existing`` (rerun to resume);
     max_pairs: stop each kernel after this many pairs (resume later); progress: progress bars (default: when
     stderr is a terminal)."""
@@ -50,6 +52,7 @@ class DeliftOptions(MethodOptions):
     kernel_config: KernelConfig = KernelConfig()
     scale: str = "minmax"
     exclude_diagonal: bool = False
+    task_objective: str = DEFAULT_TASK_OBJECTIVE
     eta: float = 1.0
     nu: float = 1.0
     optimizer: str = "lazy"
@@ -62,6 +65,7 @@ class DeliftOptions(MethodOptions):
             raise DataError(f"delift: kernel_config must be a KernelConfig, got {type(self.kernel_config).__name__}")
         check_choice("delift", "scale", self.scale, SCALES)
         check_choice("delift", "optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("delift", "task_objective", self.task_objective, TASK_OBJECTIVES)
         check_at_least("delift", "max_pairs", self.max_pairs)
 
 
@@ -102,19 +106,26 @@ def scaled_kernels(raw: dict[str, np.ndarray], scale: str = "minmax", exclude_di
     return common_scale(raw, scale, ignore)
 
 
-def sparse_kernels(raw: dict, n_pool: int, n_targets: int, n_existing: int, scale: str = "minmax") -> dict:
+def sparse_kernels(raw: dict, n_pool: int, n_targets: int, n_existing: int, scale: str = "minmax",
+                   dense_query: bool = False) -> dict:
     """The objective's kernels from sparse raw utilities (``raw_utilities`` in the sparse mode).
 
     One common scale is fitted over the stored values of all kernels (as ``scaled_kernels`` does over all entries);
     absent pairs count as the floor 0 of the scaled kernel. K becomes a ``SparseKernel``. FL1MI and FLCG read Q
     and P only through their row maxima over the pool (caps η·max_q Q[i, q], floors ν·max_p P[i, p]), so each is
     passed as the (n_pool, 1) column of those maxima: for Q the maximum over the targets that list pool example i
-    (scatter-max), for P over pool row i's stored values, each with the implicit 0 where some pair is absent."""
+    (scatter-max), for P over pool row i's stored values, each with the implicit 0 where some pair is absent.
+    ``dense_query`` (FL2MI, which covers every target) gives Q whole instead: (n_pool, n_targets), 0 where absent."""
     from delift_jax.select import SparseKernel
 
     values = common_scale({name: v for name, (v, _) in raw.items()}, scale)
     kernels = {"K": SparseKernel(raw["K"][1], values["K"].astype(np.float32), n_pool)}
-    if "Q" in raw:
+    if "Q" in raw and dense_query:
+        query = np.zeros((n_pool, n_targets), np.float32)
+        indices = raw["Q"][1]
+        query[indices, np.arange(n_targets)[:, None]] = values["Q"]
+        kernels["Q"] = query
+    elif "Q" in raw:
         indices = raw["Q"][1]
         best = np.full(n_pool, -np.inf)
         np.maximum.at(best, indices.reshape(-1), values["Q"].reshape(-1))
@@ -144,12 +155,14 @@ def delift_selection(*, pool, budget, use_case="instruction", targets=None, exis
                         kernel_dir=options.kernel_dir, max_pairs=options.max_pairs,
                         progress=show_progress(options.progress))
     if sparse:
-        kernels = sparse_kernels(raw, len(pool), len(targets or ()), len(existing or ()), options.scale)
+        kernels = sparse_kernels(raw, len(pool), len(targets or ()), len(existing or ()), options.scale,
+                                 dense_query=use_case == "task" and options.task_objective == "fl2mi")
         raw, indices = {name: v for name, (v, _) in raw.items()}, {name: i for name, (_, i) in raw.items()}
     else:
         kernels = scaled_kernels(raw, options.scale, bool(options.exclude_diagonal))
     picks, gains, info = select_on_kernels(use_case, k, kernels["K"], kernels.get("Q"), kernels.get("P"),
-                                           eta=options.eta, nu=options.nu, optimizer=options.optimizer, seed=seed)
+                                           eta=options.eta, nu=options.nu, optimizer=options.optimizer, seed=seed,
+                                           task_objective=options.task_objective)
     info.update({"method": "delift", "budget": k, "use_case": use_case, "seed": int(seed), "scale": options.scale,
                  "exclude_diagonal": bool(options.exclude_diagonal), "fine_tune": True,
                  "utility_range": [float(min(u.min() for u in raw.values())),

@@ -22,7 +22,7 @@ import numpy as np
 from delift_jax.errors import DataError
 from delift_jax.methods.base import (MethodOptions, MethodSelection, budget_count, check_choice, check_inputs)
 from delift_jax.methods.embeddings import embed_examples, given_embeddings, normalize_rows
-from delift_jax.methods.submodular import OPTIMIZERS, select_on_kernels
+from delift_jax.methods.submodular import DEFAULT_TASK_OBJECTIVE, OPTIMIZERS, TASK_OBJECTIVES, select_on_kernels
 
 SIMILARITIES = ("shift", "clip")
 
@@ -31,7 +31,8 @@ SIMILARITIES = ("shift", "clip")
 class DeliftSeOptions(MethodOptions):
     """encoder: anything with ``encode(texts) -> [n, d]`` (default all-MiniLM-L6-v2); embeddings /
     target_embeddings / existing_embeddings: precomputed, rows aligned with the sets; similarity: shift | clip;
-    exclude_diagonal: K[i, i] = 0; eta (η, task), nu (ν, continual); optimizer: lazy | naive | stochastic."""
+    exclude_diagonal: K[i, i] = 0; task_objective: flmi | fl2mi | flmi_paper (as DELIFT's); eta (η, task), nu (ν,
+    continual); optimizer: lazy | naive | stochastic."""
 
     encoder: object = None
     embeddings: object = None
@@ -39,12 +40,14 @@ class DeliftSeOptions(MethodOptions):
     existing_embeddings: object = None
     similarity: str = "shift"
     exclude_diagonal: bool = False
+    task_objective: str = DEFAULT_TASK_OBJECTIVE
     eta: float = 1.0
     nu: float = 1.0
     optimizer: str = "lazy"
 
     def __post_init__(self):
         check_choice("delift_se", "similarity", self.similarity, SIMILARITIES)
+        check_choice("delift_se", "task_objective", self.task_objective, TASK_OBJECTIVES)
         check_choice("delift_se", "optimizer", self.optimizer, OPTIMIZERS)
 
 
@@ -80,7 +83,8 @@ def delift_se_selection(*, pool, budget, use_case="instruction", targets=None, e
         private = similarity(pool_e, _embeddings(existing, options.existing_embeddings, "existing_embeddings",
                                                  encoder), mode)
     picks, gains, info = select_on_kernels(use_case, k, kernel, query, private, eta=options.eta, nu=options.nu,
-                                           optimizer=options.optimizer, seed=seed)
+                                           optimizer=options.optimizer, seed=seed,
+                                           task_objective=options.task_objective)
     info.update({"method": "delift_se", "budget": k, "use_case": use_case, "seed": int(seed), "similarity": mode,
                  "exclude_diagonal": bool(options.exclude_diagonal), "fine_tune": True})
     arrays = {"kernel_K": kernel, "embeddings": pool_e}

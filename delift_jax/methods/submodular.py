@@ -5,6 +5,9 @@ Orientation (DESIGN §1.3): rows are covered elements, columns candidates.
 * instruction: facility location on the square pool kernel K (n x n).
 * task:        FL mutual information (submodlib's FL1MI) with Q (n x n_targets), Q[i, q] = the value of pool
                example i for target q:  I(A; Q) = Σ_i min(max_{j∈A} K[i, j], η · max_q Q[i, q]).
+               ``task_objective`` picks another form: ``fl2mi`` (Σ_q max_{j∈A} Q[j, q] + η Σ_{j∈A} max_q Q[j, q];
+               K is not used) or ``flmi_paper`` (the paper's written form, Σ_i max_{j∈A} K[i, j] + η Σ_{j∈A}
+               max_q Q[j, q]).
 * continual:   FL conditional gain with P (n x n_existing), P[i, p] = the value of existing example p for pool
                example i:  f(A | P) = Σ_i max(max_{j∈A} K[i, j] − ν · max_p P[i, p], 0).
 
@@ -18,10 +21,12 @@ import numpy as np
 from delift_jax.errors import DataError
 from delift_jax.kernel.normalize import apply_scale, fit_scale
 from delift_jax.select import facility_location, fl_conditional_gain, fl_mutual_information, maximize
-from delift_jax.select.objectives import evaluate
+from delift_jax.select.objectives import evaluate, fl_paper_mutual_information, fl_variant_mutual_information
 from delift_jax.select.optimizers import OPTIMIZERS
 
 OBJECTIVE_OF_USE_CASE = {"instruction": "fl", "task": "flmi", "continual": "flcg"}
+TASK_OBJECTIVES = ("flmi", "fl2mi", "flmi_paper")
+DEFAULT_TASK_OBJECTIVE = "flmi"
 SCALES = ("minmax", "clip", "clip_minmax")
 # scale -> (pointwise clip at 0 first, normalization of ``kernel.normalize`` applied jointly)
 _SCALE_STEPS = {"minmax": (False, "minmax"), "clip": (True, "none"), "clip_minmax": (False, "clip_minmax")}
@@ -48,12 +53,19 @@ def common_scale(raw: dict[str, np.ndarray], scale: str, ignore: dict[str, np.nd
 
 def select_on_kernels(use_case: str, budget: int, kernel: np.ndarray, query: np.ndarray | None = None,
                       private: np.ndarray | None = None, *, eta: float = 1.0, nu: float = 1.0,
-                      optimizer: str = "lazy", seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+                      optimizer: str = "lazy", seed: int = 0, task_objective: str = DEFAULT_TASK_OBJECTIVE
+                      ) -> tuple[np.ndarray, np.ndarray, dict]:
     """(picks, marginal gains, info) of the use case's objective; see the module docstring."""
     if use_case == "instruction":
         objective = facility_location(kernel)
     elif use_case == "task":
-        objective = fl_mutual_information(kernel, query, eta)
+        task_form = {"flmi": fl_mutual_information, "flmi_paper": fl_paper_mutual_information}.get(task_objective)
+        if task_objective == "fl2mi":
+            objective = fl_variant_mutual_information(query, eta)
+        elif task_form is not None:
+            objective = task_form(kernel, query, eta)
+        else:
+            raise DataError(f"task_objective {task_objective!r} is unknown; choose one of {', '.join(TASK_OBJECTIVES)}")
     elif use_case == "continual":
         objective = fl_conditional_gain(kernel, private, nu)
     else:
@@ -61,7 +73,8 @@ def select_on_kernels(use_case: str, budget: int, kernel: np.ndarray, query: np.
     result = maximize(objective, int(budget), optimizer=optimizer, seed=int(seed))
     picks = np.asarray(result.picks, dtype=np.int64)
     gains = np.asarray(result.gains, dtype=np.float64)
-    info = {"objective": OBJECTIVE_OF_USE_CASE[use_case], "optimizer": optimizer,
+    info = {"objective": task_objective if use_case == "task" else OBJECTIVE_OF_USE_CASE[use_case],
+            "optimizer": optimizer,
             "objective_value": float(evaluate(objective, picks))}
     if use_case == "task":
         info["eta"] = float(eta)

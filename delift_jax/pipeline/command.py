@@ -44,6 +44,7 @@ CONFIG_FLAGS = {
     "export_models": ((("export_models",),), bool), "continual_start": ((("continual_start",),), str),
     "top_k": ((("kernel", "top_k"),), int), "optimizer": ((("method_options", "delift", "optimizer"),), str),
     "exclude_diagonal": ((("method_options", "delift", "exclude_diagonal"),), bool),
+    "task_objective": ((("method_options", "delift", "task_objective"),), str),
 }
 # flag (argparse dest) -> RunInputs field
 INPUT_FLAGS = {"model": "model", "data": "data", "target": "target", "existing": "existing",
@@ -101,6 +102,8 @@ def _add_stage_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--optimizer", choices=("lazy", "naive", "stochastic"), help="DELIFT's greedy (default lazy)")
     group.add_argument("--exclude-diagonal", action="store_true", default=None,
                        help="leave each example's own cell out of DELIFT's pool kernel")
+    group.add_argument("--task-objective", choices=("flmi", "fl2mi", "flmi_paper"),
+                       help="DELIFT's task-specific objective (default flmi; see the README's 'Does it work?')")
     group = parser.add_argument_group("fine-tuning")
     group.add_argument("--train-method", choices=("lora", "full"), help="default lora")
     group.add_argument("--epochs", type=int, help="passes over the subset (default 1)")
