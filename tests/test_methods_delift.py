@@ -70,6 +70,8 @@ def test_task_objective_option_selects_with_that_form(tiny_llama, raw, task_obje
                                query_kernel=kernels["Q"], eta=0.5)
     np.testing.assert_array_equal(sel.indices, np.asarray(maximize(objective, BUDGET).picks))
     assert sel.info["objective"] == task_objective and sel.info["eta"] == 0.5
+    # FL2MI reads only Q: the n² pool kernel is never computed.
+    assert ("utility_K" in sel.arrays) == (task_objective != "fl2mi")
     with pytest.raises(DataError, match="task_objective"):
         select("delift", pool=POOL, budget=BUDGET, use_case="task", targets=TARGETS, model=model, tokenizer=tok,
                kernel_config=CONFIG, task_objective="fl3mi")

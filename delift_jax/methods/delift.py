@@ -71,8 +71,9 @@ class DeliftOptions(MethodOptions):
 
 def raw_utilities(model, tokenizer, pool, use_case: str, targets=None, existing=None, *,
                   kernel_config: KernelConfig = KernelConfig(), kernel_dir=None, max_pairs=None,
-                  progress: bool = False) -> dict[str, np.ndarray]:
-    """{"K": U(pool, pool), "Q": U(targets, pool)ᵀ (task), "P": U(pool, existing) (continual)} as raw utilities.
+                  progress: bool = False, pool_kernel: bool = True) -> dict[str, np.ndarray]:
+    """{"K": U(pool, pool), "Q": U(targets, pool)ᵀ (task), "P": U(pool, existing) (continual)} as raw utilities;
+    ``pool_kernel=False`` leaves K out (FL2MI reads only Q: n_targets·n pairs instead of n² more).
 
     Sparse mode (``kernel_config.top_k``): each entry is the (values, indices) pair of a row-major top-k kernel
     instead, with Q left as U(targets, pool) (rows targets); ``sparse_kernels`` turns them into the objective's
@@ -90,7 +91,7 @@ def raw_utilities(model, tokenizer, pool, use_case: str, targets=None, existing=
         utility = np.asarray(result.utility, dtype=np.float64)
         return (utility, np.asarray(result.indices, np.int32)) if sparse else utility
 
-    raw = {"K": run(list(pool), None, "pool")}
+    raw = {"K": run(list(pool), None, "pool")} if pool_kernel else {}
     if use_case == "task":
         u_target = run(list(targets), list(pool), "targets")
         raw["Q"] = u_target if sparse else u_target.T
@@ -102,7 +103,7 @@ def raw_utilities(model, tokenizer, pool, use_case: str, targets=None, existing=
 def scaled_kernels(raw: dict[str, np.ndarray], scale: str = "minmax", exclude_diagonal: bool = False
                    ) -> dict[str, np.ndarray]:
     """The kernels the objectives see (see the module docstring for the common scale)."""
-    ignore = {"K": np.eye(raw["K"].shape[0], dtype=bool)} if exclude_diagonal else None
+    ignore = {"K": np.eye(raw["K"].shape[0], dtype=bool)} if exclude_diagonal and "K" in raw else None
     return common_scale(raw, scale, ignore)
 
 
@@ -119,7 +120,7 @@ def sparse_kernels(raw: dict, n_pool: int, n_targets: int, n_existing: int, scal
     from delift_jax.select import SparseKernel
 
     values = common_scale({name: v for name, (v, _) in raw.items()}, scale)
-    kernels = {"K": SparseKernel(raw["K"][1], values["K"].astype(np.float32), n_pool)}
+    kernels = {"K": SparseKernel(raw["K"][1], values["K"].astype(np.float32), n_pool)} if "K" in raw else {}
     if "Q" in raw and dense_query:
         query = np.zeros((n_pool, n_targets), np.float32)
         indices = raw["Q"][1]
@@ -148,19 +149,20 @@ def delift_selection(*, pool, budget, use_case="instruction", targets=None, exis
     if len(pool) < 2:
         raise DataError("delift: the square pool kernel needs at least 2 pool examples")
     sparse = options.kernel_config.top_k is not None
+    query_only = use_case == "task" and options.task_objective == "fl2mi"  # FL2MI never reads K
     # Sparse: an excluded diagonal is left out of the pool kernel's neighbours (a dense K zeroes it after scaling).
     kernel_config = dataclasses.replace(options.kernel_config, exclude_diagonal=bool(options.exclude_diagonal)
                                         ) if sparse else options.kernel_config
     raw = raw_utilities(model, tokenizer, pool, use_case, targets, existing, kernel_config=kernel_config,
                         kernel_dir=options.kernel_dir, max_pairs=options.max_pairs,
-                        progress=show_progress(options.progress))
+                        progress=show_progress(options.progress), pool_kernel=not query_only)
     if sparse:
         kernels = sparse_kernels(raw, len(pool), len(targets or ()), len(existing or ()), options.scale,
-                                 dense_query=use_case == "task" and options.task_objective == "fl2mi")
+                                 dense_query=query_only)
         raw, indices = {name: v for name, (v, _) in raw.items()}, {name: i for name, (_, i) in raw.items()}
     else:
         kernels = scaled_kernels(raw, options.scale, bool(options.exclude_diagonal))
-    picks, gains, info = select_on_kernels(use_case, k, kernels["K"], kernels.get("Q"), kernels.get("P"),
+    picks, gains, info = select_on_kernels(use_case, k, kernels.get("K"), kernels.get("Q"), kernels.get("P"),
                                            eta=options.eta, nu=options.nu, optimizer=options.optimizer, seed=seed,
                                            task_objective=options.task_objective)
     info.update({"method": "delift", "budget": k, "use_case": use_case, "seed": int(seed), "scale": options.scale,
@@ -171,7 +173,8 @@ def delift_selection(*, pool, budget, use_case="instruction", targets=None, exis
     if sparse:  # row-major top-k: utility_X / kernel_K hold values, indices_X their columns
         info["top_k"] = int(options.kernel_config.top_k)
         arrays.update({f"indices_{name}": i for name, i in indices.items()})
-        arrays["kernel_K"] = np.asarray(kernels["K"].values)
+        if "K" in kernels:
+            arrays["kernel_K"] = np.asarray(kernels["K"].values)
     else:
         arrays.update({f"kernel_{name}": v for name, v in kernels.items()})
     return MethodSelection(picks, gains, info, arrays)
