@@ -130,3 +130,16 @@ def test_tokens_per_call_sized_from_device_memory(tiny_llama):
     assert tokens_per_call_for(model.config, FakeMesh(big), model.dtype) == 65536
     mid = FakeDevice({"bytes_limit": 50_000 * per_token + 5, "bytes_in_use": 5})
     assert tokens_per_call_for(model.config, FakeMesh(mid), model.dtype) == 16384  # 0.4 * 50,000 -> 16384
+
+
+def test_units_of_a_rung_share_shapes_unless_one_long_demonstration_would_pad_them_all():
+    from delift_jax.kernel.packing import UnitShape, _shared_shapes
+
+    shape = lambda prefix, rows=4, scored=512: UnitShape(prefix, rows, 256, scored)
+    # Three short-prefix units and two partial ones join the 256 group (padding 3 x 128 <= 1024 tokens); the
+    # unit with a 2048-token demonstration keeps its own shape instead of padding every unit to 2048.
+    shapes = _shared_shapes([shape(128)] * 3 + [shape(256, 2, 256)] * 2 + [shape(2048)], 1024)
+    assert shapes == [shape(256)] * 5 + [shape(2048)]
+    # Many short-prefix units would pay more padding than one unit holds: they keep their own program.
+    shapes = _shared_shapes([shape(128)] * 10 + [shape(256)] * 2, 1024)
+    assert shapes == [shape(128)] * 10 + [shape(256)] * 2

@@ -33,9 +33,11 @@ from delift_jax.models.llama import KVPrefix
 from delift_jax.scoring import mean_log_prob, rms_distance, target_logprobs
 from delift_jax.sharding import calls_by_shape, data_mesh, per_device, replicate, split_rows
 
-# On CPUs a call of 1024 continuation tokens ran 25% more tokens per CPU-second than one of 4096 (its activations
-# stay in cache; measured on a 2-core EPYC shared with other jobs) and 512 lost to recomputed demonstrations.
-CPU_TOKENS_PER_CALL = 1024
+# On CPUs smaller calls run more tokens per CPU-second (activations stay in cache; 2-core EPYC shared with other
+# jobs, 16 x 4 short pairs: 1024 tokens 24.1 CPU-s, 2048 26.9, 4096 28.8, 512 27.6), but every unit recomputes
+# its demonstrations, which on long ones (a 200-example pool) costs 45% more tokens at 1024, 23% at 2048 and
+# 12% at 4096. 2048 is the middle ground until demonstrations are computed once per candidate.
+CPU_TOKENS_PER_CALL = 2048
 MAX_TOKENS_PER_CALL = 65536
 MEMORY_FRACTION = 0.4         # of the free device memory, for one call's activations
 _UNIT_FIELDS = ("prefix_tokens", "prefix_positions", "prefix_segments", "tokens", "positions", "segments",

@@ -149,10 +149,27 @@ def _shape_of(builder: _Builder, prefix_ladder, scored_ladder) -> UnitShape:
                      scored=min(bucket_for(max(n_scored, 1), scored_ladder), rows * builder.length))
 
 
-def _common_shape(shapes: Sequence[UnitShape]) -> UnitShape:
-    """One shape holding every unit of a rung: the largest prefix, rows and scored slots among them."""
-    return UnitShape(prefix=max(s.prefix for s in shapes), rows=max(s.rows for s in shapes),
-                     length=shapes[0].length, scored=max(s.scored for s in shapes))
+def _shared_shapes(shapes: Sequence[UnitShape], unit_tokens: int) -> list[UnitShape]:
+    """The shape each unit of one rung runs as. Units are grouped by prefix bucket, and a group joins the next
+    larger bucket while the padding that adds (units x extra prefix tokens) stays within one unit's tokens, so
+    a few odd units never cost a compilation of their own and one long demonstration never pads them all. A
+    group runs with the largest rows and scored slots among its units: one program per group."""
+    prefixes = sorted({s.prefix for s in shapes})
+    members = {p: [s.prefix for s in shapes if s.prefix == p] for p in prefixes}  # own prefix of each unit
+    merged = {}
+    for k, p in enumerate(prefixes):  # from the smallest: a group carries its units up while that is cheap
+        if k + 1 < len(prefixes) and sum(prefixes[k + 1] - own for own in members[p]) <= unit_tokens:
+            merged[p] = prefixes[k + 1]
+            members[prefixes[k + 1]] += members[p]
+    final = {}
+    for p in reversed(prefixes):
+        final[p] = final[merged[p]] if p in merged else p
+    groups: dict[int, list[UnitShape]] = {}
+    for s in shapes:
+        groups.setdefault(final[s.prefix], []).append(s)
+    common = {p: UnitShape(prefix=p, rows=max(s.rows for s in group), length=group[0].length,
+                           scored=max(s.scored for s in group)) for p, group in groups.items()}
+    return [common[final[s.prefix]] for s in shapes]
 
 
 def _finish(builder: _Builder, shape: UnitShape) -> Unit:
@@ -197,8 +214,8 @@ def pack_units(items: Sequence[Item], prefixes: Sequence[np.ndarray], sizes: Pac
 
     Items go to rows of the shortest rung that holds them; within a rung a candidate's demonstration enters a
     unit once and its continuations fill rows first-fit. A candidate whose continuations overflow a unit starts
-    the next one with its demonstration again. Every unit of a rung gets the same shape (the largest prefix,
-    rows and scored slots any of them needs): one compiled program per rung, not one per combination of buckets.
+    the next one with its demonstration again. Units of a rung share shapes (``_shared_shapes``): a few compiled
+    programs per rung, not one per combination of buckets.
     """
     longest_prefix = max((len(prefixes[i.prefix]) for i in items if i.prefix is not None), default=0)
     prefix_cap = max(longest_prefix, int(sizes.tokens_per_unit * sizes.prefix_share))
@@ -214,8 +231,10 @@ def pack_units(items: Sequence[Item], prefixes: Sequence[np.ndarray], sizes: Pac
     units: list[Unit] = []
     for length in sorted(by_length):
         builders = _pack_rung(by_length[length], prefixes, length, sizes.rows(length), prefix_cap)
-        shape = _common_shape([_shape_of(b, prefix_ladder, scored_ladder) for b in builders])
-        units.extend(_finish(builder, shape) for builder in builders)
+        shapes = _shared_shapes([_shape_of(b, prefix_ladder, scored_ladder) for b in builders],
+                                sizes.tokens_per_unit)
+        units.extend(_finish(builder, shape) for builder, shape in zip(builders, shapes))
+    units.sort(key=lambda u: dataclasses.astuple(u.shape))  # stable: equal shapes keep their packing order
     return units
 
 
