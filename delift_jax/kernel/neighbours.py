@@ -296,7 +296,8 @@ def approximate_top_k(queries, candidates, k: int, *, exclude_self: bool = False
                       ef_construction: int = 80, ef_search: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Approximate top-k by cosine with a faiss HNSW index (optional dependency faiss-cpu).
 
-    Same contract as ``exact_top_k`` (ties are faiss's, not guaranteed lowest-index). ef_search trades speed for
+    Same contract as ``exact_top_k`` (ties are faiss's, not guaranteed lowest-index). Vectors are stored as float16
+    (lossless for the 2^-11 grid; index ≈ n·(2d + 8·M) bytes). ef_search trades speed for
     recall; measure it with ``recall_at_k``. The defaults (M 16, efConstruction 80, efSearch 64) were the fastest
     of three settings tried on 20k clustered 384-d vectors, at recall@16 0.9995 (M 32 / 200 / 128: 3x slower).
     """
@@ -306,7 +307,10 @@ def approximate_top_k(queries, candidates, k: int, *, exclude_self: bool = False
         raise DataError("approximate neighbour search needs faiss-cpu: pip install 'delift-jax[ann]' "
                         "(or use exact search)") from None
     q, c, k = _checked(queries, candidates, k, exclude_self)
-    index = faiss.IndexHNSWFlat(c.shape[1], int(hnsw_m), faiss.METRIC_INNER_PRODUCT)
+    # float16 storage: half of IndexHNSWFlat's n·d·4 bytes (0.77 GB less at 1M x 384) and lossless here, since every
+    # value on the 2^-11 grid within [-1, 1] is a float16 (11 significant bits): the same inner products.
+    index = faiss.IndexHNSWSQ(c.shape[1], faiss.ScalarQuantizer.QT_fp16, int(hnsw_m), faiss.METRIC_INNER_PRODUCT)
+    index.train(c[:1])  # nothing to fit for float16; faiss asks for the call
     index.hnsw.efConstruction = int(ef_construction)
     index.add(c)
     index.hnsw.efSearch = max(int(ef_search), k + 1)
