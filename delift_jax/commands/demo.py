@@ -138,10 +138,14 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     mixture = source_mixture(args.seed, SOURCES, pool_per_source=args.per_source, select_targets=args.targets,
                              test_targets=args.test)
+    phases = {}  # seconds per stage, in results.json: where a demo's time goes
     model, tokenizer, _ = load_model(None if args.model == DEFAULT_MODEL else args.model)
+    phases["load"] = time.perf_counter() - started
     k = resolve_budget(args.budget, len(mixture.pool))
     picks, arrays = select_all(mixture, args.target, k, model, tokenizer, args.seed, out / "kernels")
+    phases["select"] = time.perf_counter() - started - sum(phases.values())
     nll = nll_per_method(model, tokenizer, mixture, args.target, picks, args.train_steps, args.seed)
+    phases["train_and_score"] = time.perf_counter() - started - sum(phases.values())
     seconds = time.perf_counter() - started
     lines = summary_lines(mixture, args.target, picks, nll, seconds)
     print("\n".join(lines))
@@ -157,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
                          title="DELIFT utility U[i, j] of the pool, by source")
     result = {"target": args.target, "sources": list(SOURCES), "budget": k, "seed": args.seed,
               "picks": {m: p.tolist() for m, p in picks.items()}, "composition": counts, "nll": nll,
-              "pool_source": mixture.pool_source.tolist(), "seconds": round(seconds, 1)}
+              "pool_source": mixture.pool_source.tolist(), "seconds": round(seconds, 1),
+              "seconds_by_phase": {name: round(value, 1) for name, value in phases.items()}}
     atomic_write_text(paths[0], json.dumps(result, indent=1))
     for path in paths:
         print(f"wrote {path}")
