@@ -84,7 +84,8 @@ def main():
         report[f"exact_{devices}dev_s"] = result and result["seconds"]
         report[f"exact_{devices}dev_peak_rss_gb"] = result and result["peak_rss_gb"]
         if result:
-            saved[devices] = [np.load(f"{args.out}/d{devices}_{part}.npy") for part in ("indices", "values")]
+            saved[devices] = [np.load(f"{args.out}/d{devices}_{part}.npy", allow_pickle=False)
+                              for part in ("indices", "values")]
     if len(saved) > 1:
         first, *rest = saved.values()
         report["bit_identical_across_devices"] = all(
@@ -94,7 +95,8 @@ def main():
         result = child(args, 1, f"{args.out}/general", args.general_queries)
         if result:
             rows = np.random.default_rng(1).choice(args.n, args.general_queries, replace=False)
-            indices, values = (np.load(f"{args.out}/general_{part}.npy") for part in ("indices", "values"))
+            indices, values = (np.load(f"{args.out}/general_{part}.npy", allow_pickle=False)
+                               for part in ("indices", "values"))
             reference = next(iter(saved.values()))
             report["general_queries"] = args.general_queries
             report["general_s"] = result["seconds"]
