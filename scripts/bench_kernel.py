@@ -33,6 +33,16 @@ mean anything):
 - Same run: per process CPU-second ours 91 model tok/cpu-s against torch float32's 76 (wall-clock 13 against 24
   tok/s: under this load XLA's threads got less of the CPU than torch's); compile of the first run 74.8 s for 2
   program shapes (each holds the demonstration pass and the continuation pass).
+- Issue 15 (load 5-8 on 2 cores, contended), 48 x 8 with 4096-token units: host packing 0.007 s, padding 7%
+  (no Python-side or padding blow-up), but 4 program shapes (prefix 128/256 x pair/no-example units) and one
+  4096-slot unit took 27 CPU-s against 17.8 for a plain forward of 16 x 256 tokens. XLA op time of that unit:
+  MLP matmuls 43% (gate/up each ~1.8x the time of down, same FLOPs), q/k/v/o 13%, logits (2048 scored slots)
+  12%, attention matmuls 10%, attention masking/softmax/layout copies 17%. Units of 1024/2048/4096/512 tokens
+  (16 x 4 pairs, same process, medians of 2): 24.1/26.9/28.8/27.6 CPU-s. XLA compile ~5 s per shape (trace
+  0.3, lowering 0.35); xla_backend_optimization_level=0 compiled it in 1.8 s (runtime effect not settled).
+- After (2048-token units, shapes shared per rung): 384 pairs, first run 283.7 s with 10.0 s of compilation
+  for 3 shapes; steady 427.6 s wall (load rose) = 95 model tok/s against torch float32's 132 in the same run,
+  0.90 against 0.86 pairs/s; per CPU-second 147 against 139 tok/cpu-s; utilization 0.33 of a contended peak.
 """
 
 from __future__ import annotations
