@@ -126,15 +126,16 @@ from delift_jax.report import markdown_summary, metric_rows
 display(Markdown(markdown_summary(metric_rows(results), metrics=["rougeL", "token_nll"])))
 for name, entry in results["methods"].items():
     print(name, "selected", entry["selected"], "examples")'''),
-        new_markdown_cell("## Plots\n\nROUGE-L per method, and DELIFT's pool kernel with its picks."),
+        new_markdown_cell("## Plots\n\nROUGE-L per method, and DELIFT's kernel over the pool with its picks (the "
+                          "pool kernel; for the task use case U(targets, pool), all that FL2MI reads)."),
         new_code_cell(f'''import numpy as np
-from delift_jax.report import load_pool_kernel, plot_kernel_heatmap, plot_method_metrics
+from delift_jax.report import load_run_kernel, plot_kernel_heatmap, plot_method_metrics
 
 run_dir = f"{{OUT}}/{subdir}"
 plot_method_metrics(results, "rougeL", f"{{run_dir}}/rougeL.png")
 picks = np.load(f"{{run_dir}}/delift/indices.npy")
 pool_positions = [selection_pool.index(int(i)) for i in picks]
-plot_kernel_heatmap(load_pool_kernel(f"{{run_dir}}/delift/kernels"), f"{{run_dir}}/kernel_heatmap.png",
+plot_kernel_heatmap(load_run_kernel(f"{{run_dir}}/delift/kernels"), f"{{run_dir}}/kernel_heatmap.png",
                     picks=pool_positions)
 display(Image(filename=f"{{run_dir}}/rougeL.png"))
 display(Image(filename=f"{{run_dir}}/kernel_heatmap.png"))'''),
@@ -159,9 +160,9 @@ NOTEBOOKS = {
         "(short responses keep the tiny run fast; `ifbench` works with longer `max_length`).",
         run_call("instruction", "truthfulqa", "", "instruction"), "instruction"),
     "task_specific.ipynb": use_case_notebook(
-        "Task-specific tuning", "DELIFT with **facility-location mutual information** against a target "
-        "(benchmark) set: pool examples that help on the target's selection split. The target's test split is "
-        "held out for evaluation. Pool: FanOutQA single-hop questions; target: NQ-open.",
+        "Task-specific tuning", "DELIFT with **facility-location mutual information** (FL2MI, the default) "
+        "against a target (benchmark) set: pool examples that help on the target's selection split. The target's "
+        "test split is held out for evaluation. Pool: FanOutQA single-hop questions; target: NQ-open.",
         run_call("task", "fanoutqa-singlehop", '\n                       targets="nq-open", '
                  "target_limit=N_EXAMPLES,", "task"), "task"),
     "continual.ipynb": use_case_notebook(

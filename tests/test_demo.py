@@ -18,8 +18,8 @@ def test_demo_writes_composition_nll_and_plots(tiny_llama, tmp_path, capsys):
     assert "| method | asdiv | boolq | nq-open | commonsenseqa | share from asdiv |" in printed
     assert "| initial |" in printed and "within noise" in printed
     results = json.loads((out / "results.json").read_text())
-    assert set(results["picks"]) == {"delift", "delift_fl2mi", "delift_se", "random"}
-    assert set(results["nll"]) == {"initial", "delift", "delift_fl2mi", "delift_se", "random"}
+    assert set(results["picks"]) == {"delift", "delift_flmi", "delift_se", "random"}
+    assert set(results["nll"]) == {"initial", "delift", "delift_flmi", "delift_se", "random"}
     for method, picks in results["picks"].items():
         assert len(picks) == 4 == sum(results["composition"][method]) and len(set(picks)) == 4
         # The composition counts the picks' sources.

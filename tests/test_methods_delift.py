@@ -34,7 +34,7 @@ def _direct(use_case, raw):
     k = {n: ((raw[n] - lo) / (hi - lo)).astype(np.float32) for n in names}
     if use_case == "instruction":
         objective = facility_location(k["K"])
-    elif use_case == "task":
+    elif use_case == "task":  # the authors' FL1MI, asked for explicitly (the default fl2mi is tested below)
         objective = fl_mutual_information(k["K"], k["Q"], 1.0)
     else:
         objective = fl_conditional_gain(k["K"], k["P"], 1.0)
@@ -45,7 +45,7 @@ def _direct(use_case, raw):
 def test_delift_equals_selection_on_the_kernel(tiny_llama, raw, use_case):
     _, _, model, tok = tiny_llama
     sel = select("delift", pool=POOL, budget=BUDGET, use_case=use_case, targets=TARGETS, existing=EXISTING,
-                 model=model, tokenizer=tok, seed=0, kernel_config=CONFIG)
+                 model=model, tokenizer=tok, seed=0, kernel_config=CONFIG, task_objective="flmi")
     assert len(sel.indices) == BUDGET and len(set(sel.indices.tolist())) == BUDGET
     assert sel.indices.min() >= 0 and sel.indices.max() < len(POOL)
     np.testing.assert_array_equal(sel.indices, _direct(use_case, raw))
@@ -59,11 +59,13 @@ def test_delift_equals_selection_on_the_kernel(tiny_llama, raw, use_case):
     np.testing.assert_allclose(np.sum(sel.scores), sel.info["objective_value"], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("task_objective", ["fl2mi", "flmi_paper"])
+@pytest.mark.parametrize("task_objective", [None, "fl2mi", "flmi_paper"])
 def test_task_objective_option_selects_with_that_form(tiny_llama, raw, task_objective):
     _, _, model, tok = tiny_llama
+    chosen = {} if task_objective is None else {"task_objective": task_objective}
     sel = select("delift", pool=POOL, budget=BUDGET, use_case="task", targets=TARGETS, model=model, tokenizer=tok,
-                 seed=0, kernel_config=CONFIG, task_objective=task_objective, eta=0.5)
+                 seed=0, kernel_config=CONFIG, eta=0.5, **chosen)
+    task_objective = task_objective or "fl2mi"  # the default
     scaled = common_scale({"K": raw["K"], "Q": raw["Q"]}, "minmax")
     kernels = {"K": scaled["K"].astype(np.float32), "Q": scaled["Q"].astype(np.float32)}
     objective = make_objective(task_objective, None if task_objective == "fl2mi" else kernels["K"],
@@ -83,7 +85,8 @@ def test_delift_is_deterministic_and_resumes_from_a_store(tiny_llama, tmp_path):
                          tokenizer=tok, seed=1, kernel_config=CONFIG, kernel_dir=tmp_path)
     first, second = run(), run()
     np.testing.assert_array_equal(first.indices, second.indices)
-    assert (tmp_path / "pool").is_dir() and (tmp_path / "targets").is_dir()
+    # The default task objective (FL2MI) reads only U(targets, pool): no pool store is written.
+    assert (tmp_path / "targets").is_dir() and not (tmp_path / "pool").exists()
 
 
 def test_common_scale_is_one_map_for_all_kernels():
@@ -110,8 +113,8 @@ def test_delift_se_equals_selection_on_the_similarity_kernel(use_case):
     k = (unit(e_pool) @ unit(e_pool).T + 1) / 2
     if use_case == "instruction":
         objective = facility_location(k)
-    elif use_case == "task":
-        objective = fl_mutual_information(k, (unit(e_pool) @ unit(e_t).T + 1) / 2)
+    elif use_case == "task":  # the default task objective: FL2MI, on Q alone
+        objective = make_objective("fl2mi", query_kernel=((unit(e_pool) @ unit(e_t).T + 1) / 2).astype(np.float32))
     else:
         objective = fl_conditional_gain(k, (unit(e_pool) @ unit(e_x).T + 1) / 2)
     np.testing.assert_array_equal(sel.indices, np.asarray(maximize(objective, 4).picks))

@@ -44,7 +44,7 @@ def test_sparse_task_objectives_with_every_pair_select_like_dense(tiny_llama, ta
 @pytest.mark.parametrize("use_case", ["task", "continual"])
 def test_sparse_objective_uses_the_sparse_row_maxima(tiny_llama, use_case):
     _, _, model, tok = tiny_llama
-    result = run(tiny_llama, use_case, 2)
+    result = run(tiny_llama, use_case, 2, **({"task_objective": "flmi"} if use_case == "task" else {}))
     config = dataclasses.replace(CONFIG, top_k=2, normalization="none")
     k = utility_kernel(model, tok, POOL, None, config)
     other = utility_kernel(model, tok, TARGETS, POOL, config) if use_case == "task" else \

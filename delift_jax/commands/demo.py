@@ -3,9 +3,10 @@
 The pool mixes equal parts of four built-in datasets of different kinds (ASDiv math word problems, BoolQ yes/no
 questions over a passage, NQ-open factoid questions, CommonsenseQA multiple choice). The target is a held-out part
 of one of them (``--target``, default ASDiv): a selection that serves the target should pick mostly from the
-target's source. Each method selects ``--budget`` of the pool (DELIFT with its default objective, FL1MI; DELIFT
-with FL2MI on the same kernels; DELIFT (SE); Random). Then LoRA fine-tunes SmolLM2-135M-Instruct on each subset and
-scores the target's held-out test part (NLL; the untuned model as the reference).
+target's source. Each method selects ``--budget`` of the pool (DELIFT with its default task objective, FL2MI;
+DELIFT with the authors' FL1MI on the same kernels; DELIFT (SE); Random). Then LoRA fine-tunes
+SmolLM2-135M-Instruct on each subset and scores the target's held-out test part (NLL; the untuned model as the
+reference).
 
 Printed and written to ``--out``: the composition of each method's picks (``composition.png``, stacked bars), the
 held-out NLL per method (``nll_per_method.png``), the DELIFT pool kernel ordered by source
@@ -27,7 +28,7 @@ import numpy as np
 from delift_jax.models.loading import DEFAULT_MODEL
 
 SOURCES = ("asdiv", "boolq", "nq-open", "commonsenseqa")
-METHODS = ("delift", "delift_fl2mi", "delift_se", "random")
+METHODS = ("delift", "delift_flmi", "delift_se", "random")
 OUTPUTS = ("results.json", "composition.png", "nll_per_method.png", "kernel_by_source.png")
 LEGACY_OUTPUTS = ("results.md", "splits.json", "rougeL_per_method.png", "kernel_heatmap.png", "greedy_gains.png")
 
@@ -59,22 +60,23 @@ def clear_previous_demo(out: Path) -> bool:
 
 
 def select_all(mixture, target: str, k: int, model, tokenizer, seed: int, kernel_dir: Path) -> tuple[dict, dict]:
-    """(picks per method, DELIFT's arrays). FL2MI runs on DELIFT's own scaled kernels, so it differs only in the
-    objective."""
+    """(picks per method, DELIFT's arrays). DELIFT runs once with the authors' FL1MI, which needs the pool kernel K
+    (shown as the heatmap) and Q; DELIFT's default, FL2MI, reads only Q, so it runs on the same scaled Q and differs
+    only in the objective (FL2MI's greedy does not depend on the common min-max: same picks as the default run)."""
     from delift_jax import select as sel
     from delift_jax.kernel import KernelConfig
     from delift_jax.methods import select as run_method
 
     targets = mixture.select[target]
-    delift = run_method("delift", pool=mixture.pool, budget=k, use_case="task", targets=targets, model=model,
-                        tokenizer=tokenizer, seed=seed, kernel_dir=str(kernel_dir),
-                        kernel_config=KernelConfig(max_length=512, max_response_tokens=16))
-    fl2mi = sel.maximize(sel.fl_variant_mutual_information(delift.arrays["kernel_Q"]), k, optimizer="naive")
-    picks = {"delift": delift.indices, "delift_fl2mi": np.asarray(fl2mi.picks)[:k]}
+    authors = run_method("delift", pool=mixture.pool, budget=k, use_case="task", targets=targets, model=model,
+                         tokenizer=tokenizer, seed=seed, kernel_dir=str(kernel_dir), task_objective="flmi",
+                         kernel_config=KernelConfig(max_length=512, max_response_tokens=16))
+    fl2mi = sel.maximize(sel.fl_variant_mutual_information(authors.arrays["kernel_Q"]), k)
+    picks = {"delift": np.asarray(fl2mi.picks)[:k], "delift_flmi": authors.indices}
     for method in ("delift_se", "random"):
         picks[method] = run_method(method, pool=mixture.pool, budget=k, use_case="task", targets=targets,
                                    seed=seed).indices
-    return {m: np.asarray(p, np.int64) for m, p in picks.items()}, delift.arrays
+    return {m: np.asarray(p, np.int64) for m, p in picks.items()}, authors.arrays
 
 
 def held_out_nll(model, tokenizer, test) -> float:

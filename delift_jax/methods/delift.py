@@ -3,7 +3,7 @@
 Kernels (``delift_jax.kernel.utility_kernel``; U[i, j] = d(i | no example) − d(i | example j), rows i predicted,
 columns j shown as the demonstration):
 
-* K = U(pool, pool), the square pool kernel (every use case).
+* K = U(pool, pool), the square pool kernel (every use case but task with the default FL2MI, which reads only Q).
 * task:      U_target = U(targets, pool) (rows targets, columns pool); Q = U_targetᵀ (pool x targets), so
              Q[i, q] = the utility of pool example i as a demonstration for target q.
 * continual: P = U(pool, existing) (rows pool, columns existing): P[i, p] = the utility of existing example p
@@ -43,8 +43,9 @@ class DeliftOptions(MethodOptions):
     """kernel_config: ``KernelConfig`` (distance rms | pmi, max_length, batch sizes; top_k: the sparse mode, each
     row's top_k most similar columns only — see ``sparse_kernels``);
     scale: minmax | clip | clip_minmax (one map for K, Q and P); exclude_diagonal: leave K's diagonal out of the
-    statistics and of the objective; task_objective: flmi (FL1MI, the authors' code) | fl2mi | flmi_paper (the
-    paper's text), see ``methods.submodular``; eta (η, task), nu (ν, continual); optimizer: lazy | naive | stochastic;
+    statistics and of the objective; task_objective: fl2mi (default, chosen on evidence; needs no pool kernel) |
+    flmi (FL1MI, the authors' code) | flmi_paper (the paper's text), see ``methods.submodular``; eta (η, task),
+    nu (ν, continual); optimizer: lazy | naive | stochastic;
     kernel_dir: crash-safe stores ``<dir>/pool``, ``<dir>/targets``, ``<dir>/existing`` (rerun to resume);
     max_pairs: stop each kernel after this many pairs (resume later); progress: progress bars (default: when
     stderr is a terminal)."""

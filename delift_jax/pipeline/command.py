@@ -103,7 +103,8 @@ def _add_stage_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--exclude-diagonal", action="store_true", default=None,
                        help="leave each example's own cell out of DELIFT's pool kernel")
     group.add_argument("--task-objective", choices=("flmi", "fl2mi", "flmi_paper"),
-                       help="DELIFT's task-specific objective (default flmi; see the README's 'Does it work?')")
+                       help="DELIFT's task-specific objective (default fl2mi, chosen on evidence; flmi is the "
+                            "authors' code; see the README's 'Does it work?')")
     group = parser.add_argument_group("fine-tuning")
     group.add_argument("--train-method", choices=("lora", "full"), help="default lora")
     group.add_argument("--epochs", type=int, help="passes over the subset (default 1)")

@@ -9,6 +9,7 @@ mean ± std markdown tables, and headless matplotlib figures (metric vs budget, 
 
 from delift_jax.report.plots import (
     load_pool_kernel,
+    load_run_kernel,
     plot_composition,
     plot_greedy_gains,
     plot_kernel_by_group,
@@ -29,6 +30,7 @@ from delift_jax.report.tables import (
 __all__ = [
     "CSV_FIELDS",
     "load_pool_kernel",
+    "load_run_kernel",
     "markdown_summary",
     "metric_rows",
     "plot_composition",

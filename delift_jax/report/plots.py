@@ -115,6 +115,15 @@ def load_pool_kernel(kernel_dir) -> np.ndarray:
     return (kernel - lo) / (hi - lo) if hi > lo else np.zeros_like(kernel)
 
 
+def load_run_kernel(kernel_dir) -> np.ndarray:
+    """The kernel over the pool's columns that a DELIFT run computed, min-max normalized: the square pool kernel,
+    or U(targets, pool) where the run computed none (the task use case with the default FL2MI reads only that)."""
+    directory = Path(kernel_dir)
+    if not (directory / "pool").is_dir() and (directory / "targets").is_dir():
+        return load_pool_kernel(directory / "targets")
+    return load_pool_kernel(directory)
+
+
 def plot_composition(counts: Mapping[str, Sequence[int]], sources: Sequence[str], path=None,
                      title: str = "where each method's picks come from", highlight: str | None = None):
     """Stacked bars: for each method (a bar), how many picks come from each source (a colour)."""
