@@ -39,12 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def enable_compilation_cache() -> None:
+def enable_compilation_cache(default: str | Path | None = None) -> None:
     """Persist XLA compilations across runs (a resumed kernel or a second demo skips recompiling).
 
-    ``DELIFT_XLA_CACHE`` sets the directory (default ``~/.cache/delift_jax/xla``); ``DELIFT_XLA_CACHE=0`` turns
-    it off."""
-    location = os.environ.get("DELIFT_XLA_CACHE", str(Path.home() / ".cache" / "delift_jax" / "xla"))
+    ``DELIFT_XLA_CACHE`` sets the directory (else ``default``, else ``~/.cache/delift_jax/xla``);
+    ``DELIFT_XLA_CACHE=0`` turns it off. Off in processes with several simulated CPU devices (see
+    ``simulated_cpu_devices``). Scripts call this too, never ``jax.config`` directly."""
+    default = default if default is not None else Path.home() / ".cache" / "delift_jax" / "xla"
+    location = os.environ.get("DELIFT_XLA_CACHE", str(default))
     if location in ("", "0") or simulated_cpu_devices() > 1:
         return
     import jax

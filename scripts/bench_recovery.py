@@ -705,11 +705,12 @@ def main(argv=None):
     args = parse_args(argv)
     sizes = sizes_of(args)
     if not args.report_only:
-        import jax
-
-        # Repeated fine-tunes and scorings compile the same programs: keep them across runs and seeds.
-        jax.config.update("jax_compilation_cache_dir", str(Path(args.cache) / "xla"))
+        from delift_jax.cli import enable_compilation_cache
         from delift_jax.models.loading import load_model
+
+        # Repeated fine-tunes and scorings compile the same programs: keep them across runs and seeds (the CLI's
+        # rule: off with several simulated CPU devices, e.g. inside the test suite, where a warm cache aborted).
+        enable_compilation_cache(Path(args.cache) / "xla")
 
         model, tokenizer, _ = load_model(None if args.model == "smollm2" else args.model)
         encoder = None if args.only_kernels else sentence_encoder()

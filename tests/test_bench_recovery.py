@@ -150,3 +150,16 @@ def test_end_to_end_on_the_tiny_model(bench, tiny_llama, tmp_path, monkeypatch, 
     # A rerun resumes from the saved results and stores (nothing recomputed, same summary).
     bench.main(argv + ["--report-only"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
+
+
+def test_main_leaves_the_compilation_cache_off_under_simulated_devices(bench, monkeypatch, tmp_path):
+    """bench_recovery.main, called in-process by the end-to-end test, must not turn the persistent XLA cache on for
+    the rest of a 4-device test process (a warm cache aborted the sharded train step there)."""
+    import jax
+
+    monkeypatch.delenv("DELIFT_XLA_CACHE", raising=False)
+    before = jax.config.jax_compilation_cache_dir
+    monkeypatch.setattr("delift_jax.models.loading.load_model", lambda *a, **k: (_ for _ in ()).throw(SystemExit(0)))
+    with pytest.raises(SystemExit):
+        bench.main(["--seeds", "0", "--cache", str(tmp_path)])
+    assert jax.config.jax_compilation_cache_dir == before
