@@ -29,3 +29,14 @@ def tiny_llama(tmp_path_factory):
     torch_model = make_hf_model(directory, "llama", seed=7, tokenizer=tiny_tokenizer(), num_key_value_heads=2)
     model, tokenizer, _ = load_model(directory)
     return directory, torch_model, model, tokenizer
+
+
+@pytest.fixture(autouse=True)
+def _no_persistent_compilation_cache():
+    """Every test leaves JAX's persistent compilation cache off: with the 4 simulated devices of this process, a
+    warm cache made the sharded train step abort (XLA's all-reduce rendezvous), so one test turning it on broke
+    every later one."""
+    yield
+    assert jax.config.jax_compilation_cache_dir is None, (
+        "a test turned the persistent XLA cache on; use delift_jax.cli.enable_compilation_cache (off under "
+        "simulated devices) and restore jax.config afterwards")
