@@ -67,7 +67,8 @@ def select_on_kernels(use_case: str, budget: int, kernel: np.ndarray, query: np.
         elif task_form is not None:
             objective = task_form(kernel, query, eta)
         else:
-            raise DataError(f"task_objective {task_objective!r} is unknown; choose one of {', '.join(TASK_OBJECTIVES)}")
+            raise DataError(f"task_objective {task_objective!r} is unknown; "
+                            f"choose one of {', '.join(TASK_OBJECTIVES)}")
     elif use_case == "continual":
         objective = fl_conditional_gain(kernel, private, nu)
     else:
