@@ -16,6 +16,8 @@ jax.config.update("jax_num_cpu_devices", 4)
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
+import gc  # noqa: E402
+
 import pytest  # noqa: E402
 
 
@@ -40,3 +42,13 @@ def _no_persistent_compilation_cache():
     assert jax.config.jax_compilation_cache_dir is None, (
         "a test turned the persistent XLA cache on; use delift_jax.cli.enable_compilation_cache (off under "
         "simulated devices) and restore jax.config afterwards")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop every compiled program after each test module. Each XLA CPU executable holds a few memory mappings, and
+    one process running the whole suite compiles thousands: past the kernel's vm.max_map_count (65,530) LLVM cannot
+    map code and the next compilation segfaults (seen in test_train_step, ~26 minutes in)."""
+    yield
+    jax.clear_caches()
+    gc.collect()
