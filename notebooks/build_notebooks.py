@@ -41,9 +41,10 @@ PARAMS_MD = ("## Parameters\n\nTiny by default so the notebook runs in about a m
 
 QUICKSTART = [
     new_markdown_cell("# DELIFT quickstart\n\nThe pieces of DELIFT one at a time: load a model, score responses "
-                      "without a demonstration, build the utility kernel `U[i, j] = d(i | no example) − "
-                      "d(i | example j)`, and pick a diverse, useful subset by facility-location greedy "
-                      "maximization."),
+                      "without a demonstration, build the utility kernel (by default the pmi distance `U[i, j] = "
+                      "mean_t log p(i | example j) − mean_t log p(i | no example)`; the paper's "
+                      "`d(i | no example) − d(i | example j)` with `KernelConfig(distance=\"rms\")`), and pick "
+                      "a diverse, useful subset by facility-location greedy maximization."),
     new_markdown_cell(PARAMS_MD),
     new_code_cell(params(6)),
     new_markdown_cell("## 1. Model and data\n\n`load_model` reads a Hugging Face directory, a GGUF file or the "
@@ -66,7 +67,8 @@ for i, (d, n) in enumerate(zip(scores.rms, scores.n_scored)):
     print(f"example {i}: d = {d:.4f} over {n} scored tokens")'''),
     new_markdown_cell("## 3. Utility kernel\n\nEvery example as a one-shot demonstration for every other one. The "
                       "store under `OUT` is crash safe: rerunning the cell resumes (or reloads) it. Longer contexts are cut from "
-                      "the left (`max_length`); scored response tokens are kept."),
+                      "the left (`max_length`); scored response tokens are kept. The distance is pmi by default; "
+                      "`KernelConfig(distance=\"rms\")` gives the paper's (the store keeps both)."),
     new_code_cell('''from delift_jax.kernel import KernelConfig, utility_kernel
 
 result = utility_kernel(model, tokenizer, pool, config=KernelConfig(max_length=1024, max_response_tokens=MAX_RESPONSE_TOKENS),

@@ -158,8 +158,10 @@ def main():
     torch.set_num_threads(args.threads)
     targets = shortest_examples(args.examples)
     candidates = targets[:args.candidates]
+    # rms explicitly: the check below compares our d(i | j) with the authors' rms distance computed in torch.
     config = KernelConfig(max_length=args.max_length, max_response_tokens=args.max_response_tokens,
-                          tokens_per_call=args.tokens_per_call, block_pairs=10**9, normalization="none")
+                          tokens_per_call=args.tokens_per_call, block_pairs=10**9, normalization="none",
+                          distance="rms")
     model, tokenizer, model_config = load_model()
     n_pairs = len(targets) * len(candidates)
     print(f"jax {jax.__version__} on {jax.devices()[0].platform} x{len(jax.devices())}; torch {torch.__version__} "

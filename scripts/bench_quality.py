@@ -14,7 +14,10 @@ measures the subset as the kernel sees it, without training noise: ``icl_nll`` p
 ``icl_delift_minus_random``.
 
     python scripts/bench_quality.py --examples 150 --seeds 0 1 2 --out runs/bench_quality
-    python scripts/bench_quality.py --data truthfulqa --examples 150 --split 0.7,0.1,0.2 --max-new-tokens 32  # README
+    python scripts/bench_quality.py --data truthfulqa --examples 150 --split 0.7,0.1,0.2 --max-new-tokens 32 \
+        --distance rms  # README (measured with the paper's rms, the default then)
+
+``--distance`` (default: the package default, pmi) is passed to ``delift run``.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ def main():
     parser.add_argument("--icl", type=int, default=0, metavar="K",
                         help="also the ICL condition: base model with K nearest subset examples (0: off)")
     parser.add_argument("--progress", action="store_true", help="progress bars for kernels, training, generation")
+    parser.add_argument("--distance", choices=("rms", "pmi"), default=None,
+                        help="DELIFT's kernel distance (default: the package default, pmi; README figures: rms)")
     parser.add_argument("--out", default="runs/bench_quality")
     args = parser.parse_args()
 
@@ -61,7 +66,8 @@ def main():
             "--train-steps", str(args.train_steps), "--max-length", str(args.max_length),
             "--max-response-tokens", str(args.max_response_tokens), "--max-new-tokens", str(args.max_new_tokens),
             "--split", args.split, "--metrics", "rouge,nll", "--no-checkpoints", "--out", str(out)]
-            + (["--progress"] if args.progress else []) + (["--icl", str(args.icl)] if args.icl else []))
+            + (["--progress"] if args.progress else []) + (["--icl", str(args.icl)] if args.icl else [])
+            + (["--distance", args.distance] if args.distance else []))
         if pipeline_command.run(run_args):
             raise SystemExit(f"seed {seed}: delift run failed")
         results = json.loads((out / "results.json").read_text(encoding="utf-8"))

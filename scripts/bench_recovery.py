@@ -5,10 +5,11 @@ Three cases, each seeded, built only from the built-in datasets (``delift_jax.da
 * task: the pool is an equal mix of ``--sources`` (default asdiv, boolq, nq-open, commonsenseqa: math, yes/no
   with a passage, open factoid, multiple choice). The target is the held-out part of one source, rotating over
   the sources. Known answer: the picks should come from the target's source. Metric: precision (share of picks
-  from the target's source) and lift (precision / base share) for DELIFT (rms and pmi), DELIFT (SE), LESS-style
-  and Random at budgets 10% and 30%; then each subset fine-tunes the model (LoRA) and the target's test part is
-  scored: held-out NLL after fine-tuning, and the ICL condition (the base model with the k subset examples
-  nearest each test prompt as demonstrations, no training). The three task objectives (fl1mi = ``flmi``,
+  from the target's source) and lift (precision / base share) for DELIFT (the package default, fl2mi with the
+  pmi distance, and the variants: rms, FL1MI, ...), DELIFT (SE), LESS-style and Random at budgets 10% and
+  30%; then each subset fine-tunes the model (LoRA) and the target's test part is scored: held-out NLL after
+  fine-tuning, and the ICL condition (the base model with the k subset examples nearest each test prompt as
+  demonstrations, no training). The three task objectives (fl1mi = ``flmi``,
   ``fl2mi``, ``flmi_paper``) are compared on the same kernels with an η sweep.
 * continual: the existing data is half of one source's pool part, the new pool is the other half plus as many
   examples of the next source. Known answer: the new source is what the model lacks. Metric: share of novel picks
@@ -24,7 +25,11 @@ characters (the same filter for all sources; it keeps BoolQ's passages short eno
 kernels score at most ``--max-response-tokens`` response tokens. Kernels go to resumable stores under ``--cache``
 (rerun the same command to resume after a crash).
 
-The last line is one JSON object (means over seeds; ``*_std`` the standard deviations).
+The last line is one JSON object (means over seeds; ``*_std`` the standard deviations). Its ``*_delift`` keys are
+the package defaults (``default_methods``: task fl2mi at η = 1 with the pmi distance, ``fl2mi_pmi_eta1``; continual
+FLCG and duplicates FL with pmi, ``delift_pmi``); the other variants have explicit names (``*_fl2mi_rms``: the
+paper's distance, ``*_flmi_rms``: the authors' objective and distance, ...). In the per-method results the names
+``delift_rms`` / ``delift_pmi`` of the task case are FL1MI (``flmi``, η = 1), as in earlier runs' saved results.
 
     python scripts/bench_recovery.py --seeds 0 1 2                  # the README figures
     python scripts/bench_recovery.py --seeds 0 --only-kernels       # precompute the kernel stores
@@ -164,6 +169,18 @@ def kernel_jobs(seed: int, args, sizes: Sizes, loader=None) -> list:
     return jobs
 
 
+def default_methods() -> dict:
+    """The package defaults under this script's method names: ``task``: DELIFT's default task objective and η with
+    KernelConfig's default distance (``fl2mi_pmi_eta1``); ``continual`` (FLCG) and ``dup`` (FL): that distance
+    (``delift_pmi``)."""
+    from delift_jax.kernel import KernelConfig
+    from delift_jax.methods.delift import DeliftOptions
+
+    options, distance = DeliftOptions(), KernelConfig().distance
+    return {"task": f"{options.task_objective}_{distance}_eta{options.eta:g}", "continual": f"delift_{distance}",
+            "dup": f"delift_{distance}"}
+
+
 def compute_kernels(model, tokenizer, seed: int, args, sizes: Sizes, loader=None, jobs_wanted=None,
                     part_wanted=None, compute: bool = True) -> dict:
     """Raw utilities (rms and pmi) for one seed: task pool, each source's selection targets, duplicate pool.
@@ -195,7 +212,9 @@ def compute_kernels(model, tokenizer, seed: int, args, sizes: Sizes, loader=None
             continue
         if not path.is_file():
             start = time.perf_counter()
-            result = utility_kernel(model, tokenizer, rows, columns, config, out_dir=out, progress=args.progress)
+            # Both distances explicitly (the store holds both; the second call only reassembles).
+            result = utility_kernel(model, tokenizer, rows, columns, dc.replace(config, distance="rms"), out_dir=out,
+                                    progress=args.progress)
             seconds = time.perf_counter() - start
             pmi = utility_kernel(model, tokenizer, rows, columns, dc.replace(config, distance="pmi"), out_dir=out)
             np.savez(path, U_rms=np.asarray(result.utility, np.float64), U_pmi=np.asarray(pmi.utility, np.float64),
@@ -290,6 +309,14 @@ def task_picks(raw: dict, data: SourceMixture, target: str, t: int, k: int, seed
             for eta in ETAS:
                 picks[f"{objective}_{distance}_eta{eta:g}"] = delift_task_picks(raw, target, k, distance, objective,
                                                                                 eta)
+    default = default_methods()["task"]
+    if default not in picks:  # a default objective or η outside the sweep
+        from delift_jax.kernel import KernelConfig
+        from delift_jax.methods.delift import DeliftOptions
+
+        options = DeliftOptions()
+        picks[default] = delift_task_picks(raw, target, k, KernelConfig().distance, options.task_objective,
+                                           options.eta)
     return picks
 
 
@@ -312,7 +339,7 @@ def task_selection(raw: dict, data: SourceMixture, seed: int, model, tokenizer) 
                 out["picks"].setdefault(method, {}).setdefault(f"{fraction:g}", {})[target] = prefix.tolist()
         log(f"seed {seed} task target {target}: precision @10%/@30% " + ", ".join(
             f"{m} {out['precision'][m]['0.1'][target]:.2f}/{out['precision'][m]['0.3'][target]:.2f}"
-            for m in ("delift_rms", "delift_pmi", "delift_se", "less", "random")))
+            for m in (default_methods()["task"], "fl2mi_rms_eta1", "delift_rms", "delift_se", "less", "random")))
     return out
 
 
@@ -487,7 +514,7 @@ def continual_training(results: dict, save, model, tokenizer, data: SourceMixtur
         novel_source = data.sources[(t + 1) % len(data.sources)]
         test = data.test[novel_source]
         unit = results.setdefault("continual_nll", {}).setdefault(name, {})
-        methods = [m for m in args.train_methods if m in results["continual"]["picks"]]
+        methods = continual_methods(args.train_methods, results["continual"]["picks"])
         if all(f"ft:{m}" in unit for m in methods) and "existing_only" in unit:
             continue
         existing, _, _ = continual_split(data, t)
@@ -499,6 +526,14 @@ def continual_training(results: dict, save, model, tokenizer, data: SourceMixtur
                                                 test, args)
         log(f"seed {seed} continual {name}->{novel_source}: " + ", ".join(f"{k} {v:.3f}" for k, v in unit.items()))
         save()
+
+
+def continual_methods(train_methods, continual_picks) -> list:
+    """The continual case's methods for ``--train-methods``: names it has (random, delift_rms, ...) as they are, and
+    the task default (``fl2mi_pmi_eta1``) as the continual default (``delift_pmi``)."""
+    names = default_methods()
+    mapped = [names["continual"] if m == names["task"] else m for m in train_methods]
+    return [m for m in dict.fromkeys(mapped) if m in continual_picks]
 
 
 def sentence_encoder():
@@ -578,20 +613,27 @@ def nll_of(section: str, key: str):
     return get
 
 
-MAIN_METHODS = ("delift_rms", "delift_pmi", "delift_se", "less", "random", "delift_rms_exdiag", "delift_rms_clip")
+def main_methods() -> tuple:
+    """The task table's rows: the package default first, fl2mi with the paper's distance, then FL1MI (``delift_rms``,
+    ``delift_pmi``: flmi at η = 1) and the baselines."""
+    return (default_methods()["task"], "fl2mi_rms_eta1", "delift_rms", "delift_pmi", "delift_se", "less", "random",
+            "delift_rms_exdiag", "delift_rms_clip")
 
 
 def report(results: list, seeds: list, sources, base_share: float) -> tuple[str, dict]:
     """(markdown tables, summary dict) over seeds (mean ± std of per-seed means over the targets)."""
+    names = default_methods()
+    main = main_methods()
     lines = [f"Seeds {seeds}; precision = share of picks from the target's source (base share {base_share:.2f}); "
-             "lift = precision / base share.", "",
+             f"lift = precision / base share. Package default: task {names['task']}, continual and duplicates "
+             f"{names['continual']}; delift_rms / delift_pmi in the task case are FL1MI (flmi, η = 1).", "",
              "| method | precision @10% | lift @10% | precision @30% | lift @30% |", "|---|---|---|---|---|"]
-    for method in MAIN_METHODS:
+    for method in main:
         p10, p30 = per_seed(results, precision_of(method, "0.1")), per_seed(results, precision_of(method, "0.3"))
         lines.append(f"| {method} | {fmt(p10)} | {fmt(p10 / base_share)} | {fmt(p30)} | {fmt(p30 / base_share)} |")
     lines += ["", "Per target source, precision @10% (mean over seeds):", "",
               "| method | " + " | ".join(sources) + " |", "|---|" + "---|" * len(sources)]
-    for method in MAIN_METHODS[:5]:
+    for method in main[:7]:
         cells = [_cell([r['task']['precision'][method]['0.1'].get(t) for r in results]) for t in sources]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", "Task objectives, precision @10% / @30% by η:", "",
@@ -607,7 +649,7 @@ def report(results: list, seeds: list, sources, base_share: float) -> tuple[str,
             lines.append(f"| {objective} | {distance} | " + " | ".join(cells) + " |")
     lines += ["", "Continual (FLCG, budget 50% of the new pool): share of novel picks (Random expects 0.50):", "",
               "| method | novel share |", "|---|---|"]
-    for method in ("delift_rms", "delift_pmi", "delift_se", "random"):
+    for method in ("delift_pmi", "delift_rms", "delift_se", "random"):
         lines.append(f"| {method} | {fmt(per_seed(results, lambda r: _mean_over_targets(r['continual']['novel'][method])))} |")
     lines += ["", "Instruction (planted near-duplicates): distinct bases among the picks / held-out coverage:", "",
               "| method | distinct @k=bases | distinct @50% | coverage @k=bases |", "|---|---|---|---|"]
@@ -617,11 +659,11 @@ def report(results: list, seeds: list, sources, base_share: float) -> tuple[str,
                      f"{fmt(per_seed(dup_results, lambda r: r['dup']['distinct'][method]['50%']))} | "
                      f"{fmt(per_seed(dup_results, lambda r: r['dup']['coverage'][method]['k=bases']), 3)} |")
     nll_rows = [("initial (base model)", "task_nll", "initial")]
-    for method in ("delift_rms", "random", "delift_se", "delift_pmi", "less"):
+    for method in (names["task"], "fl2mi_rms_eta1", "delift_rms", "random", "delift_se", "delift_pmi", "less"):
         nll_rows += [(f"fine-tuned on {method}", "task_nll", f"ft:{method}"), (f"ICL from {method}", "task_nll",
                                                                               f"icl:{method}")]
     nll_rows += [("continual: existing only", "continual_nll", "existing_only")]
-    nll_rows += [(f"continual: + {m}", "continual_nll", f"ft:{m}") for m in ("delift_rms", "random")]
+    nll_rows += [(f"continual: + {m}", "continual_nll", f"ft:{m}") for m in ("delift_pmi", "delift_rms", "random")]
     lines += ["", "Held-out NLL of the target's test part (lower is better; budget 30%):", "",
               "| condition | NLL | seeds |", "|---|---|---|"]
     for label, section, key in nll_rows:
@@ -631,21 +673,35 @@ def report(results: list, seeds: list, sources, base_share: float) -> tuple[str,
 
     def stat(method, budget="0.1"):
         return per_seed(results, precision_of(method, budget))
+    def novel(method):
+        return per_seed(results, lambda r: _mean_over_targets(r["continual"]["novel"][method]))
+
+    def distinct(method):
+        return per_seed(results, lambda r: _get(r, "dup", "distinct", method, "k=bases"))
+
+    # *_delift: the package defaults (names above); every other variant under its own name.
+    task, continual, dup = names["task"], names["continual"], names["dup"]
     summary = {
-        "task_precision_delift": stat("delift_rms"), "task_precision_delift_pmi": stat("delift_pmi"),
+        "task_precision_delift": stat(task), "task_precision_delift_30": stat(task, "0.3"),
+        "task_precision_fl2mi_rms": stat("fl2mi_rms_eta1"),
+        "task_precision_fl2mi_rms_30": stat("fl2mi_rms_eta1", "0.3"),
+        "task_precision_flmi_rms": stat("delift_rms"), "task_precision_flmi_rms_30": stat("delift_rms", "0.3"),
+        "task_precision_flmi_pmi": stat("delift_pmi"),
         "task_precision_se": stat("delift_se"), "task_precision_less": stat("less"),
-        "task_precision_random": stat("random"),
-        "task_precision_delift_30": stat("delift_rms", "0.3"), "task_precision_random_30": stat("random", "0.3"),
-        "continual_novel_delift": per_seed(results, lambda r: _mean_over_targets(r["continual"]["novel"]["delift_rms"])),
-        "continual_novel_random": per_seed(results, lambda r: _mean_over_targets(r["continual"]["novel"]["random"])),
-        "dup_distinct_delift": per_seed(results, lambda r: _get(r, "dup", "distinct", "delift_rms", "k=bases")),
-        "dup_distinct_random": per_seed(results, lambda r: _get(r, "dup", "distinct", "random", "k=bases")),
-        "task_nll_delift": per_seed(results, nll_of("task_nll", "ft:delift_rms")),
+        "task_precision_random": stat("random"), "task_precision_random_30": stat("random", "0.3"),
+        "continual_novel_delift": novel(continual), "continual_novel_delift_rms": novel("delift_rms"),
+        "continual_novel_random": novel("random"),
+        "dup_distinct_delift": distinct(dup), "dup_distinct_delift_rms": distinct("delift_rms"),
+        "dup_distinct_random": distinct("random"),
+        "task_nll_delift": per_seed(results, nll_of("task_nll", f"ft:{task}")),
+        "task_nll_fl2mi_rms": per_seed(results, nll_of("task_nll", "ft:fl2mi_rms_eta1")),
+        "task_nll_flmi_rms": per_seed(results, nll_of("task_nll", "ft:delift_rms")),
         "task_nll_random": per_seed(results, nll_of("task_nll", "ft:random")),
         "task_nll_initial": per_seed(results, nll_of("task_nll", "initial")),
-        "task_icl_nll_delift": per_seed(results, nll_of("task_nll", "icl:delift_rms")),
+        "task_icl_nll_delift": per_seed(results, nll_of("task_nll", f"icl:{task}")),
         "task_icl_nll_random": per_seed(results, nll_of("task_nll", "icl:random")),
-        "continual_nll_delift": per_seed(results, nll_of("continual_nll", "ft:delift_rms")),
+        "continual_nll_delift": per_seed(results, nll_of("continual_nll", f"ft:{continual}")),
+        "continual_nll_delift_rms": per_seed(results, nll_of("continual_nll", "ft:delift_rms")),
         "continual_nll_random": per_seed(results, nll_of("continual_nll", "ft:random")),
     }
     out = {}
@@ -669,8 +725,9 @@ def parse_args(argv=None):
     parser.add_argument("--max-response-tokens", type=int, default=32)
     parser.add_argument("--block-pairs", type=int, default=96, help="pairs per stored kernel block")
     parser.add_argument("--tokens-per-call", type=int, default=1024, help="continuation tokens per kernel call")
-    parser.add_argument("--train-methods", nargs="+", default=["delift_rms", "random"],
-                        help="methods whose subsets are fine-tuned and used for ICL")
+    parser.add_argument("--train-methods", nargs="+", default=[default_methods()["task"], "random"],
+                        help="methods whose subsets are fine-tuned and used for ICL (default: the package default, "
+                        "fl2mi_pmi_eta1, and random; in the continual case the default is delift_pmi)")
     parser.add_argument("--train-budget", type=float, default=0.3)
     parser.add_argument("--train-steps", type=int, default=10)
     parser.add_argument("--train-batch", type=int, default=4)

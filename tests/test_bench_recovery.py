@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,77 @@ def test_common_minmax_scales_jointly_and_drops_the_diagonal(bench):
     assert clipped["K"][0, 1] == 0.0 and clipped["K"][1, 0] == 0.0
 
 
+DEFAULTS = {"task": "fl2mi_pmi_eta1", "continual": "delift_pmi", "dup": "delift_pmi"}
+
+
+def test_default_methods_are_the_package_defaults(bench):
+    """fl2mi (DeliftOptions' task objective) at η = 1 with the pmi distance (KernelConfig's default)."""
+    from delift_jax.kernel import KernelConfig
+    from delift_jax.methods.delift import DeliftOptions
+
+    assert (DeliftOptions().task_objective, DeliftOptions().eta, KernelConfig().distance) == ("fl2mi", 1.0, "pmi")
+    assert bench.default_methods() == DEFAULTS
+    assert bench.parse_args([]).train_methods == ["fl2mi_pmi_eta1", "random"]
+    continual_picks = {"random": [], "delift_se": [], "delift_rms": [], "delift_pmi": []}
+    assert bench.continual_methods(["fl2mi_pmi_eta1", "random"], continual_picks) == ["delift_pmi", "random"]
+    assert bench.continual_methods(["delift_rms", "fl2mi_rms_eta1", "delift_pmi", "fl2mi_pmi_eta1"],
+                                   continual_picks) == ["delift_rms", "delift_pmi"]
+
+
+def fake_results(bench, seed: int, targets) -> dict:
+    """Per-seed results with a distinct, known value for every method, target and budget."""
+    methods = list(bench.main_methods()) + [f"{o}_{d}_eta{e:g}" for o in bench.OBJECTIVES for d in ("rms", "pmi")
+                                            for e in bench.ETAS]
+    value = lambda *key: (zlib.crc32(repr((seed,) + key).encode()) % 997) / 997.0
+    precision_ = {m: {b: {t: value(m, b, t) for t in targets} for b in ("0.1", "0.3")} for m in methods}
+    continual = ("random", "delift_se", "delift_rms", "delift_pmi")
+    return {"task": {"precision": precision_},
+            "continual": {"novel": {m: {t: value("novel", m, t) for t in targets} for m in continual}},
+            "dup": {"distinct": {m: {"k=bases": value("dup", m), "50%": 0.5} for m in continual},
+                    "coverage": {m: {"k=bases": 0.3} for m in continual}},
+            "task_nll": {t: {"initial": 9.0, **{f"{kind}:{m}": 5 + value(kind, m, t)
+                                                for m in ("fl2mi_pmi_eta1", "delift_rms", "random")
+                                                for kind in ("ft", "icl")}} for t in targets},
+            "continual_nll": {t: {"existing_only": 9.0, **{f"ft:{m}": 5 + value("cont", m, t)
+                                                            for m in ("delift_pmi", "delift_rms", "random")}}
+                              for t in targets[:1]},
+            "targets_measured": list(targets)}
+
+
+def test_summary_delift_keys_report_the_package_defaults(bench):
+    """*_delift = fl2mi with pmi (task) and pmi (continual, duplicates); the authors' FL1MI with rms and fl2mi with
+    rms keep their own names."""
+    targets = list(SOURCES)
+    results = [fake_results(bench, seed, targets) for seed in (0, 1, 2)]
+    _, summary = bench.report(results, [0, 1, 2], targets, 0.25)
+
+    def over_seeds(get):
+        per_seed = [np.mean([get(r, t) for t in targets]) for r in results]
+        return round(float(np.mean(per_seed)), 4)
+
+    def precision_of(method, budget="0.1"):
+        return over_seeds(lambda r, t: r["task"]["precision"][method][budget][t])
+
+    assert summary["task_precision_delift"] == precision_of("fl2mi_pmi_eta1")
+    assert summary["task_precision_delift_30"] == precision_of("fl2mi_pmi_eta1", "0.3")
+    assert summary["task_precision_fl2mi_rms"] == precision_of("fl2mi_rms_eta1")
+    assert summary["task_precision_flmi_rms"] == precision_of("delift_rms")
+    assert summary["task_precision_flmi_pmi"] == precision_of("delift_pmi")
+    assert summary["task_precision_random"] == precision_of("random")
+    assert summary["continual_novel_delift"] == over_seeds(lambda r, t: r["continual"]["novel"]["delift_pmi"][t])
+    assert summary["continual_novel_delift_rms"] == over_seeds(lambda r, t: r["continual"]["novel"]["delift_rms"][t])
+    assert summary["dup_distinct_delift"] == round(float(np.mean([r["dup"]["distinct"]["delift_pmi"]["k=bases"]
+                                                                  for r in results])), 4)
+    assert summary["task_nll_delift"] == over_seeds(lambda r, t: r["task_nll"][t]["ft:fl2mi_pmi_eta1"])
+    assert summary["task_icl_nll_delift"] == over_seeds(lambda r, t: r["task_nll"][t]["icl:fl2mi_pmi_eta1"])
+    assert summary["task_nll_flmi_rms"] == over_seeds(lambda r, t: r["task_nll"][t]["ft:delift_rms"])
+    assert summary["task_nll_fl2mi_rms"] is None  # not trained in these results
+    assert summary["continual_nll_delift"] == round(float(np.mean(
+        [r["continual_nll"][targets[0]]["ft:delift_pmi"] for r in results])), 4)
+    assert summary["n_seeds_with_training"] == 3
+    assert summary["task_precision_delift"] != summary["task_precision_flmi_rms"]  # the fake values differ
+
+
 @pytest.mark.slow
 def test_end_to_end_on_the_tiny_model(bench, tiny_llama, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("delift_jax.data.load_builtin", lambda name, limit=None: fake_loader(name))
@@ -144,9 +216,26 @@ def test_end_to_end_on_the_tiny_model(bench, tiny_llama, tmp_path, monkeypatch, 
         assert summary[key] is not None and np.isfinite(summary[key]), key
         assert 0.0 <= summary[key] <= (1.0 if "nll" not in key else 50.0), key
     assert summary["seeds"] == [0]
-    assert any(line.startswith("| delift_rms |") for line in printed)
+    assert any(line.startswith("| fl2mi_pmi_eta1 |") for line in printed)  # the default's row
+    assert any(line.startswith("| delift_rms |") for line in printed)      # FL1MI with rms, the authors'
     results = json.loads((tmp_path / "seed0" / "results.json").read_text())
     assert set(results["task_nll"]) == set(SOURCES)
+    # *_delift are the package default's figures (fl2mi with pmi; FLCG with pmi), read back from the saved results.
+    assert summary["task_precision_delift"] == round(float(np.mean(
+        list(results["task"]["precision"]["fl2mi_pmi_eta1"]["0.1"].values()))), 4)
+    assert summary["continual_novel_delift"] == round(float(np.mean(
+        list(results["continual"]["novel"]["delift_pmi"].values()))), 4)
+    assert summary["task_nll_delift"] == round(float(np.mean(
+        [unit["ft:fl2mi_pmi_eta1"] for unit in results["task_nll"].values()])), 4)
+    assert all("ft:delift_pmi" in unit for unit in results["continual_nll"].values())
+    # The raw utilities saved for selection are the two distances of the store (U_rms is rms, not the default).
+    raw = np.load(tmp_path / "seed0" / "raw_task_pool.npz")
+    with np.load(tmp_path / "seed0" / "task_pool" / "distances.npz") as stored:
+        np.testing.assert_allclose(raw["U_rms"], stored["rms_no_example"][:, None] - stored["rms_with_example"],
+                                   atol=1e-12, rtol=0)
+        np.testing.assert_allclose(raw["U_pmi"], stored["logp_with_example"] - stored["logp_no_example"][:, None],
+                                   atol=1e-12, rtol=0)
+    assert not np.allclose(raw["U_rms"], raw["U_pmi"])
     # A rerun resumes from the saved results and stores (nothing recomputed, same summary).
     bench.main(argv + ["--report-only"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary

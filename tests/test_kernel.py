@@ -67,31 +67,47 @@ def test_square_kernel_matches_plain_torch(tiny_llama, reference, distance):
     np.testing.assert_allclose(result.kernel, expected, atol=1e-5, rtol=0)  # normalization "none"
 
 
-def test_rectangular_kernel_matches_plain_torch(tiny_llama):
+def test_the_default_distance_is_pmi_and_rms_is_one_option_away():
+    assert KernelConfig().distance == "pmi"
+    assert KernelConfig(distance="rms").distance == "rms"
+
+
+@pytest.mark.parametrize("distance", [None, "rms"])  # None: the default (pmi)
+def test_rectangular_kernel_matches_plain_torch(tiny_llama, distance):
     _, torch_model, model, tokenizer = tiny_llama
     targets, candidates = EXAMPLES[4:7], POOL
-    result = utility_kernel(model, tokenizer, targets, candidates, KernelConfig(max_length=256, batch_size=2))
-    u_rms, _ = torch_kernel(torch_model, tokenizer, targets, candidates)
+    config = KernelConfig(max_length=256, batch_size=2)
+    if distance is not None:
+        config = dataclasses.replace(config, distance=distance)
+    result = utility_kernel(model, tokenizer, targets, candidates, config)
+    u_rms, u_pmi = torch_kernel(torch_model, tokenizer, targets, candidates)
+    expected = u_rms if distance == "rms" else u_pmi
+    assert result.summary["distance"] == (distance or "pmi")
     assert result.utility.shape == (3, len(POOL))
-    np.testing.assert_allclose(result.utility, u_rms, atol=1e-5, rtol=0)
-    low, high = u_rms.min(), u_rms.max()
-    np.testing.assert_allclose(result.kernel, (u_rms - low) / (high - low), atol=1e-3, rtol=0)
+    np.testing.assert_allclose(result.utility, expected, atol=1e-5, rtol=0)
+    low, high = expected.min(), expected.max()
+    np.testing.assert_allclose(result.kernel, (expected - low) / (high - low), atol=1e-3, rtol=0)
     assert result.kernel.min() == 0.0 and result.kernel.max() == 1.0
 
 
-def test_prefix_reuse_equals_full_sequence_scoring(tiny_llama):
-    """Every pair scored as one full sequence (no prefix reuse) gives the kernel's d(i | j) within 1e-5."""
+def test_prefix_reuse_equals_full_sequence_scoring(tiny_llama, tmp_path):
+    """Every pair scored as one full sequence (no prefix reuse) gives the kernel's d(i | j) within 1e-5, for both
+    distances (the store keeps both; the result holds the default's, mean log p)."""
     _, _, model, tokenizer = tiny_llama
-    result = utility_kernel(model, tokenizer, POOL, config=CONFIG)
+    result = utility_kernel(model, tokenizer, POOL, config=CONFIG, out_dir=tmp_path)
     seqs = build_pair_sequences(tokenizer, POOL, POOL, CONFIG)
     pairs = plan_pairs(len(POOL), len(POOL), None)
     full = full_sequences_for(tokenizer, POOL, POOL, pairs, seqs, CONFIG)
     sequences = [full.get((i, j)) or _joined(seqs, i, j) for i, j in pairs]
     logps = TeacherForcedScorer(model, ScoringConfig(max_length=256, batch_size=4)).logprobs(sequences)
-    direct = np.zeros((len(POOL), len(POOL)))
+    direct_rms, direct_logp = np.zeros((len(POOL), len(POOL))), np.zeros((len(POOL), len(POOL)))
     for (i, j), lp in zip(pairs, logps):
-        direct[i, j] = rms_distance(np.exp(lp))
-    np.testing.assert_allclose(result.distance_with_example, direct, atol=1e-5, rtol=0)
+        direct_rms[i, j], direct_logp[i, j] = rms_distance(np.exp(lp)), mean_log_prob(lp)
+    assert CONFIG.distance == "pmi"
+    np.testing.assert_allclose(result.distance_with_example, direct_logp, atol=1e-5, rtol=0)
+    with np.load(tmp_path / "distances.npz") as stored:
+        np.testing.assert_allclose(stored["logp_with_example"], direct_logp, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(stored["rms_with_example"], direct_rms, atol=1e-5, rtol=0)
 
 
 def _joined(seqs, i, j):
@@ -152,6 +168,34 @@ def test_store_resumes_and_refuses_other_runs(tiny_llama, tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(dict(manifest, complete=False)))
     with pytest.raises(SelectionError, match="incomplete"):
         load_kernel(tmp_path)
+
+
+def test_a_store_assembled_with_rms_serves_the_pmi_default(tiny_llama, reference, tmp_path):
+    """A store finished under the previous default (rms), opened with the new one (pmi): no pair is computed again
+    (both distances are in the blocks), the final arrays are reassembled with pmi and the manifest says so; asked
+    for rms again, the store gives the rms kernel back."""
+    import json
+
+    from delift_jax.select.io import load_kernel
+
+    _, _, model, tokenizer = tiny_llama
+    config = KernelConfig(max_length=256, batch_size=3, block_pairs=5)
+    old = utility_kernel(model, tokenizer, POOL, config=dataclasses.replace(config, distance="rms"), out_dir=tmp_path)
+    assert old.summary["distance"] == "rms"
+    np.testing.assert_allclose(old.utility, reference[0], atol=1e-5, rtol=0)
+
+    new = utility_kernel(model, tokenizer, POOL, config=config, out_dir=tmp_path)
+    assert new.summary["pairs_computed_now"] == 0 and new.summary["distance"] == "pmi"
+    np.testing.assert_allclose(new.utility, reference[1], atol=1e-5, rtol=0)
+    assert json.loads((tmp_path / "manifest.json").read_text())["summary"]["distance"] == "pmi"
+    np.testing.assert_allclose(np.load(tmp_path / "utility_raw.npy"), reference[1], atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(load_kernel(tmp_path), new.kernel)  # what `delift select` reads
+
+    again = utility_kernel(model, tokenizer, POOL, config=dataclasses.replace(config, distance="rms"),
+                           out_dir=tmp_path)
+    assert again.summary["pairs_computed_now"] == 0 and again.summary["distance"] == "rms"
+    np.testing.assert_array_equal(again.utility, old.utility)
+    np.testing.assert_array_equal(again.kernel, old.kernel)
 
 
 class OtherEos:
@@ -256,7 +300,8 @@ def test_truncation_is_reported_and_matches_torch(tiny_llama):
     """A max_length that cuts the demonstration: the pair is truncated from the left, scored tokens kept."""
     _, torch_model, model, tokenizer = tiny_llama
     targets, candidates = EXAMPLES[3:5], EXAMPLES[2:3]  # a long demonstration, short targets
-    result = utility_kernel(model, tokenizer, targets, candidates, KernelConfig(max_length=40))
+    # The paper's distance, checked against its formula below.
+    result = utility_kernel(model, tokenizer, targets, candidates, KernelConfig(max_length=40, distance="rms"))
     assert result.summary["pairs_truncated_now"] == 2
     eos = tokenizer.eos_token_id
     for i, target in enumerate(targets):

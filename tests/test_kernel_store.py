@@ -293,7 +293,8 @@ def test_interrupt_closes_the_progress_bar_before_propagating(tmp_path, monkeypa
 # -- streamed assembly ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("sparse", [False, True])
-@pytest.mark.parametrize("config", [KernelConfig(), KernelConfig(distance="pmi", normalization="clip_minmax"),
+@pytest.mark.parametrize("config", [KernelConfig(), KernelConfig(distance="rms"),  # the default (pmi) and the paper's
+                                    KernelConfig(distance="rms", normalization="clip_minmax"),
                                     KernelConfig(normalization="exp"), KernelConfig(exclude_diagonal=True)])
 def test_streamed_assembly_equals_the_in_memory_assembly_bit_for_bit(tmp_path, monkeypatch, sparse, config):
     n = 9

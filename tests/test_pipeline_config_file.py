@@ -108,12 +108,13 @@ def test_bad_run_files_are_one_line_errors(tmp_path, text, fragment):
 
 def test_config_dict_round_trip():
     config = RunConfig(use_case="continual", budget=12, methods="delift,less", split=(0.7, 0.1, 0.2),
-                       kernel=KernelConfig(max_length=64, distance="pmi"),
+                       kernel=KernelConfig(max_length=64, distance="rms"),  # not the default
                        method_options={"delift": {"eta": 0.5, "kernel_config": KernelConfig(max_length=32)},
                                        "LESS-style": {"projection_dim": 16}})
     values = json.loads(json.dumps(config.to_dict()))
     again = RunConfig.from_dict(values)
     assert again.to_dict() == config.to_dict()
+    assert again.kernel.distance == "rms"  # a run file naming the paper's distance keeps it under the pmi default
     assert again.options_for("delift", {}).kernel_config == KernelConfig(max_length=32)
     assert again.options_for("less", {}).projection_dim == 16
     with pytest.raises(DataError, match="projection_dim must be at least 1"):

@@ -40,8 +40,8 @@ from delift_jax.progress import show_progress
 
 @dataclasses.dataclass(frozen=True)
 class DeliftOptions(MethodOptions):
-    """kernel_config: ``KernelConfig`` (distance rms | pmi, max_length, batch sizes; top_k: the sparse mode, each
-    row's top_k most similar columns only — see ``sparse_kernels``);
+    """kernel_config: ``KernelConfig`` (distance pmi, the default | rms, the paper's; max_length, batch sizes;
+    top_k: the sparse mode, each row's top_k most similar columns only — see ``sparse_kernels``);
     scale: minmax | clip | clip_minmax (one map for K, Q and P); exclude_diagonal: leave K's diagonal out of the
     statistics and of the objective; task_objective: fl2mi (default, chosen on evidence; needs no pool kernel) |
     flmi (FL1MI, the authors' code) | flmi_paper (the paper's text), see ``methods.submodular``; eta (η, task),

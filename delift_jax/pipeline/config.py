@@ -12,8 +12,9 @@ split: (train, validation, test) fractions of the evaluation source, default (0.
     For ``task`` the target (benchmark) set is split: its train + validation parts are the selection queries, its
     test part is the held-out evaluation set; the pool is not split (every pool example is a candidate).
 limit / target_limit / existing_limit: keep the first N examples of each input (None: all).
-kernel: ``KernelConfig`` of DELIFT's utility kernels (default: the authors' settings; on CPUs cap
-    ``max_response_tokens``). train: ``TrainConfig`` of each fine-tuning run (default LoRA, one epoch).
+kernel: ``KernelConfig`` of DELIFT's utility kernels (default: the authors' settings but the distance, pmi;
+    ``distance="rms"`` is the paper's; on CPUs cap ``max_response_tokens``). train: ``TrainConfig`` of each
+    fine-tuning run (default LoRA, one epoch).
 generation: ``GenerationConfig`` of the evaluation (default greedy, 128 new tokens). metrics: evaluation metrics
     (default rouge, nll; see ``delift_jax.evaluate.pipeline.VALID_METRICS``). nll_max_length: longest scored
     sequence for ``nll``. method_options: options per method name (e.g. ``{"delift": {"eta": 0.5}}``), each
