@@ -29,7 +29,7 @@ from delift_jax.data.templates import DEFAULT_TEMPLATES, Templates
 from delift_jax.data.tokenize import (ScoredSequence, bucket_for, build_sequence, encode_ids, eos_token_id,
                                       length_ladder, pad_batch)
 from delift_jax.errors import DataError
-from delift_jax.sharding import (calls_by_shape, data_mesh, data_size, per_device, place_params, sharded_program,
+from delift_jax.sharding import (calls_by_shape, current_mesh, data_size, per_device, place_params, sharded_program,
                                  split_rows)
 
 
@@ -117,7 +117,7 @@ class TeacherForcedScorer:
     def __init__(self, model, config: ScoringConfig = ScoringConfig(), *, mesh: Mesh | None = None,
                  max_traces: int | None = None):
         self.config = config
-        self.mesh = mesh or data_mesh()
+        self.mesh = mesh or current_mesh()
         self.graphdef, state = nnx.split(model)
         self.state = place_params(state, self.mesh)  # replicated on a data mesh, split by the rules otherwise
         self.length_buckets = length_ladder(config.max_length)

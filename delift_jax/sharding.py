@@ -16,6 +16,7 @@ So results do not depend on the ``data`` size, and with ``model=1`` they equal t
 
 from __future__ import annotations
 
+import contextlib
 import re
 from functools import partial
 from itertools import groupby
@@ -25,7 +26,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from delift_jax.errors import DeliftError
+from delift_jax.errors import DeliftError, UsageError
 
 DATA_AXIS = "data"
 MODEL_AXIS = "model"
@@ -41,6 +42,27 @@ def data_mesh(devices: Sequence | None = None, *, all_processes: bool = False) -
     if not devices:
         raise DeliftError("no devices to build a mesh from")
     return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+_CURRENT: list[Mesh] = []
+
+
+@contextlib.contextmanager
+def inference_mesh(mesh: Mesh | None):
+    """Within the block, scoring and the kernel's pair engine run on ``mesh`` when their caller names none (how
+    ``delift run --mesh`` reaches the kernels and NLL scoring of every method). None: no change."""
+    if mesh is not None:
+        _CURRENT.append(mesh)
+    try:
+        yield mesh
+    finally:
+        if mesh is not None:
+            _CURRENT.remove(mesh)
+
+
+def current_mesh() -> Mesh:
+    """The innermost ``inference_mesh``, else a data mesh over this process's devices."""
+    return _CURRENT[-1] if _CURRENT else data_mesh()
 
 
 def model_mesh(data: int, model: int, devices: Sequence | None = None) -> Mesh:
@@ -61,6 +83,17 @@ def parse_mesh(text: str, devices: Sequence | None = None) -> Mesh:
             raise DeliftError(f"mesh {text!r}: write axes as data=N,model=M (got {part!r})")
         sizes[name] = int(value)
     return model_mesh(sizes[DATA_AXIS], sizes[MODEL_AXIS], devices)
+
+
+def mesh_option(text: str, devices: Sequence | None = None) -> Mesh:
+    """The mesh of a ``--mesh data=D,model=M`` option: well formed, and D*M equal to the number of ``devices``
+    (default: this process's), so that no device is silently left idle."""
+    devices = list(jax.local_devices() if devices is None else devices)
+    mesh = parse_mesh(text, devices)
+    if mesh.size != len(devices):
+        raise UsageError(f"--mesh {text}: data x model = {mesh.size} devices, but this process has {len(devices)}; "
+                         f"choose sizes whose product is {len(devices)}")
+    return mesh
 
 
 # Logical axes per parameter, by dotted path. LoRA adapters wrap a projection: its frozen kernel is

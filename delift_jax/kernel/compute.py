@@ -34,7 +34,7 @@ from delift_jax.kernel.plan import KernelPlan, plan_blocks, plan_kernel, plan_pa
 from delift_jax.kernel.sparse import effective_top_k, sparse_neighbours
 from delift_jax.kernel.store import DamagedFileError, KernelStore
 from delift_jax.scoring import mean_log_prob, rms_distance
-from delift_jax.sharding import data_mesh, data_mesh_of
+from delift_jax.sharding import current_mesh, data_mesh_of
 
 __all__ = ["KernelResult", "utility_kernel", "model_fingerprint", "data_fingerprint", "tokens_fingerprint",
            "plan_pairs", "plan_blocks"]
@@ -68,7 +68,8 @@ def utility_kernel(model, tokenizer, targets: Sequence[Example], candidates: Seq
     demonstration); None for the square kernel of a pool against itself. out_dir: the crash-safe store
     (rerun to resume; several processes may share it); None computes in a temporary directory. embeddings:
     (targets, candidates) matrices for the sparse mode's similarity (default: mean-pooled hidden states of
-    ``model``). mesh: a data mesh (``sharding.data_mesh``, the default: this process's devices) or a ``(data,
+    ``model``). mesh: a data mesh (``sharding.data_mesh``; the default is ``sharding.current_mesh()``: this
+    process's devices unless inside ``sharding.inference_mesh``) or a ``(data,
     model)`` mesh (``sharding.model_mesh`` / ``parse_mesh``) on which the pair engine splits the parameters by
     ``sharding.FSDP_TP_RULES`` (the sparse mode's embeddings stay data parallel over all of its devices).
     max_pairs: refuse plans with more pairs. Returns the result on the process that assembles it
@@ -78,7 +79,7 @@ def utility_kernel(model, tokenizer, targets: Sequence[Example], candidates: Seq
     candidate_list = list(targets) if square else list(candidates)
     _check_inputs(targets, candidate_list, square, config)
     job = _Job(model, tokenizer, list(targets), candidate_list, square,
-               effective_top_k(config, len(candidate_list), square), mesh or data_mesh(), embeddings, max_pairs,
+               effective_top_k(config, len(candidate_list), square), mesh or current_mesh(), embeddings, max_pairs,
                progress, wait_timeout_s)
     if out_dir is not None:
         return _run(job, KernelStore(out_dir), in_memory=False)

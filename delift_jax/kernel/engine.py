@@ -33,7 +33,7 @@ from delift_jax.kernel.packing import Item, PackingSizes, Unit, UnitShape, pack_
 from delift_jax.kernel.pairs import PairSequences
 from delift_jax.models.llama import KVPrefix
 from delift_jax.scoring import mean_log_prob, rms_distance, target_logprobs
-from delift_jax.sharding import (calls_by_shape, constrain_kv, data_mesh, data_size, per_device, place_params,
+from delift_jax.sharding import (calls_by_shape, constrain_kv, current_mesh, data_size, per_device, place_params,
                                  sharded_program, split_rows)
 
 # On CPUs smaller calls run more tokens per CPU-second (activations stay in cache; 2-core EPYC shared with other
@@ -148,7 +148,7 @@ class PairScorer:
 
     def __init__(self, model, config: KernelConfig, *, mesh: Mesh | None = None):
         self.config = config
-        self.mesh = mesh or data_mesh()
+        self.mesh = mesh or current_mesh()
         self.graphdef, state = nnx.split(model)
         self.state = place_params(state, self.mesh)  # replicated on a data mesh, split by the rules otherwise
         self._program = sharded_program(_unit_logprobs, (self.graphdef, self.mesh, config.logits_chunk), self.mesh,
