@@ -14,6 +14,8 @@ PMI utility is a mean of log p differences, and U subtracts two such distances: 
 A (D, 1) mesh runs the data-parallel program unchanged (FSDP only gathers), so it must be bit-identical.
 """
 
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -21,12 +23,13 @@ from jax.sharding import PartitionSpec as P
 
 from delift_jax.cli import main
 from delift_jax.kernel import KernelConfig, utility_kernel
-from delift_jax.kernel.engine import PairScorer
+from delift_jax.kernel.engine import _UNIT_FIELDS, PairScorer, _empty_unit
+from delift_jax.kernel.packing import UnitShape
 from delift_jax.kernel.pairs import build_pair_sequences, full_sequences_for
 from delift_jax.kernel.compute import plan_pairs
 from delift_jax.scoring import ScoringConfig, TeacherForcedScorer, no_example_sequences
-from delift_jax.sharding import (data_mesh, dotted_name, inference_mesh, current_mesh, kv_spec, mesh_option,
-                                 model_mesh)
+from delift_jax.sharding import (current_mesh, data_mesh, data_size, dotted_name, inference_mesh, kv_spec,
+                                 mesh_option, model_mesh, split_rows)
 from delift_jax.errors import DeliftError
 from examples import EXAMPLES
 
@@ -86,6 +89,19 @@ def test_parameters_are_split_over_the_model_axis(tiny_llama):
     assert kv_spec(model_mesh(2, 2), 2) == P(None, None, None, "model", None)
     assert kv_spec(model_mesh(1, 4), 2) == P(None, None, None, None, None)
     assert kv_spec(data_mesh(), 2) == P(None, None, None, None, None)
+
+
+@pytest.mark.parametrize("shape, constrained", [((2, 2), 2), ((1, 4), 0)])
+def test_prefix_keys_values_are_held_split_over_kv_heads(tiny_llama, shape, constrained):
+    """The lowered unit program pins the stacked prefix keys and values [layers, 1, p, kv_heads, head_dim] to the
+    model axis along the KV heads (lowering only, nothing compiled)."""
+    mesh = model_mesh(*shape)
+    scorer = PairScorer(tiny_llama[2], KernelConfig(max_length=256), mesh=mesh)
+    empty = _empty_unit(UnitShape(prefix=8, rows=2, length=16, scored=4))
+    arrays = [split_rows(np.stack([getattr(empty, f)] * data_size(mesh)), mesh) for f in _UNIT_FIELDS]
+    text = scorer._program.lower(scorer.state, *arrays).as_text()
+    pinned = r'sharding_constraint %\S+ <@mesh, \[\{\}, \{\}, \{\}, \{"model"\}, \{\}\]> : tensor<2x1x8x2x16x'
+    assert len(re.findall(pinned, text)) == constrained  # keys and values
 
 
 @pytest.fixture(scope="module")
