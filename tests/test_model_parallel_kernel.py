@@ -187,3 +187,16 @@ def test_distance_default_comes_from_kernel_config():
         assert parser.parse_args(argv).distance is None
     kernel_help = parser._subparsers._group_actions[0].choices["kernel"].format_help()
     assert f"(default {KernelConfig.distance})" in " ".join(kernel_help.split())
+
+
+def test_run_use_case_runs_its_stages_inside_the_mesh(monkeypatch):
+    """``run_use_case(mesh=...)`` (``delift run --mesh``) makes the mesh the default of every kernel and scorer of
+    the run, and only for the run."""
+    from delift_jax.pipeline import run as run_module
+
+    seen = []
+    monkeypatch.setattr(run_module, "_run_use_case", lambda *args: seen.append(current_mesh()) or {})
+    mesh = model_mesh(2, 2)
+    run_module.run_use_case("model", "data", use_case="instruction", budget=0.3, methods=("random",), out_dir="x",
+                            mesh=mesh)
+    assert seen == [mesh] and current_mesh() is not mesh
