@@ -3,7 +3,8 @@
 One jitted function per (batch, length, scored-length) bucket; logits are computed only at the positions that
 predict scored tokens (never over the whole vocabulary at every position), in chunks so that at most
 ``logits_chunk x vocab`` float32 logits exist at once. Batches are sharded over the ``"data"`` axis of a device
-mesh, so the same code runs on one CPU or many accelerators.
+mesh, so the same code runs on one CPU or many accelerators; on a ``(data, model)`` mesh the parameters are split
+by ``sharding.FSDP_TP_RULES`` and each batch runs tensor parallel over its ``model`` devices.
 
 Distances (DESIGN §1.2), over the scored tokens of one sequence:
   rms:   d = sqrt(mean_t (1 - p_t)^2)            (0 if nothing is scored)
@@ -28,7 +29,8 @@ from delift_jax.data.templates import DEFAULT_TEMPLATES, Templates
 from delift_jax.data.tokenize import (ScoredSequence, bucket_for, build_sequence, encode_ids, eos_token_id,
                                       length_ladder, pad_batch)
 from delift_jax.errors import DataError
-from delift_jax.sharding import calls_by_shape, data_mesh, per_device, replicate, split_rows
+from delift_jax.sharding import (calls_by_shape, current_mesh, data_size, per_device, place_params, sharded_program,
+                                 split_rows)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,14 +101,10 @@ def _response_logprobs(graphdef, mesh, chunk, state, tokens, valid, score_index,
 
 
 def make_response_logprobs_fn(max_traces: int | None = None) -> Callable:
-    """The jitted scoring function. ``max_traces`` wraps it in ``chex.assert_max_traces`` (tests use it)."""
-    fn = _response_logprobs
-    if max_traces is not None:
-        fn = chex.assert_max_traces(fn, n=max_traces)
-    return jax.jit(fn, static_argnums=(0, 1, 2))
-
-
-_RESPONSE_LOGPROBS = make_response_logprobs_fn()  # shared, so its compilation cache outlives any one scorer
+    """The scoring function to jit (``sharding.sharded_program``). ``max_traces`` wraps it in
+    ``chex.assert_max_traces`` (tests use it); without it the one shared function is returned, so its compiled
+    programs outlive any one scorer."""
+    return _response_logprobs if max_traces is None else chex.assert_max_traces(_response_logprobs, n=max_traces)
 
 
 class TeacherForcedScorer:
@@ -119,12 +117,13 @@ class TeacherForcedScorer:
     def __init__(self, model, config: ScoringConfig = ScoringConfig(), *, mesh: Mesh | None = None,
                  max_traces: int | None = None):
         self.config = config
-        self.mesh = mesh or data_mesh()
+        self.mesh = mesh or current_mesh()
         self.graphdef, state = nnx.split(model)
-        self.state = replicate(state, self.mesh)
+        self.state = place_params(state, self.mesh)  # replicated on a data mesh, split by the rules otherwise
         self.length_buckets = length_ladder(config.max_length)
         self.scored_buckets = length_ladder(config.max_length, smallest=16)
-        self._fn = _RESPONSE_LOGPROBS if max_traces is None else make_response_logprobs_fn(max_traces)
+        self._fn = sharded_program(make_response_logprobs_fn(max_traces),
+                                   (self.graphdef, self.mesh, config.logits_chunk), self.mesh, self.state, 4)
 
     def plan(self, sequences: Sequence[ScoredSequence]) -> list[tuple[list[int], int, int]]:
         """Length-sorted batches: (row indices, bucket length, bucket scored length)."""
@@ -142,13 +141,12 @@ class TeacherForcedScorer:
         out: list[np.ndarray | None] = [None] * len(sequences)
         with _progress_bar(sum(len(s) for s in sequences), progress, "scoring") as bar:  # closed on Ctrl-C too
             size = self.config.batch_size
-            calls = calls_by_shape(self.plan(sequences), lambda batch: batch[1:], self.mesh.size)
+            calls = calls_by_shape(self.plan(sequences), lambda batch: batch[1:], data_size(self.mesh))
             for (length, scored), batches in calls:
                 padded = [pad_batch([sequences[i] for i in rows], size, length, scored) for rows, _, _ in batches]
-                padded += [pad_batch([], size, length, scored)] * (self.mesh.size - len(padded))
+                padded += [pad_batch([], size, length, scored)] * (data_size(self.mesh) - len(padded))
                 stack = lambda field: split_rows(np.concatenate([getattr(p, field) for p in padded]), self.mesh)
-                logp = np.asarray(self._fn(self.graphdef, self.mesh, self.config.logits_chunk, self.state,
-                                           stack("tokens"), stack("valid"), stack("score_index"),
+                logp = np.asarray(self._fn(self.state, stack("tokens"), stack("valid"), stack("score_index"),
                                            stack("score_target")))
                 for b, (rows, _, _) in enumerate(batches):
                     for row, i in enumerate(rows):

@@ -6,7 +6,7 @@ import argparse
 import sys
 import warnings
 
-from delift_jax.kernel.config import DISTANCES, NORMALIZATIONS
+from delift_jax.kernel.config import DISTANCES, NORMALIZATIONS, KernelConfig
 from delift_jax.data.sources import add_data_arguments
 from delift_jax.models.loading import DEFAULT_MODEL
 
@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "gives the columns (candidates): U[target, pool example]")
     parser.add_argument("--limit", type=int, default=None, help="use the first N examples of each set")
     parser.add_argument("--out", required=True, help="kernel directory (created; resumed if it exists)")
-    parser.add_argument("--distance", choices=DISTANCES, default="rms", help="rms (paper, default) or pmi")
+    parser.add_argument("--distance", choices=DISTANCES, default=None,
+                        help=f"rms (the paper's) or pmi (default {KernelConfig.distance})")
     parser.add_argument("--normalization", choices=NORMALIZATIONS, default="minmax",
                         help="global normalization of U (default minmax, the authors')")
     parser.add_argument("--exclude-diagonal", action="store_true",
@@ -46,6 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coordinator", default=None,
                         help="multi-host: coordinator HOST:PORT for jax.distributed (with --num-processes, "
                              "--process-id); every process writes its share of blocks into the same --out")
+    parser.add_argument("--mesh", default=None, metavar="data=D,model=M",
+                        help="device mesh of this process's devices (D*M of them): the pair engine splits the "
+                             "parameters over 'model' (tensor parallel) and 'data' (FSDP) and runs pairs over "
+                             "'data' (default: data parallel over every device, parameters replicated)")
     parser.add_argument("--num-processes", type=int, default=1)
     parser.add_argument("--process-id", type=int, default=0)
     add_data_arguments(parser)
@@ -58,11 +63,14 @@ def run(args: argparse.Namespace) -> int:
     from delift_jax.data.sources import data_options, load_examples
     from delift_jax.kernel import KernelConfig, utility_kernel
     from delift_jax.models import load_model
+    from delift_jax.sharding import mesh_option
 
     if args.coordinator:
         jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes,
                                    process_id=args.process_id)
-    config = KernelConfig(distance=args.distance, normalization=args.normalization,
+    mesh = mesh_option(args.mesh) if args.mesh else None  # a bad spec fails before anything is loaded
+    distance = {} if args.distance is None else {"distance": args.distance}  # None: KernelConfig's default
+    config = KernelConfig(**distance, normalization=args.normalization,
                           exclude_diagonal=args.exclude_diagonal, max_length=args.max_length,
                           max_response_tokens=args.max_response_tokens, batch_size=args.batch_size,
                           block_pairs=args.block_pairs, top_k=args.top_k, neighbours=args.neighbours)
@@ -73,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning
-            result = utility_kernel(model, tokenizer, targets, candidates, config, out_dir=args.out,
+            result = utility_kernel(model, tokenizer, targets, candidates, config, out_dir=args.out, mesh=mesh,
                                     max_pairs=args.max_pairs, progress=True)
     except KeyboardInterrupt:  # the progress bar is closed by now, so this line stands on its own
         print(f"interrupted: finished blocks are saved in {args.out}; rerun the same command to resume",

@@ -34,7 +34,7 @@ from delift_jax.kernel.plan import KernelPlan, plan_blocks, plan_kernel, plan_pa
 from delift_jax.kernel.sparse import effective_top_k, sparse_neighbours
 from delift_jax.kernel.store import DamagedFileError, KernelStore
 from delift_jax.scoring import mean_log_prob, rms_distance
-from delift_jax.sharding import data_mesh
+from delift_jax.sharding import current_mesh, data_mesh_of
 
 __all__ = ["KernelResult", "utility_kernel", "model_fingerprint", "data_fingerprint", "tokens_fingerprint",
            "plan_pairs", "plan_blocks"]
@@ -68,14 +68,18 @@ def utility_kernel(model, tokenizer, targets: Sequence[Example], candidates: Seq
     demonstration); None for the square kernel of a pool against itself. out_dir: the crash-safe store
     (rerun to resume; several processes may share it); None computes in a temporary directory. embeddings:
     (targets, candidates) matrices for the sparse mode's similarity (default: mean-pooled hidden states of
-    ``model``). max_pairs: refuse plans with more pairs. Returns the result on the process that assembles it
+    ``model``). mesh: a data mesh (``sharding.data_mesh``; the default is ``sharding.current_mesh()``: this
+    process's devices unless inside ``sharding.inference_mesh``) or a ``(data,
+    model)`` mesh (``sharding.model_mesh`` / ``parse_mesh``) on which the pair engine splits the parameters by
+    ``sharding.FSDP_TP_RULES`` (the sparse mode's embeddings stay data parallel over all of its devices).
+    max_pairs: refuse plans with more pairs. Returns the result on the process that assembles it
     (process 0), None on the others.
     """
     square = candidates is None
     candidate_list = list(targets) if square else list(candidates)
     _check_inputs(targets, candidate_list, square, config)
     job = _Job(model, tokenizer, list(targets), candidate_list, square,
-               effective_top_k(config, len(candidate_list), square), mesh or data_mesh(), embeddings, max_pairs,
+               effective_top_k(config, len(candidate_list), square), mesh or current_mesh(), embeddings, max_pairs,
                progress, wait_timeout_s)
     if out_dir is not None:
         return _run(job, KernelStore(out_dir), in_memory=False)
@@ -183,8 +187,9 @@ def _neighbours(job: _Job, store: KernelStore, seqs) -> np.ndarray:
     """Top-k candidates per target. A resumed run reuses the stored ones, so its pairs cannot drift."""
     if store.read_manifest() is not None and store.has("neighbours.npy"):
         return store.load_npy("neighbours.npy")
+    # Embeddings and the neighbour search stay data parallel: one data axis over every device of the mesh.
     return sparse_neighbours(job.model, job.tokenizer, seqs, job.targets, job.candidates, job.square, job.config,
-                             job.embeddings, job.mesh)
+                             job.embeddings, data_mesh_of(job.mesh))
 
 
 def _block_pairs(job: _Job, store: KernelStore, seqs, neighbours: np.ndarray | None) -> int:

@@ -5,7 +5,9 @@ row and thousands of continuation tokens packed several to a row. One jitted pro
 demonstrations, keeps their keys/values on the device, runs every continuation against its own candidate's
 keys/values (shared by all rows, never copied per row) and projects onto the vocabulary only at scored
 positions. Each device runs one unit per call under ``shard_map`` over the mesh axis ``"data"``; calls are
-dispatched asynchronously and the next call is prepared while the current one runs.
+dispatched asynchronously and the next call is prepared while the current one runs. On a ``(data, model)`` mesh
+the parameters are split by ``sharding.FSDP_TP_RULES`` and each unit runs tensor parallel over its ``model``
+devices, its demonstrations' keys/values held split over the KV heads (``sharding.kv_spec``).
 
 The unit size (continuation tokens per device per call) comes from ``KernelConfig.tokens_per_call`` or, when
 that is None, from the device's free memory (a fixed size on CPUs, which report none). Every unit of a row
@@ -31,7 +33,8 @@ from delift_jax.kernel.packing import Item, PackingSizes, Unit, UnitShape, pack_
 from delift_jax.kernel.pairs import PairSequences
 from delift_jax.models.llama import KVPrefix
 from delift_jax.scoring import mean_log_prob, rms_distance, target_logprobs
-from delift_jax.sharding import calls_by_shape, data_mesh, per_device, replicate, split_rows
+from delift_jax.sharding import (calls_by_shape, constrain_kv, current_mesh, data_size, per_device, place_params,
+                                 sharded_program, split_rows)
 
 # On CPUs smaller calls run more tokens per CPU-second (activations stay in cache; 2-core EPYC shared with other
 # jobs, 16 x 4 short pairs: 1024 tokens 24.1 CPU-s, 2048 26.9, 4096 28.8, 512 27.6), but every unit recomputes
@@ -44,12 +47,13 @@ _UNIT_FIELDS = ("prefix_tokens", "prefix_positions", "prefix_segments", "tokens"
                 "row_prefix", "score_index", "score_target")
 
 
-def _one_unit(model, chunk, prefix_tokens_p, prefix_positions_p, prefix_segments_p, tokens_bt, positions_bt,
-              segments_bt, row_prefix_b, score_index_s, score_target_s):
+def _one_unit(model, mesh, chunk, prefix_tokens_p, prefix_positions_p, prefix_segments_p, tokens_bt,
+              positions_bt, segments_bt, row_prefix_b, score_index_s, score_target_s):
     """log p of the unit's scored tokens ``[s]``: demonstrations first, then the continuations attending to them."""
     _, (keys, values) = model(prefix_tokens_p[None], positions_bt=prefix_positions_p[None],
                               valid_bt=prefix_segments_p[None] > 0, segments_bt=prefix_segments_p[None],
                               stacked_kv=True)
+    keys, values = constrain_kv(mesh, model.config.num_kv_heads, keys, values)
     # One copy of the prefix keys/values serves every row; a row sees only its own candidate's demonstration.
     row_valid_bp = (prefix_segments_p[None, :] == row_prefix_b[:, None]) & (row_prefix_b[:, None] > 0)
     prefix = KVPrefix(keys=keys, values=values, positions=prefix_positions_p[None], valid=row_valid_bp)
@@ -65,12 +69,12 @@ def _unit_logprobs(graphdef, mesh, chunk, state, *unit_arrays):
 
     def on_device(state, *local):
         model = nnx.merge(graphdef, state)
-        return _one_unit(model, chunk, *(a[0] for a in local))[None]
+        return _one_unit(model, mesh, chunk, *(a[0] for a in local))[None]
 
     return per_device(on_device, mesh, n_replicated=1)(state, *unit_arrays)
 
 
-_UNIT_LOGPROBS = jax.jit(_unit_logprobs, static_argnums=(0, 1, 2))
+_UNIT_LOGPROBS = jax.jit(_unit_logprobs, static_argnums=(0, 1, 2))  # for lowering by hand (scripts/bench_compile.py)
 
 
 def tokens_per_call_for(model_config, mesh: Mesh, dtype) -> int:
@@ -144,9 +148,11 @@ class PairScorer:
 
     def __init__(self, model, config: KernelConfig, *, mesh: Mesh | None = None):
         self.config = config
-        self.mesh = mesh or data_mesh()
+        self.mesh = mesh or current_mesh()
         self.graphdef, state = nnx.split(model)
-        self.state = replicate(state, self.mesh)
+        self.state = place_params(state, self.mesh)  # replicated on a data mesh, split by the rules otherwise
+        self._program = sharded_program(_unit_logprobs, (self.graphdef, self.mesh, config.logits_chunk), self.mesh,
+                                        self.state, len(_UNIT_FIELDS))
         tokens = config.tokens_per_call or tokens_per_call_for(model.config, self.mesh, model.dtype)
         self.sizes = PackingSizes(tokens_per_unit=tokens, max_length=config.max_length)
         self.profile = StageTimes()
@@ -186,7 +192,7 @@ class PairScorer:
             times.count(units)
         out: list[np.ndarray | None] = [None] * len(items)
         pending: collections.deque = collections.deque()
-        for shape, call_units in calls_by_shape(units, lambda unit: unit.shape, self.mesh.size):
+        for shape, call_units in calls_by_shape(units, lambda unit: unit.shape, data_size(self.mesh)):
             pending.append((call_units, self._dispatch(shape, call_units)))
             if len(pending) > 1:  # the device already has the next call queued while this one is read back
                 self._collect(*pending.popleft(), out, on_progress)
@@ -198,13 +204,12 @@ class PairScorer:
         """Stack the call's units (empty units fill the mesh), put them on the devices, start the call."""
         started = time.perf_counter()
         empty = _empty_unit(shape)
-        stacked = [np.stack([getattr(u, f) for u in call_units] + [getattr(empty, f)] * (self.mesh.size -
-                                                                                       len(call_units)))
-                   for f in _UNIT_FIELDS]
+        fill = data_size(self.mesh) - len(call_units)
+        stacked = [np.stack([getattr(u, f) for u in call_units] + [getattr(empty, f)] * fill) for f in _UNIT_FIELDS]
         arrays = [split_rows(a, self.mesh) for a in stacked]
         self._add("stack + transfer (host)", time.perf_counter() - started)
         started = time.perf_counter()
-        result = _UNIT_LOGPROBS(self.graphdef, self.mesh, self.config.logits_chunk, self.state, *arrays)
+        result = self._program(self.state, *arrays)
         stage = "dispatch" if shape in self.profile.shapes else "dispatch, first call of a shape (may compile)"
         self._add(stage, time.perf_counter() - started)
         for times in [self.profile, *_RECORDERS]:

@@ -21,11 +21,13 @@ from pathlib import Path
 from delift_jax.budget import parse_budget
 from delift_jax.data.sources import add_data_arguments
 from delift_jax.errors import DataError, NonFiniteError
+from delift_jax.kernel.config import DISTANCES, KernelConfig
 from delift_jax.models.loading import DEFAULT_MODEL
 from delift_jax.pipeline.config import RunConfig, RunInputs, check_methods, load_run_file, parse_split
 from delift_jax.pipeline.results import failed_methods
 from delift_jax.pipeline.run import run_use_case
 from delift_jax.progress import show_progress
+from delift_jax.sharding import mesh_option
 
 # flag (argparse dest) -> the RunConfig keys it sets (a tuple of keys is a path into a nested table), conversion
 CONFIG_FLAGS = {
@@ -95,7 +97,11 @@ def _add_stage_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--kernel-max-length", type=int, help="longest kernel sequence (default 2048)")
     group.add_argument("--max-response-tokens", type=int,
                        help="score only the first N response tokens in the kernel (default: all)")
-    group.add_argument("--distance", choices=("rms", "pmi"), help="kernel distance (default rms)")
+    group.add_argument("--distance", choices=DISTANCES, help=f"kernel distance (default {KernelConfig.distance})")
+    group.add_argument("--mesh", metavar="data=D,model=M",
+                       help="device mesh for the kernels and teacher-forced scoring (D*M = this process's devices): "
+                            "parameters split over 'model' (tensor parallel) and 'data' (FSDP); default: data "
+                            "parallel, parameters replicated. Fine-tuning and generation are not affected")
     group.add_argument("--top-k", type=int, metavar="K",
                        help="sparse mode: score only each example's K most similar candidates (n*K pairs instead of "
                             "n^2; default: dense)")
@@ -162,10 +168,11 @@ def resolve_run(args: argparse.Namespace, defaults: dict | None = None, input_de
 
 def run(args: argparse.Namespace) -> int:
     config, inputs = resolve_run(args)  # bad settings fail here, before any loading
+    mesh = mesh_option(args.mesh) if getattr(args, "mesh", None) else None
     results = run_use_case(inputs.model, inputs.data, use_case=config.use_case, budget=config.budget,
                            methods=config.methods, out_dir=args.out, targets=inputs.target, existing=inputs.existing,
                            config=config, data_options=inputs.data_options(), echo=print,
-                           progress=show_progress(args.progress))
+                           progress=show_progress(args.progress), mesh=mesh)
     print((Path(args.out) / "results.md").read_text(encoding="utf-8"), end="")
     failed = failed_methods(results)
     if failed:

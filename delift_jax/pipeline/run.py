@@ -13,6 +13,8 @@ import dataclasses
 import logging
 from typing import Callable
 
+from jax.sharding import Mesh
+
 from delift_jax.budget import resolve_budget as resolve_k  # noqa: F401  (the run's budget rule lives in budget.py)
 from delift_jax.errors import DataError
 from delift_jax.evaluate.pipeline import EvalSetup
@@ -26,6 +28,7 @@ from delift_jax.pipeline.splits import Splits, make_splits
 from delift_jax.pipeline.writer import RunWriter
 from delift_jax.progress import show_progress
 from delift_jax.scoring import ScoringConfig
+from delift_jax.sharding import inference_mesh
 
 log = logging.getLogger("delift_jax.pipeline")
 ENCODER_METHODS = ("delift_se", "deft_ucs")
@@ -79,7 +82,8 @@ def make_context(model, tokenizer, config: RunConfig, progress: bool, echo) -> R
 
 def run_use_case(model_source, data, *, use_case: str, budget, methods, out_dir, targets=None, existing=None,
                  config: RunConfig | None = None, data_options: dict | None = None, model=None, tokenizer=None,
-                 echo: Callable[[str], None] | None = None, progress: bool | None = None, **settings) -> dict:
+                 echo: Callable[[str], None] | None = None, progress: bool | None = None, mesh: Mesh | None = None,
+                 **settings) -> dict:
     """Run ``methods`` on one use case; returns the results dict also written to ``out_dir/results.json``.
 
     model_source: HF directory, .gguf or "smollm2" (ignored when ``model`` and ``tokenizer`` are given).
@@ -88,8 +92,17 @@ def run_use_case(model_source, data, *, use_case: str, budget, methods, out_dir,
     Face ``datasets.Dataset``. config: a ``RunConfig`` (defaults documented there); ``settings`` override its
     fields. data_options: ``load_dataset`` keywords (fields, dedupe, drop_empty) for the pool (the target and
     existing sets are read with format detection and the same dedupe / drop_empty). echo: progress lines (default:
-    none). progress: progress bars (default: on when stderr is a terminal).
+    none). progress: progress bars (default: on when stderr is a terminal). mesh: the device mesh of the kernels and
+    teacher-forced scoring (``sharding.inference_mesh``; a ``(data, model)`` mesh splits the parameters); None:
+    data parallel over this process's devices. Fine-tuning and generation do not use it.
     """
+    with inference_mesh(mesh):
+        return _run_use_case(model_source, data, use_case, budget, methods, out_dir, targets, existing, config,
+                             data_options, model, tokenizer, echo, progress, settings)
+
+
+def _run_use_case(model_source, data, use_case, budget, methods, out_dir, targets, existing, config, data_options,
+                  model, tokenizer, echo, progress, settings) -> dict:
     echo = echo or (lambda line: None)
     progress = show_progress(progress)
     config = dataclasses.replace(config or RunConfig(), use_case=use_case, budget=budget, methods=methods,
