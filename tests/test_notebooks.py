@@ -4,7 +4,6 @@ exactly what notebooks/build_notebooks.py writes, with outputs cleared."""
 
 import importlib.util
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -47,10 +46,7 @@ def test_notebook_runs(name, tiny_llama, tmp_path, monkeypatch):
     notebook = nbformat.read(str(NOTEBOOKS / name), as_version=4)
     client = nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
-    start = time.perf_counter()
-    client.execute()  # raises CellExecutionError with the failing cell's traceback
-    seconds = time.perf_counter() - start
-    assert seconds < 90, f"{name} took {seconds:.1f} s with tiny settings"
+    client.execute()  # raises CellExecutionError with the failing cell's traceback (each cell has 120 s)
 
     images = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs
               if o.get("output_type") == "display_data" and "image/png" in o.get("data", {})]
