@@ -1,14 +1,18 @@
 """Kernel inputs at the edges: top-k clamping, dense/sparse store mix-ups, estimates of truncated runs."""
 
+from types import SimpleNamespace
+
+import jax
 import numpy as np
 import pytest
 
 from delift_jax.data import Example
 from delift_jax.kernel import KernelConfig, KernelStoreMismatchError, utility_kernel
+from delift_jax.kernel.compute import _plan_message
 from delift_jax.kernel.estimate import estimate_run
 from delift_jax.kernel.pairs import build_pair_sequences
 from delift_jax.kernel.plan import plan_pairs
-from delift_jax.sharding import data_mesh
+from delift_jax.sharding import data_mesh, model_mesh
 from test_kernel import POOL
 
 
@@ -50,3 +54,24 @@ def test_estimate_counts_sequences_as_truncated(tiny_llama):
     assert estimates[0].memory_mb == estimates[1].memory_mb
     assert estimates[0].tokens == estimates[1].tokens
     assert estimates[1].tokens <= (9 + 3 + 3) * config.max_length
+
+
+def test_estimate_counts_one_unit_per_data_index_on_a_model_mesh(tiny_llama):
+    """A call runs one pair unit per index of ``data`` (on (2, 2): 2 units, each split over 2 model devices), so
+    the estimated memory is that of 2 units side by side (as a 2-device data mesh), not 4; the time still assumes
+    all 4 devices compute."""
+    _, _, model, tokenizer = tiny_llama
+    config = KernelConfig(max_length=256, max_response_tokens=8)
+    seqs = build_pair_sequences(tokenizer, POOL[:3], POOL[:3], config)
+    pairs = plan_pairs(3, 3, None)
+    one, two, four = (estimate_run(model, seqs, pairs, config, data_mesh(jax.devices()[:n])) for n in (1, 2, 4))
+    unit_mb = two.memory_mb - one.memory_mb  # one more unit per call
+    assert unit_mb > 0 and four.memory_mb == pytest.approx(one.memory_mb + 3 * unit_mb, rel=1e-12)
+    on_mesh = estimate_run(model, seqs, pairs, config, model_mesh(2, 2))
+    assert on_mesh.memory_mb == pytest.approx(one.memory_mb + unit_mb, rel=1e-12)
+    assert (on_mesh.seconds, on_mesh.assumed_tflops, on_mesh.flops) == (four.seconds, four.assumed_tflops, four.flops)
+    # The printed plan line carries the 2-unit figure (here ~6 MB; 4 units would print ~9 MB).
+    plan = SimpleNamespace(n_blocks=1, block_pairs=len(pairs))
+    store = SimpleNamespace(finished_blocks=lambda: set(), directory="store")
+    assert f"memory ~{two.memory_mb:,.0f} MB;" in _plan_message(on_mesh, plan, store, 0, 1)
+    assert f"{two.memory_mb:,.0f}" != f"{four.memory_mb:,.0f}"

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from delift_jax.sharding import data_size
+
 # Fraction of the measured matmul peak a transformer forward reaches on CPUs (measured here: ~0.2-0.4).
 ASSUMED_EFFICIENCY = 0.3
 
@@ -83,7 +85,9 @@ def demonstration_bytes(model, seqs, config) -> int:
 
 def estimate_run(model, seqs, pairs: np.ndarray, config, mesh) -> RunEstimate:
     """Forward passes, tokens, FLOPs, peak memory and time of scoring ``pairs``, with every sequence capped at
-    ``max_length`` as the scorer truncates it."""
+    ``max_length`` as the scorer truncates it. A call runs one unit per index of the mesh's ``"data"`` axis (its
+    size; every device on a 1-D data mesh): memory counts that many units' activations and demonstrations, while
+    time assumes every device computes (a unit is split over its ``"model"`` devices)."""
     cfg = model.config
     prefix_lens, cont_lens, scored = _capped_lengths(seqs, config.max_length)
     no_example = int(sum(len(s) for s in seqs.no_example))  # already truncated to max_length
@@ -95,7 +99,7 @@ def estimate_run(model, seqs, pairs: np.ndarray, config, mesh) -> RunEstimate:
              + forward_flops(cfg, prefix_tokens, 0)
              + forward_flops(cfg, no_example, int(scored.sum())))
     param_bytes = cfg.param_count() * jnp.dtype(model.dtype).itemsize
-    group = mesh.size
+    group = data_size(mesh)  # units one call runs side by side: one per "data" index (a unit spans its model devices)
     t_max = int(cont_lens.max()) if len(cont_lens) else 1
     p_max = int(prefix_lens.max()) if len(prefix_lens) else 1
     attended = min(t_max + p_max, config.max_length)

@@ -18,6 +18,7 @@ from delift_jax.evaluate.pipeline import EvalSetup, evaluate_model
 from delift_jax.methods import MethodSelection, get_method
 from delift_jax.pipeline.config import RunConfig
 from delift_jax.pipeline.splits import Splits
+from delift_jax.sharding import current_mesh
 from delift_jax.train import finetune, merged_copy
 
 
@@ -80,10 +81,12 @@ def select_subset(name: str, splits: Splits, context: RunContext, workspace: Wor
 
 
 def train_on(subset, context: RunContext, workspace: Workspace):
-    """(training summary, merged fine-tuned model) of the run's model fine-tuned on ``subset``."""
+    """(training summary, merged fine-tuned model) of the run's model fine-tuned on ``subset``, on the run's mesh
+    (``sharding.current_mesh``: ``delift run --mesh data=D,model=M`` places parameters by the FSDP + tensor-parallel
+    rules; by default a data mesh over this process's devices, as ``finetune``'s own default)."""
     train_config = dataclasses.replace(context.config.train, seed=context.config.seed)
     trained = finetune(context.model, context.tokenizer, list(subset), train_config, out_dir=workspace.train_dir,
-                       progress=context.progress)
+                       mesh=current_mesh(), progress=context.progress)
     return trained.summary(), merged_copy(trained.model)
 
 

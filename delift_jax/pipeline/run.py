@@ -92,9 +92,9 @@ def run_use_case(model_source, data, *, use_case: str, budget, methods, out_dir,
     Face ``datasets.Dataset``. config: a ``RunConfig`` (defaults documented there); ``settings`` override its
     fields. data_options: ``load_dataset`` keywords (fields, dedupe, drop_empty) for the pool (the target and
     existing sets are read with format detection and the same dedupe / drop_empty). echo: progress lines (default:
-    none). progress: progress bars (default: on when stderr is a terminal). mesh: the device mesh of the kernels and
-    teacher-forced scoring (``sharding.inference_mesh``; a ``(data, model)`` mesh splits the parameters); None:
-    data parallel over this process's devices. Fine-tuning and generation do not use it.
+    none). progress: progress bars (default: on when stderr is a terminal). mesh: the device mesh of the kernels,
+    teacher-forced scoring and fine-tuning (``sharding.inference_mesh``; a ``(data, model)`` mesh splits the
+    parameters); None: data parallel over this process's devices. Generation does not use it.
     """
     with inference_mesh(mesh):
         return _run_use_case(model_source, data, use_case, budget, methods, out_dir, targets, existing, config,

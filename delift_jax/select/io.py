@@ -78,6 +78,11 @@ class KernelSource:
         return (self.manifest.get("summary") or {}).get("normalization") if self.is_store else None
 
     @property
+    def distance(self) -> str | None:
+        """The distance its utilities were assembled with (``summary.distance``; None where not recorded)."""
+        return (self.manifest.get("summary") or {}).get("distance") if self.is_store else None
+
+    @property
     def exclude_diagonal(self) -> bool:
         return bool((self.manifest.get("summary") or {}).get("exclude_diagonal")) if self.is_store else False
 
@@ -248,12 +253,15 @@ def plan_scale(sources: list[KernelSource], mode: str = "common") -> tuple[list[
     """How to put kernels compared directly on one scale: (a Scale or None per source, a warning line or None).
 
     mode "common" re-normalizes min-maxed stores jointly from their raw utilities (all of them, on one formula,
-    unless every store's own range already is the common one); "stored" keeps them (with a warning if they were
-    min-maxed separately).
+    unless every store's own range already is the common one), and refuses stores whose manifests record
+    different distances (``summary.distance``); "stored" keeps them (with a warning if they were min-maxed
+    separately).
     """
     keep: list[Scale | None] = [None] * len(sources)
     if len({s.path.resolve() for s in sources}) < 2:
         return keep, None
+    if mode == "common":
+        _check_distances(sources)
     methods = [s.normalization for s in sources]
     if not any(m in MINMAX for m in methods):
         if all(s.is_store for s in sources) and len(set(methods)) > 1:
@@ -283,6 +291,20 @@ def plan_scale(sources: list[KernelSource], mode: str = "common") -> tuple[list[
     if all(f == joint for f in fits):
         return keep, None
     return [joint] * len(sources), None
+
+
+def _check_distances(sources: list[KernelSource]) -> None:
+    """Utilities of different distances (pmi: log-probability gains; rms: probability-distance gains) are not in
+    one unit, so no joint scale makes them comparable: one line naming both distances and the fix."""
+    known = [s for s in sources if s.distance is not None]
+    if len({s.distance for s in known}) < 2:
+        return
+    first, other = known[0], next(s for s in known if s.distance != known[0].distance)
+    raise SelectionError(
+        f"{first.label()} was computed with --distance {first.distance} and {other.label()} with --distance "
+        f"{other.distance}: their utilities are in different units and cannot be put on one scale; rerun one of "
+        f"them with --distance {first.distance} or --distance {other.distance} (`delift kernel` with the same "
+        "--out reuses its computed pairs)")
 
 
 def _names(sources) -> str:

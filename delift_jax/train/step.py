@@ -32,7 +32,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from delift_jax.scoring import target_logprobs
-from delift_jax.sharding import DATA_AXIS
+from delift_jax.sharding import DATA_AXIS, dotted_name
 
 BATCH_FIELDS = ("tokens", "valid", "score_index", "score_target", "score_valid")
 
@@ -60,21 +60,11 @@ class ModelSplit:
         return nnx.merge(self.graphdef, trainable, frozen)
 
 
-def _dotted(path) -> str:
-    parts = []
-    for key in path:
-        name = getattr(key, "key", getattr(key, "name", getattr(key, "idx", key)))
-        if name == "value":
-            continue
-        parts.append(str(name))
-    return ".".join(parts)
-
-
 def split_model(model, trainable=nnx.Param) -> tuple[ModelSplit, dict, Any]:
     """``(split, params, frozen)``: ``params`` is a flat dict of the variables ``trainable`` selects."""
     graphdef, trainable_state, frozen = nnx.split(model, trainable, ...)
     leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(trainable_state)
-    names = tuple(_dotted(path) for path, _ in leaves_with_path)
+    names = tuple(dotted_name(path) for path, _ in leaves_with_path)
     if len(set(names)) != len(names):
         raise RuntimeError("duplicate parameter names after flattening")
     params = {name: leaf for name, (_, leaf) in zip(names, leaves_with_path)}
@@ -195,7 +185,7 @@ def tree_shardings(tree, mesh: Mesh, param_spec: Callable | None = None):
             return NamedSharding(mesh, PartitionSpec())
         named = [k.key for k in path if isinstance(k, jax.tree_util.DictKey) and isinstance(k.key, str)
                  and "." in k.key]
-        return NamedSharding(mesh, param_spec(named[-1] if named else _dotted(path), tuple(leaf.shape)))
+        return NamedSharding(mesh, param_spec(named[-1] if named else dotted_name(path), tuple(leaf.shape)))
 
     return jax.tree_util.tree_map_with_path(sharding, tree)
 
