@@ -8,6 +8,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.delift-installed
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist, one test file per process at a time). 2 suits a 2-core machine; each process holds
+# a few GB, so raise it with care (`make test PYTEST_JOBS=4`).
+PYTEST_JOBS ?= 2
 
 .PHONY: install test demo bench clean
 
@@ -23,7 +26,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 test: install
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests -n $(PYTEST_JOBS) --dist loadfile $(PYTEST_ARGS)
 
 demo: install
 	$(VENV)/bin/delift demo
