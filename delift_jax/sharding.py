@@ -16,6 +16,7 @@ So results do not depend on the ``data`` size, and with ``model=1`` they equal t
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import re
 from functools import partial
@@ -223,7 +224,8 @@ def per_device(fn: Callable, mesh: Mesh, n_replicated: int) -> Callable:
     return wrapped
 
 
-_PROGRAMS: dict = {}
+_PROGRAMS: collections.OrderedDict = collections.OrderedDict()
+_MAX_PROGRAMS = 64  # least recently used beyond this are dropped: a long notebook would otherwise keep every model
 
 
 def sharded_program(fn: Callable, static: tuple, mesh: Mesh, state, n_split: int) -> Callable:
@@ -236,6 +238,9 @@ def sharded_program(fn: Callable, static: tuple, mesh: Mesh, state, n_split: int
         rows = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
         _PROGRAMS[key] = jax.jit(partial(fn, *static), in_shardings=(jax.tree.unflatten(treedef, leaves),)
                                  + (rows,) * n_split, out_shardings=rows)
+        if len(_PROGRAMS) > _MAX_PROGRAMS:
+            _PROGRAMS.popitem(last=False)
+    _PROGRAMS.move_to_end(key)
     return _PROGRAMS[key]
 
 
