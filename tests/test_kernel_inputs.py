@@ -75,3 +75,24 @@ def test_estimate_counts_one_unit_per_data_index_on_a_model_mesh(tiny_llama):
     store = SimpleNamespace(finished_blocks=lambda: set(), directory="store")
     assert f"memory ~{two.memory_mb:,.0f} MB;" in _plan_message(on_mesh, plan, store, 0, 1)
     assert f"{two.memory_mb:,.0f}" != f"{four.memory_mb:,.0f}"
+
+
+def test_large_dense_runs_get_the_sparse_mode_recommended(tiny_llama, monkeypatch, capsys):
+    """Above SPARSE_ADVICE_PAIRS a dense plan names the sparse mode with its projected time (same seconds per pair
+    for n·16 pairs); below it, and for sparse runs, nothing is said."""
+    from delift_jax.kernel import estimate as estimate_module
+    from delift_jax.kernel.estimate import RunEstimate, SPARSE_ADVICE_PAIRS, sparse_advice
+
+    big = RunEstimate(n_pairs=5_000_000, forward_passes=0, tokens=0, flops=0.0, memory_mb=0.0, seconds=360_000.0,
+                      assumed_tflops=0.0)
+    line = sparse_advice(big, 2_237, None)
+    assert "--top-k 16" in line and "35,792 pairs" in line and "~0.7 h" in line and "~100.0 h" in line
+    assert sparse_advice(big, 2_237, 8) is None
+    assert sparse_advice(RunEstimate(SPARSE_ADVICE_PAIRS, 0, 0, 0.0, 0.0, 1.0, 0.0), 2_000, None) is None
+
+    _, _, model, tokenizer = tiny_llama
+    monkeypatch.setattr(estimate_module, "SPARSE_ADVICE_PAIRS", 8)
+    utility_kernel(model, tokenizer, POOL[:3], config=KernelConfig(max_length=256), progress=True)
+    assert "the sparse mode (--top-k 16) computes 48 pairs" in capsys.readouterr().err
+    utility_kernel(model, tokenizer, POOL[:3], config=KernelConfig(max_length=256, top_k=2), progress=True)
+    assert "sparse mode (--top-k" not in capsys.readouterr().err

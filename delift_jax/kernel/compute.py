@@ -26,7 +26,7 @@ from delift_jax.kernel.config import KernelConfig
 from delift_jax.kernel.coordination import log, wait_for
 from delift_jax.kernel.engine import PairScorer
 from delift_jax.kernel.estimate import (RunEstimate, choose_block_pairs, demonstration_bytes, estimate_run,
-                                        seconds_per_pair)
+                                        seconds_per_pair, sparse_advice)
 from delift_jax.kernel.identity import data_fingerprint, kernel_identity, model_fingerprint, tokens_fingerprint
 from delift_jax.kernel.outputs import KernelResult, write_outputs
 from delift_jax.kernel.pairs import build_pair_sequences, full_sequences_for
@@ -108,6 +108,9 @@ def _run(job: _Job, store: KernelStore, in_memory: bool) -> KernelResult | None:
     plan = (_prepare_store if process == 0 else _join_store)(job, store, seqs, identity, since)
     estimate = estimate_run(job.model, seqs, plan.pairs, job.config, job.mesh)
     log(_plan_message(estimate, plan, store, process, n_processes), job.progress)
+    advice = sparse_advice(estimate, len(job.targets), job.config.top_k)
+    if advice and process == 0:
+        log(advice, job.progress)
     coordination = Coordination(process, n_processes, wait_for_others=process == 0, timeout_s=job.wait_timeout_s,
                                 since=since)
     stats = compute_blocks(plan, _block_scorer(job, seqs), store, coordination=coordination, progress=job.progress)
