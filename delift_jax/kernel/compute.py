@@ -34,7 +34,7 @@ from delift_jax.kernel.plan import KernelPlan, plan_blocks, plan_kernel, plan_pa
 from delift_jax.kernel.sparse import effective_top_k, sparse_neighbours
 from delift_jax.kernel.store import DamagedFileError, KernelStore
 from delift_jax.scoring import mean_log_prob, rms_distance
-from delift_jax.sharding import current_mesh, data_mesh_of
+from delift_jax.sharding import current_mesh
 
 __all__ = ["KernelResult", "utility_kernel", "model_fingerprint", "data_fingerprint", "tokens_fingerprint",
            "plan_pairs", "plan_blocks"]
@@ -71,7 +71,7 @@ def utility_kernel(model, tokenizer, targets: Sequence[Example], candidates: Seq
     ``model``). mesh: a data mesh (``sharding.data_mesh``; the default is ``sharding.current_mesh()``: this
     process's devices unless inside ``sharding.inference_mesh``) or a ``(data,
     model)`` mesh (``sharding.model_mesh`` / ``parse_mesh``) on which the pair engine splits the parameters by
-    ``sharding.FSDP_TP_RULES`` (the sparse mode's embeddings stay data parallel over all of its devices).
+    ``sharding.FSDP_TP_RULES`` (the sparse mode's embeddings too; its neighbour search stays data parallel).
     max_pairs: refuse plans with more pairs. Returns the result on the process that assembles it
     (process 0), None on the others.
     """
@@ -190,9 +190,10 @@ def _neighbours(job: _Job, store: KernelStore, seqs) -> np.ndarray:
     """Top-k candidates per target. A resumed run reuses the stored ones, so its pairs cannot drift."""
     if store.read_manifest() is not None and store.has("neighbours.npy"):
         return store.load_npy("neighbours.npy")
-    # Embeddings and the neighbour search stay data parallel: one data axis over every device of the mesh.
+    # The embeddings run on the job's mesh (tensor parallel where it has a model axis, like the pair engine); the
+    # neighbour search holds no parameters and stays data parallel over this process's devices (neighbours.py).
     return sparse_neighbours(job.model, job.tokenizer, seqs, job.targets, job.candidates, job.square, job.config,
-                             job.embeddings, data_mesh_of(job.mesh))
+                             job.embeddings, job.mesh)
 
 
 def _block_pairs(job: _Job, store: KernelStore, seqs, neighbours: np.ndarray | None) -> int:

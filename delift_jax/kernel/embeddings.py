@@ -1,12 +1,16 @@
 """Similarity for the sparse top-k mode: embeddings (mean-pooled final hidden states of the scoring model, or the
-built-in sentence encoder) and their cosine top-k (kernel/neighbours.py)."""
+built-in sentence encoder) and their cosine top-k (kernel/neighbours.py).
+
+The mean-pooled embeddings run like teacher-forced scoring (scoring.py): batches of ``batch_size`` rows padded to a
+bucket of the length ladder, one batch per ``"data"`` index of the mesh; on a ``(data, model)`` mesh the parameters
+are placed by ``sharding.FSDP_TP_RULES`` and each batch runs tensor parallel over its ``model`` devices. Batches
+never depend on the mesh, so for a given ``model`` size the embeddings do not depend on ``data`` (``model=1``
+equals the data mesh bit for bit)."""
 
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -14,10 +18,10 @@ from jax.sharding import Mesh
 
 from delift_jax.data.tokenize import ScoredSequence, bucket_for, length_ladder
 from delift_jax.kernel import neighbours
-from delift_jax.sharding import calls_by_shape, data_mesh, per_device, replicate, split_rows
+from delift_jax.sharding import (calls_by_shape, current_mesh, data_size, per_device, place_params, sharded_program,
+                                 split_rows)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
 def _mean_pooled(graphdef, mesh, state, tokens, valid):
     def on_device(state, tokens, valid):
         model = nnx.merge(graphdef, state)
@@ -29,28 +33,44 @@ def _mean_pooled(graphdef, mesh, state, tokens, valid):
     return per_device(on_device, mesh, n_replicated=1)(state, tokens, valid)
 
 
+class MeanPooler:
+    """Mean-pooled final hidden states of a model placed on ``mesh`` (default ``sharding.current_mesh()``, so
+    ``delift run --mesh`` reaches the sparse mode's embeddings): replicated on a data mesh, split by the rules on a
+    ``(data, model)`` mesh."""
+
+    def __init__(self, model, *, mesh: Mesh | None = None):
+        self.mesh = mesh or current_mesh()
+        self.hidden_size = model.config.hidden_size
+        self.graphdef, state = nnx.split(model)
+        self.state = place_params(state, self.mesh)
+        self._program = sharded_program(_mean_pooled, (self.graphdef, self.mesh), self.mesh, self.state, 2)
+
+    def embed(self, sequences: Sequence[ScoredSequence], *, max_length: int, batch_size: int = 8) -> np.ndarray:
+        """``[n, d]`` float32, input order. Batches are length-sorted and depend only on the sequences."""
+        ladder = length_ladder(max_length)
+        order = sorted(range(len(sequences)), key=lambda i: (len(sequences[i]), i))
+        batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+        shaped = [(rows, bucket_for(max(len(sequences[i]) for i in rows), ladder)) for rows in batches]
+        out = np.zeros((len(sequences), self.hidden_size), np.float32)
+        n_data = data_size(self.mesh)
+        for length, calls in calls_by_shape(shaped, lambda batch: batch[1], n_data):
+            tokens = np.zeros((n_data * batch_size, length), np.int32)  # a short call's last batches are filler
+            valid = np.zeros((n_data * batch_size, length), bool)
+            for b, (rows, _) in enumerate(calls):
+                for r, i in enumerate(rows):
+                    tokens[b * batch_size + r, :len(sequences[i])] = sequences[i].tokens
+                    valid[b * batch_size + r, :len(sequences[i])] = True
+            pooled = np.asarray(self._program(self.state, split_rows(tokens, self.mesh), split_rows(valid, self.mesh)))
+            for b, (rows, _) in enumerate(calls):
+                out[rows] = pooled[b * batch_size:b * batch_size + len(rows)]
+        return out
+
+
 def mean_pooled_embeddings(model, sequences: Sequence[ScoredSequence], *, max_length: int, batch_size: int = 8,
                            mesh: Mesh | None = None) -> np.ndarray:
-    """``[n, d]`` float32: the mean of the final (normed) hidden states over each sequence's tokens."""
-    mesh = mesh or data_mesh()
-    graphdef, state = nnx.split(model)
-    state = replicate(state, mesh)
-    ladder = length_ladder(max_length)
-    order = sorted(range(len(sequences)), key=lambda i: (len(sequences[i]), i))
-    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
-    shaped = [(rows, bucket_for(max(len(sequences[i]) for i in rows), ladder)) for rows in batches]
-    out = np.zeros((len(sequences), model.config.hidden_size), np.float32)
-    for length, calls in calls_by_shape(shaped, lambda batch: batch[1], mesh.size):
-        tokens = np.zeros((mesh.size * batch_size, length), np.int32)
-        valid = np.zeros((mesh.size * batch_size, length), bool)
-        for b, (rows, _) in enumerate(calls):
-            for r, i in enumerate(rows):
-                tokens[b * batch_size + r, :len(sequences[i])] = sequences[i].tokens
-                valid[b * batch_size + r, :len(sequences[i])] = True
-        pooled = np.asarray(_mean_pooled(graphdef, mesh, state, split_rows(tokens, mesh), split_rows(valid, mesh)))
-        for b, (rows, _) in enumerate(calls):
-            out[rows] = pooled[b * batch_size:b * batch_size + len(rows)]
-    return out
+    """``[n, d]`` float32: the mean of the final (normed) hidden states over each sequence's tokens, on ``mesh``
+    (default ``sharding.current_mesh()``; see ``MeanPooler``)."""
+    return MeanPooler(model, mesh=mesh).embed(sequences, max_length=max_length, batch_size=batch_size)
 
 
 def top_k_pairs(target_embeddings: np.ndarray, candidate_embeddings: np.ndarray, k: int, *,
