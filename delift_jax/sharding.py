@@ -163,11 +163,6 @@ def data_size(mesh: Mesh) -> int:
     return mesh.shape[DATA_AXIS]
 
 
-def data_mesh_of(mesh: Mesh) -> Mesh:
-    """A 1-D data mesh over every device of ``mesh`` (for stages that stay data parallel)."""
-    return mesh if not has_model_axis(mesh) else data_mesh(mesh.devices.flat)
-
-
 def param_shardings(tree, mesh: Mesh, rules: dict[str, str | None] = FSDP_TP_RULES):
     """A ``NamedSharding`` per leaf of a model state: by ``PARAM_AXES`` and ``rules`` on a mesh with a
     ``"model"`` axis, replicated on a data mesh."""

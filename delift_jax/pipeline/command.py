@@ -99,9 +99,9 @@ def _add_stage_arguments(parser: argparse.ArgumentParser) -> None:
                        help="score only the first N response tokens in the kernel (default: all)")
     group.add_argument("--distance", choices=DISTANCES, help=f"kernel distance (default {KernelConfig.distance})")
     group.add_argument("--mesh", metavar="data=D,model=M",
-                       help="device mesh for the kernels and teacher-forced scoring (D*M = this process's devices): "
-                            "parameters split over 'model' (tensor parallel) and 'data' (FSDP); default: data "
-                            "parallel, parameters replicated. Fine-tuning and generation are not affected")
+                       help="device mesh for the kernels, teacher-forced scoring, fine-tuning and generation "
+                            "(D*M = this process's devices): parameters split over 'model' (tensor parallel) and "
+                            "'data' (FSDP); default: data parallel, parameters replicated")
     group.add_argument("--top-k", type=int, metavar="K",
                        help="sparse mode: score only each example's K most similar candidates (n*K pairs instead of "
                             "n^2; default: dense)")

@@ -93,8 +93,8 @@ def run_use_case(model_source, data, *, use_case: str, budget, methods, out_dir,
     fields. data_options: ``load_dataset`` keywords (fields, dedupe, drop_empty) for the pool (the target and
     existing sets are read with format detection and the same dedupe / drop_empty). echo: progress lines (default:
     none). progress: progress bars (default: on when stderr is a terminal). mesh: the device mesh of the kernels,
-    teacher-forced scoring and fine-tuning (``sharding.inference_mesh``; a ``(data, model)`` mesh splits the
-    parameters); None: data parallel over this process's devices. Generation does not use it.
+    teacher-forced scoring, fine-tuning and generation (``sharding.inference_mesh``; a ``(data, model)`` mesh splits
+    the parameters); None: data parallel over this process's devices.
     """
     with inference_mesh(mesh):
         return _run_use_case(model_source, data, use_case, budget, methods, out_dir, targets, existing, config,
