@@ -38,18 +38,13 @@ def _seconds(fn) -> float:
 
 
 def scoring_bucket(model, mesh, args) -> float:
-    from flax import nnx
+    from delift_jax.scoring import ScoringConfig, TeacherForcedScorer
 
-    from delift_jax.scoring import make_response_logprobs_fn
-    from delift_jax.sharding import replicate
-
-    graphdef, state = nnx.split(model)
-    state = replicate(state, mesh)
+    scorer = TeacherForcedScorer(model, ScoringConfig(batch_size=args.batch), mesh=mesh)  # its jitted program
     b, t, r = args.batch * mesh.size, args.length, args.scored
     ints = lambda *shape: jnp.zeros(shape, jnp.int32)
-    fn = make_response_logprobs_fn()
-    return _seconds(lambda: fn.lower(graphdef, mesh, 512, state, ints(b, t), jnp.ones((b, t), bool), ints(b, r),
-                                     ints(b, r)).compile())
+    return _seconds(lambda: scorer._fn.lower(scorer.state, ints(b, t), jnp.ones((b, t), bool), ints(b, r),
+                                             ints(b, r)).compile())
 
 
 def kernel_bucket(model, mesh, args) -> float:
