@@ -47,12 +47,12 @@ def test_packing_places_every_item_once_with_its_own_positions_and_scores():
             np.testing.assert_array_equal(unit.score_target[slot:slot + n], item.tokens[len(item.tokens) - n:])
             np.testing.assert_array_equal(flat_tokens[index + 1], unit.score_target[slot:slot + n])
             row = index[0] // shape.length
-            segment = unit.prefix_segments == unit.row_prefix[row]
+            window = unit.row_window[row][unit.row_window[row] >= 0]
             expected_start = 0 if item.prefix is None else len(prefixes[item.prefix])
-            if item.prefix is None:
-                assert unit.row_prefix[row] == 0
-            else:
-                np.testing.assert_array_equal(unit.prefix_tokens[segment], prefixes[item.prefix])
+            assert unit.row_window.shape == (shape.rows, shape.window) and len(window) == expected_start
+            if item.prefix is not None:  # the row's window holds exactly its candidate's demonstration
+                np.testing.assert_array_equal(unit.prefix_tokens[window], prefixes[item.prefix])
+                np.testing.assert_array_equal(unit.prefix_positions[window], np.arange(expected_start))
             start = index[0] - (len(item.tokens) - n - 1)
             np.testing.assert_array_equal(flat_tokens[start:start + len(item.tokens)], item.tokens)
             np.testing.assert_array_equal(flat_pos[start:start + len(item.tokens)],

@@ -3,7 +3,8 @@
 Work is packed by ``kernel.packing``: a unit carries the demonstrations of one or more candidates in a prefix
 row and thousands of continuation tokens packed several to a row. One jitted program per unit shape runs the
 demonstrations, keeps their keys/values on the device, runs every continuation against its own candidate's
-keys/values (shared by all rows, never copied per row) and projects onto the vocabulary only at scored
+keys/values (each row gathers the window of the prefix row that holds its demonstration, so a token attends to
+one demonstration, not to every demonstration of the unit) and projects onto the vocabulary only at scored
 positions. Each device runs one unit per call under ``shard_map`` over the mesh axis ``"data"``; calls are
 dispatched asynchronously and the next call is prepared while the current one runs. On a ``(data, model)`` mesh
 the parameters are split by ``sharding.FSDP_TP_RULES`` and each unit runs tensor parallel over its ``model``
@@ -44,19 +45,22 @@ CPU_TOKENS_PER_CALL = 2048
 MAX_TOKENS_PER_CALL = 65536
 MEMORY_FRACTION = 0.4         # of the free device memory, for one call's activations
 _UNIT_FIELDS = ("prefix_tokens", "prefix_positions", "prefix_segments", "tokens", "positions", "segments",
-                "row_prefix", "score_index", "score_target")
+                "row_window", "score_index", "score_target")
 
 
 def _one_unit(model, mesh, chunk, prefix_tokens_p, prefix_positions_p, prefix_segments_p, tokens_bt,
-              positions_bt, segments_bt, row_prefix_b, score_index_s, score_target_s):
+              positions_bt, segments_bt, row_window_bw, score_index_s, score_target_s):
     """log p of the unit's scored tokens ``[s]``: demonstrations first, then the continuations attending to them."""
     _, (keys, values) = model(prefix_tokens_p[None], positions_bt=prefix_positions_p[None],
                               valid_bt=prefix_segments_p[None] > 0, segments_bt=prefix_segments_p[None],
                               stacked_kv=True)
     keys, values = constrain_kv(mesh, model.config.num_kv_heads, keys, values)
-    # One copy of the prefix keys/values serves every row; a row sees only its own candidate's demonstration.
-    row_valid_bp = (prefix_segments_p[None, :] == row_prefix_b[:, None]) & (row_prefix_b[:, None] > 0)
-    prefix = KVPrefix(keys=keys, values=values, positions=prefix_positions_p[None], valid=row_valid_bp)
+    # Each row gathers its own candidate's demonstration: [layers, rows, window, kv heads, head dim]. Attending
+    # to the whole prefix row under a mask cost every token every demonstration of the unit.
+    window_bw = jnp.maximum(row_window_bw, 0)
+    keys, values = (jnp.take(kv[:, 0], window_bw, axis=1) for kv in (keys, values))
+    prefix = KVPrefix(keys=keys, values=values, positions=jnp.take(prefix_positions_p, window_bw),
+                      valid=row_window_bw >= 0)
     hidden_btd, _ = model(tokens_bt, positions_bt=positions_bt, valid_bt=segments_bt > 0, segments_bt=segments_bt,
                           prefix=prefix, stacked_kv=True)
     b, t, d = hidden_btd.shape
@@ -232,4 +236,4 @@ def _empty_unit(shape: UnitShape) -> Unit:
     zeros = lambda *dims: np.zeros(dims, np.int32)
     return Unit(shape, zeros(shape.prefix), zeros(shape.prefix), zeros(shape.prefix),
                 zeros(shape.rows, shape.length), zeros(shape.rows, shape.length), zeros(shape.rows, shape.length),
-                zeros(shape.rows), zeros(shape.scored), zeros(shape.scored), ())
+                np.full((shape.rows, shape.window), -1, np.int32), zeros(shape.scored), zeros(shape.scored), ())

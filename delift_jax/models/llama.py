@@ -161,31 +161,40 @@ class Attention(nnx.Module):
             q_btnh, k_btkh = self.q_norm(q_btnh), self.k_norm(k_btkh)
         q_btnh = apply_rope(q_btnh, *rope)
         k_btkh = apply_rope(k_btkh, *rope)
-        q_btkgh = q_btnh.reshape(b, t, cfg.num_kv_heads, cfg.group_size, cfg.head_dim)
+        n_kv, group, head_dim = cfg.num_kv_heads, cfg.group_size, cfg.head_dim
+        # Queries of a KV head's group stacked along time, [b, kv, group * t, h], and keys/values [b, kv, s, h]:
+        # each score and output product is then one plain batched matmul per (row, KV head). The grouped
+        # five-axis einsums XLA otherwise emits on CPU ran ~3x slower (8 x 256 tokens, 9 heads over 3 KV heads).
+        q_bkmh = q_btnh.reshape(b, t, n_kv, group, head_dim).transpose(0, 2, 3, 1, 4).reshape(
+            b, n_kv, group * t, head_dim)
+        k_bksh, v_bksh = k_btkh.transpose(0, 2, 1, 3), v_btkh.transpose(0, 2, 1, 3)
         if cfg.query_pre_attn_scalar is None:
             scale = cfg.head_dim ** -0.5
         else:  # Gemma scales by a configured width, which differs from head_dim in some sizes
             scale = cfg.query_pre_attn_scalar ** -0.5
+        by_group = lambda mask_bts_: jnp.tile(mask_bts_, (1, group, 1))[:, None]  # [b, 1, group * t, s]
 
-        scores_bkgts = softcap(jnp.einsum("btkgh,bskh->bkgts", q_btkgh, k_btkh,
-                                          preferred_element_type=jnp.float32) * scale, cfg.attn_softcap)
-        scores_bkgts = jnp.where(mask_bts[:, None, None], scores_bkgts, _MASKED)
+        scores_bkms = softcap(jnp.einsum("bkmh,bksh->bkms", q_bkmh, k_bksh,
+                                         preferred_element_type=jnp.float32) * scale, cfg.attn_softcap)
+        scores_bkms = jnp.where(by_group(mask_bts), scores_bkms, _MASKED)
         if prefix_kv is not None:
             prefix_k, prefix_v = prefix_kv
-            spec = "pkh" if prefix_k.shape[0] == 1 and b != 1 else "bpkh"
-            if spec == "pkh":
-                prefix_k, prefix_v = prefix_k[0], prefix_v[0]
-            scores_bkgtp = softcap(jnp.einsum(f"btkgh,{spec}->bkgtp", q_btkgh, prefix_k,
-                                              preferred_element_type=jnp.float32) * scale, cfg.attn_softcap)
-            scores_bkgtp = jnp.where(prefix_mask_btp[:, None, None], scores_bkgtp, _MASKED)
-            p = scores_bkgtp.shape[-1]
-            probs = jax.nn.softmax(jnp.concatenate([scores_bkgtp, scores_bkgts], axis=-1), axis=-1)
+            shared = prefix_k.shape[0] == 1 and b != 1  # one prefix for every row: no batch axis
+            spec = "kph" if shared else "bkph"
+            prefix_k, prefix_v = (x[0].transpose(1, 0, 2) if shared else x.transpose(0, 2, 1, 3)
+                                  for x in (prefix_k, prefix_v))
+            scores_bkmp = softcap(jnp.einsum(f"bkmh,{spec}->bkmp", q_bkmh, prefix_k,
+                                             preferred_element_type=jnp.float32) * scale, cfg.attn_softcap)
+            scores_bkmp = jnp.where(by_group(prefix_mask_btp), scores_bkmp, _MASKED)
+            p = scores_bkmp.shape[-1]
+            probs = jax.nn.softmax(jnp.concatenate([scores_bkmp, scores_bkms], axis=-1), axis=-1)
             probs = probs.astype(v_btkh.dtype)
-            out_btkgh = (jnp.einsum(f"bkgtp,{spec}->btkgh", probs[..., :p], prefix_v)
-                         + jnp.einsum("bkgts,bskh->btkgh", probs[..., p:], v_btkh))
+            out_bkmh = (jnp.einsum(f"bkmp,{spec}->bkmh", probs[..., :p], prefix_v)
+                        + jnp.einsum("bkms,bksh->bkmh", probs[..., p:], v_bksh))
         else:
-            probs = jax.nn.softmax(scores_bkgts, axis=-1).astype(v_btkh.dtype)
-            out_btkgh = jnp.einsum("bkgts,bskh->btkgh", probs, v_btkh)
+            probs = jax.nn.softmax(scores_bkms, axis=-1).astype(v_btkh.dtype)
+            out_bkmh = jnp.einsum("bkms,bksh->bkmh", probs, v_bksh)
+        out_btkgh = out_bkmh.reshape(b, n_kv, group, t, head_dim).transpose(0, 3, 1, 2, 4)
         out_btd = _project(self.o_proj, out_btkgh.reshape(b, t, cfg.num_heads * cfg.head_dim).astype(x_btd.dtype),
                            dropout_key, 3)
         return out_btd, (k_btkh, v_btkh)
