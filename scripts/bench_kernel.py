@@ -207,8 +207,9 @@ def main():
         max_diff = float(np.max(np.abs(ours_d - torch_d)))
 
     # Model FLOPs of our steady run: continuations (attending to their demonstration), the demonstrations as
-    # often as the engine computed them, the no-example pass.
-    cont_tokens = stages.tokens["continuation"]
+    # often as the engine computed them, the no-example pass. The engine's counts include the no-example
+    # sequences (the same engine scores them): they are taken out of the pairs' continuations here.
+    cont_tokens = stages.tokens["continuation"] - no_example_tokens
     prefix_tokens = stages.tokens["demonstration"]
     scored = sum(seqs.continuations[i].n_scored for i, _ in pairs)
     mean_prefix = sum(len(seqs.prefixes[j]) for j in range(len(candidates))) / len(candidates)
@@ -236,7 +237,7 @@ def main():
     print(f"tokens per pair: ours {cont_tokens / n_pairs:.0f} (+ {prefix_tokens / n_pairs:.1f} of demonstrations), "
           f"torch {(torch_tokens - no_example_tokens) / n_pairs:.0f}; pairs without prefix reuse: {len(full)}; "
           f"padding: {stages.tokens['computed slots']:,} slots computed for "
-          f"{cont_tokens + prefix_tokens:,} real tokens")
+          f"{ours_tokens:,} real tokens")
     print("engine stages of the steady run (seconds): "
           + ", ".join(f"{name} {value:.2f}" for name, value in stages.top()))
     if args.trace:
@@ -261,7 +262,7 @@ def main():
         "torch_f32_tokens_per_cpu_s": round(torch_tokens / torch_cpu["float32"], 1) if torch_f32_s else None,
         "stages_s": dict(stages.top(8)), "program_shapes": len(stages.shapes), "calls": stages.calls,
         "tokens_per_call": config.tokens_per_call or CPU_TOKENS_PER_CALL, "computed_slots": stages.tokens["computed slots"],
-        "real_tokens": cont_tokens + prefix_tokens, "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "real_tokens": ours_tokens, "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "contended": max(load_before, os.getloadavg()[0]) > 1.5}))
 
 

@@ -16,6 +16,7 @@ computes bit-identical results. Shapes come from coarse ladders, so a run compil
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Sequence
 
 import numpy as np
@@ -130,7 +131,7 @@ OPEN_ROWS_SEARCHED = 64
 
 
 def _rows_first_fit_decreasing(group: list[Item], length: int) -> list[list[Item]]:
-    """One candidate's continuations packed into rows of ``length`` tokens, longest first."""
+    """One candidate's continuations packed into rows of ``length`` tokens, longest first (first-fit decreasing)."""
     rows: list[list[Item]] = []
     fill: list[int] = []
     for item in sorted(group, key=lambda i: (-len(i.tokens), i.key)):
@@ -143,7 +144,9 @@ def _rows_first_fit_decreasing(group: list[Item], length: int) -> list[list[Item
         else:
             rows.append([item])
             fill.append(n)
-    return rows
+    # Longest-first rows hold few items, the last ones many: alternating from both ends spreads scored tokens
+    # evenly over the units these rows go to (units share their group's largest scored count).
+    return [rows[k // 2] if k % 2 == 0 else rows[-1 - k // 2] for k in range(len(rows))]
 
 
 def _prefix_len(builder: _Builder, segment: int) -> int:
@@ -151,9 +154,9 @@ def _prefix_len(builder: _Builder, segment: int) -> int:
 
 
 def _shape_of(builder: _Builder, prefix_ladder, fine_ladder) -> UnitShape:
-    """The smallest ladder shape that holds the builder's unit (a unit short of rows gets fewer of them)."""
+    """The smallest ladder shape that holds the builder's unit."""
     n_scored = sum(item.n_scored for row in builder.rows for item in row)
-    rows = min(builder.max_rows, _power_of_two_at_least(len(builder.rows)))
+    rows = len(builder.rows)
     longest = max((len(tokens) for tokens in builder.prefix), default=1)
     return UnitShape(prefix=bucket_for(max(builder.prefix_used, 1), prefix_ladder), rows=rows,
                      length=builder.length,
@@ -252,28 +255,19 @@ def pack_units(items: Sequence[Item], prefixes: Sequence[np.ndarray], sizes: Pac
     return units
 
 
-def _pack_rung(items, prefixes, length, rows, prefix_cap) -> list[_Builder]:
-    """Rows first (each candidate's continuations first-fit decreasing), then consecutive rows into units."""
-    builders = [_Builder(length, rows, prefix_cap)]
-    for candidate, group in _groups(items):
+def _pack_rung(items, prefixes, length, max_rows, prefix_cap) -> list[_Builder]:
+    """Rows first (each candidate's continuations first-fit decreasing), then consecutive rows into units of
+    equal size: rows spread evenly over the fewest units that hold them, so the last unit is not mostly padding."""
+    rows = [(candidate, row) for candidate, group in _groups(items)
+            for row in _rows_first_fit_decreasing(group, length)]
+    per_unit = math.ceil(len(rows) / math.ceil(len(rows) / max_rows)) if rows else max_rows
+    builders = [_Builder(length, per_unit, prefix_cap)]
+    for candidate, row in rows:
         demonstration = None if candidate is None else prefixes[candidate]
-        for row in _rows_first_fit_decreasing(group, length):
-            if not builders[-1].add_row(candidate, demonstration, row):
-                builders.append(_Builder(length, rows, prefix_cap))
-                builders[-1].add_row(candidate, demonstration, row)
+        if not builders[-1].add_row(candidate, demonstration, row):
+            builders.append(_Builder(length, per_unit, prefix_cap))
+            builders[-1].add_row(candidate, demonstration, row)
     return [b for b in builders if b.rows]
-
-
-def _power_of_two_at_least(n: int) -> int:
-    return 1 << max(0, n - 1).bit_length()
-
-
-def _powers_of_two(smallest: int, limit: int) -> tuple[int, ...]:
-    """Bucket sizes smallest, 2 x smallest, ... up to the first one >= limit (at most 2x padding, few shapes)."""
-    ladder = [smallest]
-    while ladder[-1] < limit:
-        ladder.append(ladder[-1] * 2)
-    return tuple(ladder)
 
 
 def _quarter_octaves(smallest: int, limit: int) -> tuple[int, ...]:
