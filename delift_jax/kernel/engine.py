@@ -37,10 +37,9 @@ from delift_jax.scoring import mean_log_prob, rms_distance, target_logprobs
 from delift_jax.sharding import (calls_by_shape, constrain_kv, current_mesh, data_size, per_device, place_params,
                                  sharded_program, split_rows)
 
-# On CPUs smaller calls run more tokens per CPU-second (activations stay in cache; 2-core EPYC shared with other
-# jobs, 16 x 4 short pairs: 1024 tokens 24.1 CPU-s, 2048 26.9, 4096 28.8, 512 27.6), but every unit recomputes
-# its demonstrations, which on long ones (a 200-example pool) costs 45% more tokens at 1024, 23% at 2048 and
-# 12% at 4096. 2048 is the middle ground until demonstrations are computed once per candidate.
+# On CPUs the unit size barely changes the speed per token slot (bench_kernel's 384 pairs, quiet 2-core EPYC:
+# 1024 / 2048 / 4096 tokens ran 330 / 329 / 339 slots/s), but a candidate's demonstration is computed once per
+# unit holding its rows: 2,036 / 1,018 / 509 demonstration tokens there. 2048 keeps activations small.
 CPU_TOKENS_PER_CALL = 2048
 MAX_TOKENS_PER_CALL = 65536
 MEMORY_FRACTION = 0.4         # of the free device memory, for one call's activations
@@ -55,12 +54,12 @@ def _one_unit(model, mesh, chunk, prefix_tokens_p, prefix_positions_p, prefix_se
                               valid_bt=prefix_segments_p[None] > 0, segments_bt=prefix_segments_p[None],
                               stacked_kv=True)
     keys, values = constrain_kv(mesh, model.config.num_kv_heads, keys, values)
-    # Each row gathers its own candidate's demonstration: [layers, rows, window, kv heads, head dim]. Attending
-    # to the whole prefix row under a mask cost every token every demonstration of the unit.
+    # Each row attends to its own candidate's demonstration only, gathered from the prefix row layer by layer
+    # (KVPrefix.window). Attending to the whole prefix row under a mask cost every token every demonstration of
+    # the unit.
     window_bw = jnp.maximum(row_window_bw, 0)
-    keys, values = (jnp.take(kv[:, 0], window_bw, axis=1) for kv in (keys, values))
     prefix = KVPrefix(keys=keys, values=values, positions=jnp.take(prefix_positions_p, window_bw),
-                      valid=row_window_bw >= 0)
+                      valid=row_window_bw >= 0, window=window_bw)
     hidden_btd, _ = model(tokens_bt, positions_bt=positions_bt, valid_bt=segments_bt > 0, segments_bt=segments_bt,
                           prefix=prefix, stacked_kv=True)
     b, t, d = hidden_btd.shape

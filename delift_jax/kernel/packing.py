@@ -10,7 +10,8 @@ whole prefix row. Scored positions of the whole unit are gathered into one flat 
 only there.
 
 Units depend only on the work and on the packing sizes, never on the number of devices, so any device count
-computes bit-identical results. Shapes come from coarse ladders, so a run compiles only a few programs.
+computes bit-identical results. Shapes come from ladders and are shared by groups of units, so a run compiles
+only a few programs.
 """
 
 from __future__ import annotations

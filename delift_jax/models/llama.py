@@ -39,12 +39,18 @@ class KVPrefix(NamedTuple):
     stacked over layers as one ``[layers, b or 1, p, k, h]`` array. A leading batch dimension of 1 is shared by
     every row of the batch that attends to it. ``positions``: ``[b or 1, p]`` int32;
     ``valid``: ``[b or 1, p]`` bool (False for padding).
+
+    ``window`` (optional, ``[b, w]`` int32): row ``r`` attends only to the shared (batch 1) prefix's slots
+    ``window[r]``, gathered layer by layer (so one layer's ``[b, w]`` copy exists at a time); ``positions`` and
+    ``valid`` are then given per window slot, ``[b, w]``. Rows sharing one prefix of several sequences each see
+    only their own, at the cost of their window instead of the whole prefix.
     """
 
     keys: tuple
     values: tuple
     positions: jax.Array
     valid: jax.Array
+    window: jax.Array | None = None
 
     @property
     def length(self) -> int:
@@ -348,6 +354,8 @@ class CausalLM(nnx.Module):
             else:
                 rope, mask, prefix_mask = jax.tree.map(lambda s, f: jnp.where(is_sliding, s, f), inputs[True],
                                                        inputs[False])
+            if layer_prefix is not None and prefix.window is not None:
+                layer_prefix = tuple(jnp.take(kv[0], prefix.window, axis=0) for kv in layer_prefix)
             return layer(x_btd, rope, mask, layer_prefix, prefix_mask, layer_key)
 
         if self.remat_layers:
