@@ -44,9 +44,10 @@ mean anything):
   for 3 shapes; steady 427.6 s wall (load rose) = 95 model tok/s against torch float32's 132 in the same run,
   0.90 against 0.86 pairs/s; per CPU-second 147 against 139 tok/cpu-s; utilization 0.33 of a contended peak.
 - Issue 15 closing (quiet, AVX2 EPYC): rows gather their own demonstration's window, attention as batched matmuls
-  per KV head, rows packed per candidate then cut into even units: 3.28 pairs/s (1.42x torch float32), 305 tok/s
-  (0.86x), utilization 0.50 on one device; ``--host-devices 2`` 3.90 pairs/s (1.74x), 362 tok/s (1.05x), 0.61.
-  Per CPU-second both sides equal (~185 tok/cpu-s); one XLA device keeps 1.68 of 2 cores busy, torch 1.94.
+  per KV head (gathered layer by layer), rows packed per candidate then cut into even units: 3.48 pairs/s (1.56x
+  torch float32), 323 tok/s (0.94x), utilization 0.50 on one device; ``--host-devices 2`` 3.91 pairs/s (1.72x),
+  363 tok/s (1.04x), 0.63. Per CPU-second ours 187-188 against torch's 177-180 tok/cpu-s; one XLA device keeps
+  ~1.7 of 2 cores busy, torch 1.94.
 """
 
 from __future__ import annotations
