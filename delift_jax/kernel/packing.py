@@ -37,6 +37,11 @@ class Item:
     n_scored: int
 
 
+# The smallest scored-slot count and demonstration window (the fine ladder starts here); units without
+# demonstrations carry a window of this size, all slots masked.
+MIN_FINE = 16
+
+
 @dataclasses.dataclass(frozen=True)
 class UnitShape:
     """Static shape of one unit: prefix-row length, continuation rows x row length, scored slots, and the
@@ -46,7 +51,7 @@ class UnitShape:
     rows: int
     length: int
     scored: int
-    window: int = 16
+    window: int = MIN_FINE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,7 +244,7 @@ def pack_units(items: Sequence[Item], prefixes: Sequence[np.ndarray], sizes: Pac
     prefix_cap = max(longest_prefix, int(sizes.tokens_per_unit * sizes.prefix_share))
     # From 64: a unit without demonstrations (targets alone) then shares the shape of typical pair units.
     prefix_ladder = _quarter_octaves(64, max(sizes.max_length, prefix_cap))
-    fine_ladder = _quarter_octaves(16, max(ROW_LADDER[-1], sizes.tokens_per_unit, sizes.max_length))
+    fine_ladder = _quarter_octaves(MIN_FINE, max(ROW_LADDER[-1], sizes.tokens_per_unit, sizes.max_length))
     by_length: dict[int, list[Item]] = {}
     for item in items:
         if item.n_scored >= len(item.tokens) or item.n_scored < 0:
