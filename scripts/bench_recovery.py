@@ -47,6 +47,10 @@ from pathlib import Path
 import numpy as np
 
 from delift_jax.report.known_answer import SOURCES, SourceMixture, precision, source_mixture, usable_examples
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import recovery_noise  # noqa: E402  (the planted-noise case, --case noise)
+
 DUP_SOURCE = "truthfulqa"
 CACHE = Path("/root/.cache/delift_jax/bench_recovery")
 
@@ -749,6 +753,10 @@ def parse_args(argv=None):
     parser.add_argument("--row-part", type=int, default=None, help="with --only-kernels: compute only this block")
     parser.add_argument("--only-target", default=None, help="with --only-kernels: only this source's target rows")
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--case", choices=["known", "noise"], default="known",
+                        help="known: task, continual and duplicates (the default); noise: planted low-quality "
+                        "examples (scripts/recovery_noise.py)")
+    recovery_noise.add_arguments(parser)
     for field in dataclasses.fields(Sizes):
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=int, default=field.default)
     return parser.parse_args(argv)
@@ -770,6 +778,8 @@ def main(argv=None):
         enable_compilation_cache(Path(args.cache) / "xla")
 
         model, tokenizer, _ = load_model(None if args.model == "smollm2" else args.model)
+        if args.case == "noise":
+            return recovery_noise.main(model, tokenizer, args)
         encoder = None if args.only_kernels else sentence_encoder()
         if args.dup_only:
             for seed in args.seeds:
