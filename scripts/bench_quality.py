@@ -18,6 +18,14 @@ measures the subset as the kernel sees it, without training noise: ``icl_nll`` p
         --distance rms  # README (measured with the paper's rms, the default then)
 
 ``--distance`` (default: the package default, pmi) is passed to ``delift run``.
+
+``--plant-noise F`` corrupts a seeded fraction F of each seed's selection pool (the train part of the split; the
+held-out test part stays clean) with the four kinds of ``delift_jax.report.planted_noise`` in turn (swapped,
+truncated, repeated, contradictory responses; prompts unchanged, so the split is the one ``delift run`` makes) and
+reports the share of low-quality examples among each method's picks (``noise_share``).
+
+    python scripts/bench_quality.py --data truthfulqa --examples 150 --split 0.7,0.1,0.2 --max-new-tokens 32 \
+        --plant-noise 0.25 --out runs/bench_quality_noise
 """
 
 from __future__ import annotations
@@ -48,6 +56,8 @@ def main():
     parser.add_argument("--progress", action="store_true", help="progress bars for kernels, training, generation")
     parser.add_argument("--distance", choices=("rms", "pmi"), default=None,
                         help="DELIFT's kernel distance (default: the package default, pmi; README figures: rms)")
+    parser.add_argument("--plant-noise", type=float, default=0.0, metavar="F",
+                        help="corrupt this fraction of the selection pool (default 0: the data as it is)")
     parser.add_argument("--out", default="runs/bench_quality")
     args = parser.parse_args()
 
@@ -58,10 +68,14 @@ def main():
     nll = {m: [] for m in METHODS}
     rouge = {m: [] for m in METHODS}
     icl_nll = {m: [] for m in METHODS}
+    noise_share = {m: [] for m in METHODS}
     for seed in args.seeds:
         out = Path(args.out) / f"seed{seed}"
+        data, kind = args.data, None
+        if args.plant_noise:
+            data, kind = noisy_pool_file(args, seed, out)
         run_args = parser.parse_args([
-            "--use-case", "instruction", "--model", args.model, "--data", args.data, "--limit", str(args.examples),
+            "--use-case", "instruction", "--model", args.model, "--data", data, "--limit", str(args.examples),
             "--budget", str(args.budget), "--methods", ",".join(METHODS), "--seed", str(seed),
             "--train-steps", str(args.train_steps), "--max-length", str(args.max_length),
             "--max-response-tokens", str(args.max_response_tokens), "--max-new-tokens", str(args.max_new_tokens),
@@ -78,6 +92,11 @@ def main():
             icl = results["methods"][method].get("icl_metrics")
             if icl:  # methods with a subset (not initial)
                 icl_nll[method].append(float(icl["token_nll"]))
+            if kind is not None and (out / method / "indices.npy").is_file():
+                picks = np.load(out / method / "indices.npy", allow_pickle=False)
+                noise_share[method].append(float(np.mean(kind[picks] != "clean")))
+        if kind is not None:
+            check_clean_test(out, kind)
 
     print(f"\n{'method':<10} {'held-out NLL (mean ± std)':>28} {'ROUGE-L':>18}   over seeds {args.seeds}")
     for method in METHODS:
@@ -94,8 +113,47 @@ def main():
         summary["icl_nll_std"] = {m: round(float(np.std(v)), 5) for m, v in icl_nll.items() if v}
         summary["icl_delift_minus_random"] = round(summary["icl_nll"]["delift"] - summary["icl_nll"]["random"], 5)
         summary["icl_k"] = args.icl
+    if args.plant_noise:
+        print(f"\nshare of low-quality examples among the picks (planted: {args.plant_noise:g} of the pool):")
+        for method in [m for m in METHODS if noise_share[m]]:
+            print(f"{method:<10} {np.mean(noise_share[method]):.3f} ± {np.std(noise_share[method]):.3f}")
+        summary["noise_share"] = {m: round(float(np.mean(v)), 4) for m, v in noise_share.items() if v}
+        summary["plant_noise"] = args.plant_noise
+        summary["nll_std"] = {m: round(float(np.std(nll[m])), 5) for m in METHODS}
+        paired = np.asarray(nll["delift"]) - np.asarray(nll["random"])
+        summary["delift_minus_random_paired"] = [round(float(paired.mean()), 5), round(float(paired.std()), 5)]
     summary.update(examples=args.examples, split=args.split, seeds=args.seeds, budget=args.budget, data=args.data)
     print(json.dumps(summary))
+
+
+def noisy_pool_file(args, seed: int, out: Path) -> tuple[str, np.ndarray]:
+    """(a JSONL of the first --examples of --data with --plant-noise of the split's train part corrupted, the kind of
+    every example). The split is the one ``delift run`` makes (seeded, grouped by prompt; prompts stay unchanged)."""
+    from delift_jax.atomic_io import atomic_write_text
+    from delift_jax.data.splits import prompt_key, split_indices
+    from delift_jax.data.sources import load_dataset
+    from delift_jax.report.planted_noise import CLEAN, plant_noise
+
+    examples = list(load_dataset(args.data, limit=args.examples).examples)
+    fractions = [float(f) for f in args.split.split(",")]
+    train, _, _ = split_indices(len(examples), fractions, seed, [prompt_key(e) for e in examples])
+    corrupted, train_kind = plant_noise([examples[i] for i in train], args.plant_noise, seed)
+    kind = np.full(len(examples), CLEAN, dtype=object)
+    for i, example, k in zip(train, corrupted, train_kind):
+        examples[i], kind[i] = example, k
+    path = out / "noisy_pool.jsonl"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(json.dumps({"prompt": e.prompt, "response": e.response}) + "\n"
+                                    for e in examples))
+    return str(path), kind.astype(str)
+
+
+def check_clean_test(out: Path, kind: np.ndarray) -> None:
+    """The held-out test part the run recorded holds no corrupted example (the split matched ours)."""
+    splits = json.loads((out / "splits.json").read_text(encoding="utf-8"))
+    test = splits["pool"]["test"]
+    if np.any(kind[np.asarray(test, np.int64)] != "clean"):
+        raise SystemExit(f"{out}: the run's test split holds planted noise; the split did not match")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import pytest
 from delift_jax.data import Example
 from delift_jax.errors import DataError
 from delift_jax.report.planted_noise import (CLEAN, NOISE_KINDS, REPEATED_RESPONSE, continual_split, contradictory,
-                                             instruction_pool, noisy_mixture, truncated)
+                                             instruction_pool, noisy_mixture, plant_noise, truncated)
 
 SOURCES = ("yesno", "choice", "math", "open")
 
@@ -109,3 +109,14 @@ def test_continual_split(mixture):
         assert np.all(mixture.source[split.existing] == seen) and np.all(mixture.kind[split.existing] == CLEAN)
         assert split.novel.sum() == 8 and np.all(mixture.source[split.pool][split.novel] == new)
         assert split.low_quality.sum() == 2 and np.all(split.novel[split.low_quality])
+
+
+def test_plant_noise_in_one_dataset():
+    examples = fake_loader("open")[:40]
+    noisy, kind = plant_noise(examples, 0.25, seed=3)
+    again, _ = plant_noise(examples, 0.25, seed=3)
+    assert noisy == again and len(noisy) == 40
+    assert np.sum(kind != CLEAN) == 10 and all(np.sum(kind == k) >= 2 for k in NOISE_KINDS)
+    for before, after, k in zip(examples, noisy, kind):
+        assert after.prompt == before.prompt  # prompts untouched: a seeded split of the pool is unchanged
+        assert (after.response == before.response) == (k == CLEAN)

@@ -84,24 +84,46 @@ def contradictory(example: Example, rng: np.random.Generator, same_source: Seque
     return others[int(rng.integers(len(others)))]
 
 
-def _corrupt(kind: str, bases: list[list[Example]], rng: np.random.Generator, spare: list[list[Example]]
-             ) -> list[list[Example]]:
-    """Corrupted copies of ``bases[source][i]`` for one kind (``spare``: more clean examples per source, the pool
-    ``contradictory`` draws another same-source response from)."""
-    if kind == "swapped":  # each takes the response of the next base in source-interleaved order: another source
-        order = [(s, i) for i in range(len(bases[0])) for s in range(len(bases))]
-        shifted = order[1:] + order[:1]
-        out = [list(b) for b in bases]
-        for (s, i), (s2, i2) in zip(order, shifted):
-            out[s][i] = Example(bases[s][i].prompt, bases[s2][i2].response)
-        return out
+def corrupt(kind: str, bases: Sequence[Example], source: Sequence[int], rng: np.random.Generator,
+            same_source: Sequence[Sequence[Example]]) -> list[Example]:
+    """Corrupted copies of ``bases`` (``source[i]``: the source index of base i) for one noise kind.
+
+    swapped: bases taken in source-interleaved order each take the response of the next one (another source's
+    whenever there are several). contradictory: ``same_source[s]`` are the examples of source s another response
+    may be drawn from where no format rule applies."""
+    if kind == "swapped":
+        rank = {}
+        position = []
+        for i, s in enumerate(source):
+            rank[s] = rank.get(s, -1) + 1
+            position.append((rank[s], s, i))
+        order = [i for _, _, i in sorted(position)]
+        donor = dict(zip(order, order[1:] + order[:1]))
+        return [Example(b.prompt, bases[donor[i]].response) for i, b in enumerate(bases)]
     if kind == "truncated":
-        return [[Example(e.prompt, truncated(e.response)) for e in b] for b in bases]
+        return [Example(b.prompt, truncated(b.response)) for b in bases]
     if kind == "repeated":
-        return [[Example(e.prompt, REPEATED_RESPONSE) for e in b] for b in bases]
+        return [Example(b.prompt, REPEATED_RESPONSE) for b in bases]
     if kind == "contradictory":
-        return [[Example(e.prompt, contradictory(e, rng, spare[s])) for e in b] for s, b in enumerate(bases)]
+        return [Example(b.prompt, contradictory(b, rng, same_source[s])) for b, s in zip(bases, source)]
     raise DataError(f"unknown noise kind {kind!r}; choose from {', '.join(NOISE_KINDS)}")
+
+
+def plant_noise(examples: Sequence[Example], fraction: float, seed: int, kinds: Sequence[str] = NOISE_KINDS
+                ) -> tuple[list[Example], np.ndarray]:
+    """A copy of one dataset's ``examples`` with ``round(fraction · n)`` of them corrupted, the kinds in turn:
+    (examples, kind per example). Which examples, and the order of kinds, are seeded. An example whose corrupted
+    response happens to equal its own (a swap between two equal responses) stays labelled clean."""
+    n = len(examples)
+    chosen = np.random.default_rng([seed, 13]).permutation(n)[:int(round(fraction * n))]
+    rng = np.random.default_rng([seed, 17])
+    out, kind_of = list(examples), np.full(n, CLEAN, dtype=object)
+    for k, kind in enumerate(kinds):
+        which = chosen[k::len(kinds)]
+        for i, example in zip(which, corrupt(kind, [examples[i] for i in which], [0] * len(which), rng,
+                                             [examples])):
+            out[i], kind_of[i] = example, kind if example.response != examples[i].response else CLEAN
+    return out, kind_of.astype(str)
 
 
 def noisy_mixture(seed: int, sources: Sequence[str] = SOURCES, *, clean_per_source: int = 16, per_kind: int = 2,
@@ -131,10 +153,10 @@ def noisy_mixture(seed: int, sources: Sequence[str] = SOURCES, *, clean_per_sour
         source += [s] * len(clean[s])
         kind_of += [CLEAN] * len(clean[s])
     for kind in kinds:
-        for s, corrupted in enumerate(_corrupt(kind, bases[kind], rng, clean)):
-            examples += corrupted
-            source += [s] * len(corrupted)
-            kind_of += [kind] * len(corrupted)
+        base_source = [s for s in range(len(sources)) for _ in bases[kind][s]]
+        examples += corrupt(kind, [b for part in bases[kind] for b in part], base_source, rng, clean)
+        source += base_source
+        kind_of += [kind] * len(base_source)
     # Shuffled, so that greedy's lowest-index tie-break favours no part.
     shuffle = rng.permutation(len(examples))
     return NoisyMixture(tuple(sources), [examples[i] for i in shuffle], np.asarray(source, np.int64)[shuffle],
