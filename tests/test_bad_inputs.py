@@ -224,6 +224,10 @@ case("run", ["--split", "0.5,0.5"], "split fractions (0.5, 0.5) must be", name="
 case("run", ["--split", "a,b,c"], "'a,b,c'", name="run:split-words")
 case("run", ["--use-case", "task"], "pass --target", name="run:task-without-target")
 case("run", ["--data", "missing.jsonl"], "data 'missing.jsonl'", name="run:data-missing")
+for command in ("kernel", "run"):  # --mesh: each axis once, sizes at least 1 (issue 24.7)
+    case(command, ["--mesh", "data=1,data=1"], "axis data is given twice", name=f"{command}:mesh-repeated-axis")
+    case(command, ["--mesh", "data=0"], "axis sizes must be at least 1", name=f"{command}:mesh-size-zero")
+    case(command, ["--mesh", "data=2,model=0"], "axis sizes must be at least 1", name=f"{command}:mesh-model-zero")
 
 # models that are refused at load (never unpickled; a missing path)
 case("kernel", ["--model", "weights.bin"], "pickle-based PyTorch weights file", name="kernel:model-pickle-file")
