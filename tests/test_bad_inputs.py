@@ -202,6 +202,8 @@ case("finetune", ["--indices", "idx_float.npy"], "integer example indices", name
 case("finetune", ["--indices", "idx_empty.npy"], "selects no examples", name="finetune:indices-empty")
 case("finetune", ["--indices", "idx_object.npy"], "cannot read indices", name="finetune:indices-pickled")
 case("finetune", ["--indices", "idx.txt"], "cannot read indices", name="finetune:indices-text-garbage")
+case("finetune", ["--indices", "adir"], "--indices adir is a directory without picks.npy",
+     name="finetune:indices-directory")
 case("finetune", ["--data", "broken.jsonl"], "broken.jsonl", name="finetune:data-not-json")
 case("evaluate", ["--indices", "idx_range.npy"], "--indices index into --pool", name="evaluate:indices-no-pool")
 case("evaluate", ["--pool-limit", 3], "needs --pool", name="evaluate:pool-limit-no-pool")
@@ -493,3 +495,48 @@ def test_finetune_too_long_response_names_its_own_option(world, tiny_model_dir, 
     assert_clean_error(code, err, "raise --max-length")
     assert "max_response_tokens" not in err and "max-response-tokens" not in err
     assert not Path("ft").exists()
+
+
+def test_data_warnings_name_the_command_line_flags(world, capsys, caplog):
+    """A CLI user is told --drop-empty / --dedupe, not the Python keywords alone (issue 24). The findings are
+    logging warnings (stderr through logging's last-resort handler in the CLI; pytest captures them instead)."""
+    rows = [{"prompt": "a", "response": " x"}, {"prompt": "a", "response": " x"}, {"prompt": "b", "response": " "}]
+    Path("findings.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, err, _ = run_cli(["kernel", "--model", NO_MODEL, "--data", "findings.jsonl", "--out", "out"], capsys)
+    assert_clean_error(code, err, NO_MODEL)  # the data loads (with its findings), then the missing model stops it
+    warnings = [line for line in err.splitlines() if not line.startswith("error:")]
+    warnings += [record.getMessage() for record in caplog.records]
+    assert any("kept; drop them with --drop-empty (drop_empty=True in Python)" in line for line in warnings), err
+    assert any("kept; remove them with --dedupe (dedupe=True in Python)" in line for line in warnings), err
+    assert not Path("out").exists()
+
+
+def test_a_select_output_directory_is_read_as_its_picks(world, capsys):
+    from delift_jax.train.command import select_examples
+
+    assert run_cli(["select", "--kernel", "k.npy", "--budget", "2", "--out", "sel"], capsys)[0] == 0
+    examples = list(range(6))
+    assert select_examples(examples, "sel") == [examples[i] for i in np.load("sel/picks.npy")]
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_written_files_follow_the_umask(world, capsys, mask):
+    """Atomic writes and the kernel store's staging files get 0666 / 0777 less the umask, never mkstemp's 0600."""
+    from delift_jax.kernel.store import KernelStore
+
+    old = os.umask(mask)
+    try:
+        assert run_cli(["select", "--kernel", "k.npy", "--budget", "2", "--out", "sel"], capsys)[0] == 0
+        store = KernelStore("store")
+        store.directory.mkdir()
+        store.save_npy("neighbours.npy", np.zeros((2, 2), np.int32))
+        store.save_checked_npz("no_example.npz", rms=np.zeros(2))
+        staged = store.staging_path("kernel.npy")
+        with atomic_io.atomic_directory("exported") as staging:
+            (staging / "weights.bin").write_bytes(b"w")
+    finally:
+        os.umask(old)
+    for path in (Path("sel/picks.npy"), Path("sel/summary.json"), Path("store/neighbours.npy"),
+                 Path("store/no_example.npz"), staged):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask, (path, oct(path.stat().st_mode))
+    assert Path("exported").stat().st_mode & 0o777 == 0o777 & ~mask

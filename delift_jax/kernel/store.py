@@ -25,14 +25,14 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
-from delift_jax.atomic_io import atomic_save_json, atomic_save_npy, atomic_save_npz, atomic_write_text
+from delift_jax.atomic_io import (atomic_save_json, atomic_save_npy, atomic_save_npz, atomic_write_text,
+                                  temporary_file)
 from delift_jax.errors import DataError, DeliftError
 from delift_jax.kernel.locks import FileLock
 
@@ -262,7 +262,7 @@ class KernelStore:
     # -- final arrays, staged then published together ------------------------------------------------------------
     def staging_path(self, name: str) -> Path:
         """A fresh temporary file beside ``name`` (removed as an orphan by the next run if never published)."""
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.directory)
+        fd, tmp = temporary_file(self.directory, name)
         os.close(fd)
         return Path(tmp)
 
