@@ -226,6 +226,23 @@ case("run", ["--split", "0.5,0.5"], "split fractions (0.5, 0.5) must be", name="
 case("run", ["--split", "a,b,c"], "'a,b,c'", name="run:split-words")
 case("run", ["--use-case", "task"], "pass --target", name="run:task-without-target")
 case("run", ["--data", "missing.jsonl"], "data 'missing.jsonl'", name="run:data-missing")
+
+
+def _run_file(text):
+    def setup(world, monkeypatch, out):
+        Path("run.toml").write_text(text)
+    return setup
+
+
+# run files with wrongly typed values: one line naming the key, before any loading (issue 24.1)
+case("run", ["--config", "run.toml"], "run config.train: key max_steps must be a whole number or None (absent), "
+     "got 'ten'", setup=_run_file('[train]\nmax_steps = "ten"\n'), name="run:config-max-steps-string")
+case("run", ["--config", "run.toml"], "run config: key seed must be a whole number, got 1.5",
+     setup=_run_file("seed = 1.5\n"), name="run:config-seed-float")
+case("run", ["--config", "run.toml"], "run inputs: key dedupe must be true or false, got 'yes'",
+     setup=_run_file('[inputs]\ndedupe = "yes"\n'), name="run:config-inputs-dedupe-string")
+case("run", ["--config", "run.toml"], "delift: option eta must be a number, got 'high'",
+     setup=_run_file('[method_options.delift]\neta = "high"\n'), name="run:config-method-option-string")
 for command in ("kernel", "run"):  # --mesh: each axis once, sizes at least 1 (issue 24.7)
     case(command, ["--mesh", "data=1,data=1"], "axis data is given twice", name=f"{command}:mesh-repeated-axis")
     case(command, ["--mesh", "data=0"], "axis sizes must be at least 1", name=f"{command}:mesh-size-zero")
