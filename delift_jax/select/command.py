@@ -176,6 +176,7 @@ COMMON_SCALE = ("flmi", "flmi_paper", "flcg")  # objectives that add or compare 
 
 def _load_inputs(args, io):
     """(K or None, Q / P oriented with rows = pool or None, warning lines, summary fields) for the objective."""
+    from delift_jax.select import stores
     objective = args.objective
     if args.kernel is None and objective != "fl2mi":
         raise SelectionError(f"objective {objective} needs --kernel")
@@ -192,6 +193,9 @@ def _load_inputs(args, io):
 
     kernel_source = None if args.kernel is None else io.open_kernel(args.kernel, "kernel K")
     side_source = None if role is None else io.open_kernel(side_location, io.ROLES[role])
+    if objective != "fl2mi":  # fl2mi reads only K's column count (the pool size)
+        _check_square(kernel_source)
+    notes += [n for n in map(stores.unverified_note, (kernel_source, side_source)) if n]
     scalings = [None, None]
     if objective in COMMON_SCALE:
         scalings, note = io.plan_scale([kernel_source, side_source], args.scale)
@@ -206,7 +210,29 @@ def _load_inputs(args, io):
               "common_scale_range": None if scalings[0] is None else [scalings[0].low, scalings[0].high]}
     if role is None:
         return kernel, None, notes, layout
-    side, how, note = io.load_oriented(side_source, role, n_pool, scalings[1])
+    pool_sha256 = None if kernel_source is None else kernel_source.side_sha256("candidates")
+    side, how, note = io.load_oriented(side_source, role, n_pool, scalings[1], pool_sha256)
     notes += [note] if note else []
     layout[f"{role}_kernel_orientation"] = how
     return kernel, side, notes, layout
+
+
+def _check_square(source) -> None:
+    """K covers the pool with the pool: (n_pool, n_pool), and a store of it is the pool against itself. A
+    rectangular K (or the store of two different sets) would make every objective cover other rows than it picks
+    from; one line names the fix."""
+    from delift_jax.select import io
+
+    shape = io.kernel_shape(source)
+    if len(shape) != 2:
+        raise SelectionError(f"kernel must be 2-D (n_rows, n_candidates), got shape {shape}")
+    rows, columns = shape
+    other_sets = source.is_store and not source.manifest["square"] and (
+        source.side_sha256("targets") is None or source.side_sha256("targets") != source.side_sha256("candidates"))
+    if rows == columns and not other_sets:
+        return
+    what = (f"is {rows} x {columns}" if rows != columns
+            else "is the store of two different sets (made with --targets)")
+    raise SelectionError(f"kernel K {source.path} {what}, but K must be the pool against itself, (n_pool, n_pool): "
+                         "compute it with `delift kernel --data POOL` (no --targets); a target set's kernel goes to "
+                         "--query-kernel (flmi, fl2mi, flmi_paper), existing data's to --private-kernel (flcg)")
