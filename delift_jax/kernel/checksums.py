@@ -45,6 +45,19 @@ def record(path: str | os.PathLike) -> dict:
     return {"bytes": os.stat(path).st_size, "sha256": file_sha256(path)}
 
 
+def check_size(path: str | os.PathLike, entry: dict, fix: str) -> None:
+    """The cheap half of ``verify``: DamagedFileError unless ``path`` exists with the recorded size (a truncated
+    file is caught before anything maps its header)."""
+    try:
+        size = os.stat(path).st_size
+    except OSError:
+        raise DamagedFileError(f"{path} is missing but its store's manifest lists it; {fix}") from None
+    if not isinstance(entry, dict) or size != entry.get("bytes"):
+        raise DamagedFileError(f"{path} has {size} bytes but its store's manifest records "
+                               f"{entry.get('bytes') if isinstance(entry, dict) else None} (a truncated or altered "
+                               f"file); {fix}")
+
+
 def verify(path: str | os.PathLike, entry: dict, fix: str) -> None:
     """DamagedFileError (one line ending in ``fix``) unless ``path`` has the size and SHA-256 of ``entry``."""
     path = Path(path)

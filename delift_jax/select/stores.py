@@ -160,6 +160,9 @@ def unverified_note(source: KernelSource | None) -> str | None:
 def check_manifest(source: KernelSource) -> None:
     """One-line SelectionError where the store's manifest and its arrays disagree (see the module docstring)."""
     manifest = source.manifest
+    for name, entry in (manifest.get(FILES_KEY) or {}).items() if source.checksummed else ():
+        if name != "neighbours.npy":  # used by `delift kernel` only; select never reads it
+            checksums.check_size(source.path / name, entry, REPAIR)
     n_targets, n_candidates = (_count(source, name) for name in ("n_targets", "n_candidates"))
     if not isinstance(manifest["square"], bool) or (manifest["square"] and n_targets != n_candidates):
         _disagree(source, f"square {manifest['square']!r} with {n_targets} targets and {n_candidates} candidates")
