@@ -273,7 +273,8 @@ class KernelStore:
         """The array of ``name``, verified against the manifest's checksum where one is recorded."""
         entry = ((self.read_manifest() or {}).get(FILES_KEY) or {}).get(name)
         if entry is not None:
-            checksums.verify(self.directory / name, entry, f"delete it and {REPAIR}")
+            checksums.verify(self.directory / name, entry, "delete it and rerun the same command (it is computed "
+                             "again, deterministically)")
         try:
             return np.load(self.directory / name, allow_pickle=False)
         except (OSError, ValueError, EOFError) as exc:
