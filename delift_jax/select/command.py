@@ -20,7 +20,10 @@ the orientation that fits, with a warning; one that fits neither way, or a .npy 
 refused in one line. Scale: flmi and flcg compare K with η·max Q / ν·max P (flmi_paper adds η·max Q to K's
 coverage), so with ``--scale common`` (default)
 stores that ``delift kernel`` min-max normalized separately are re-normalized jointly from their raw utilities
-(one min-max over K and Q / P together, as the pipeline does); ``--scale stored`` keeps the stored values.
+(one min-max over K and Q / P together, as the pipeline does); ``--scale stored`` keeps the stored values. Stores
+of different distances are refused under either scale (``select.io.plan_scale``). A store is checked before use
+(``select.stores``: manifest against arrays, checksums, distance from the arrays, pool by data fingerprint), and K
+must be square, the pool against itself.
 
 Writes OUT/picks.npy (int32, pick order, indices into the pool), OUT/gains.npy (float32 marginal gains) and
 OUT/summary.json (objective value, budget, seed, orientation, scale, timings, ...), each atomically.
@@ -81,7 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", choices=["common", "stored"], default="common",
                         help="flmi / flmi_paper / flcg: common (default) re-normalizes kernel stores that were min-max normalized "
                         "separately with one min-max over the raw utilities of K and Q / P together; stored keeps "
-                        "each store's own values (a warning says they are not on one scale)")
+                        "each store's own values (a warning says they are not on one scale); stores of different "
+                        "--distance are refused under either")
     parser.add_argument("--eta", type=float, default=1.0, help="η of flmi / fl2mi / flmi_paper (default 1)")
     parser.add_argument("--nu", type=float, default=1.0, help="ν of flcg (default 1)")
     parser.add_argument("--epsilon", type=float, default=0.01, help="stochastic greedy ε (sample ⌈(n/k)ln(1/ε)⌉)")
