@@ -181,6 +181,7 @@ COMMON_SCALE = ("flmi", "flmi_paper", "flcg")  # objectives that add or compare 
 def _load_inputs(args, io):
     """(K or None, Q / P oriented with rows = pool or None, warning lines, summary fields) for the objective."""
     from delift_jax.select import stores
+
     objective = args.objective
     if args.kernel is None and objective != "fl2mi":
         raise SelectionError(f"objective {objective} needs --kernel")
@@ -198,7 +199,7 @@ def _load_inputs(args, io):
     kernel_source = None if args.kernel is None else io.open_kernel(args.kernel, "kernel K")
     side_source = None if role is None else io.open_kernel(side_location, io.ROLES[role])
     if objective != "fl2mi":  # fl2mi reads only K's column count (the pool size)
-        _check_square(kernel_source)
+        _check_square(kernel_source, io)
     notes += [n for n in map(stores.unverified_note, (kernel_source, side_source)) if n]
     scalings = [None, None]
     if objective in COMMON_SCALE:
@@ -221,12 +222,10 @@ def _load_inputs(args, io):
     return kernel, side, notes, layout
 
 
-def _check_square(source) -> None:
+def _check_square(source, io) -> None:
     """K covers the pool with the pool: (n_pool, n_pool), and a store of it is the pool against itself. A
     rectangular K (or the store of two different sets) would make every objective cover other rows than it picks
     from; one line names the fix."""
-    from delift_jax.select import io
-
     shape = io.kernel_shape(source)
     if len(shape) != 2:
         raise SelectionError(f"kernel must be 2-D (n_rows, n_candidates), got shape {shape}")
