@@ -751,7 +751,7 @@ def test_resuming_on_another_data_size_warns_and_stays_bit_identical(world, tiny
     from examples import EXAMPLES
 
     _, _, model, tokenizer = tiny_llama
-    config = KernelConfig(max_length=64, batch_size=4, block_pairs=4)
+    config = KernelConfig(max_length=256, batch_size=4, block_pairs=4)
     reference = utility_kernel(model, tokenizer, EXAMPLES[:3], config=config, mesh=data_mesh(jax.devices()[:1]))
     first = utility_kernel(model, tokenizer, EXAMPLES[:3], config=config, out_dir="store",
                            mesh=data_mesh(jax.devices()[:2]))
