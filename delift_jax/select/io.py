@@ -14,9 +14,12 @@ Orientation (DESIGN §1.3; rows are covered elements):
 * P (``--private-kernel``): (n_pool, n_existing), P[i, p] = the utility of existing example p as a demonstration
   for pool example i. A store from ``delift kernel --data EXISTING --targets POOL`` holds exactly that: P = U.
 
-A store is oriented from its manifest: the DESIGN orientation when its pool side has n_pool entries (always, for a
+A store is oriented from its manifest: the DESIGN orientation when its pool side holds the pool (always, for a
 square store), else the other one (the store then measures the other direction; a warning says so), else a
-one-line error. A plain ``.npy`` file (or a directory without a store manifest) must already be (n_pool, m); a
+one-line error. "Holds the pool" compares data fingerprints where both K's pool and the store's side have one
+(``stores.KernelSource.side_sha256``: a store of another pool is refused even at the same size, and a store of
+two equal-sized sets is oriented right), else sizes (n_pool entries). Stores are checked as they are opened
+(``select.stores``: manifest against arrays, checksums, distance). A plain ``.npy`` file (or a directory without a store manifest) must already be (n_pool, m); a
 transposed one is refused with the fix. n_pool is the number of rows of K (for fl2mi: its columns; fl2mi without
 ``--kernel`` has no pool size to check a plain file against).
 
