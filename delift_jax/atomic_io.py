@@ -7,6 +7,8 @@ removes its temporary file and re-raises, leaving the earlier file (if any) as i
 Directories are replaced the same way (``atomic_directory``); a process killed while filling one leaves a hidden
 staging directory ``.<name>.<random>.tmp`` beside it, which the next ``atomic_directory`` of the same path
 removes. Arrays are written without pickle (``allow_pickle=False``): object arrays are refused, never pickled.
+Files and directories get the modes a plain ``open()`` / ``mkdir()`` would give them under the process's umask
+(``tempfile`` alone would make them private: 0600 / 0700).
 """
 
 from __future__ import annotations
@@ -22,10 +24,46 @@ from pathlib import Path
 import numpy as np
 
 
+def umask() -> int:
+    """This process's file-mode creation mask, read from /proc where it can be (``os.umask`` can only be read by
+    setting it, which another thread could observe); elsewhere set and restored at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temporary_file(directory: str | os.PathLike, name: str) -> tuple[int, str]:
+    """(fd, path) of a new hidden ``.<name>.<random>.tmp`` in ``directory``, with the mode an ``open()`` of a new
+    file would get (0666 less the umask): ``mkstemp`` makes it 0600, and the rename would keep that."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    try:
+        os.fchmod(fd, 0o666 & ~umask())
+    except BaseException:
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return fd, tmp
+
+
+def temporary_directory(directory: str | os.PathLike, name: str, suffix: str = ".tmp") -> Path:
+    """A new hidden ``.<name>.<random><suffix>`` directory in ``directory``, mode 0777 less the umask (``mkdtemp``
+    makes it 0700, and a renamed staging directory would keep that)."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=suffix, dir=directory))
+    os.chmod(staging, 0o777 & ~umask())
+    return staging
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temporary_file(path.parent, path.name)
     try:
         with os.fdopen(fd, "wb") as handle:
             _write_durably(handle, data, path)
@@ -81,7 +119,7 @@ def atomic_directory(path: str | os.PathLike):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_staging_leftovers(path)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    staging = temporary_directory(path.parent, path.name)
     try:
         yield staging
         if path.exists():

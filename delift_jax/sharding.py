@@ -69,19 +69,29 @@ def current_mesh() -> Mesh:
 def model_mesh(data: int, model: int, devices: Sequence | None = None) -> Mesh:
     """A ``(data, model)`` mesh of ``data * model`` devices (default: the first of ``jax.devices()``)."""
     devices = list(jax.devices() if devices is None else devices)
-    if data < 1 or model < 1 or data * model > len(devices):
+    if data < 1 or model < 1:
+        raise DeliftError(f"a mesh of data={data} x model={model}: axis sizes must be at least 1")
+    if data * model > len(devices):
         raise DeliftError(f"a mesh of data={data} x model={model} needs {data * model} devices; "
                           f"{len(devices)} are available")
     return Mesh(np.asarray(devices[:data * model]).reshape(data, model), (DATA_AXIS, MODEL_AXIS))
 
 
 def parse_mesh(text: str, devices: Sequence | None = None) -> Mesh:
-    """A mesh from ``"data=4,model=2"`` (either axis may be left out: it defaults to 1)."""
+    """A mesh from ``"data=4,model=2"`` (either axis may be left out: it defaults to 1; each axis at most once,
+    sizes at least 1)."""
     sizes = {DATA_AXIS: 1, MODEL_AXIS: 1}
+    given: set[str] = set()
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, _, value = part.partition("=")
         if name not in sizes or not value.isdigit():
             raise DeliftError(f"mesh {text!r}: write axes as data=N,model=M (got {part!r})")
+        if name in given:  # a repeated axis would silently keep only its last size
+            raise DeliftError(f"mesh {text!r}: axis {name} is given twice; name each axis once, e.g. data=2,model=2")
+        if int(value) < 1:
+            raise DeliftError(f"mesh {text!r}: axis sizes must be at least 1 (got {part!r}); leave an axis out for "
+                              "size 1")
+        given.add(name)
         sizes[name] = int(value)
     return model_mesh(sizes[DATA_AXIS], sizes[MODEL_AXIS], devices)
 

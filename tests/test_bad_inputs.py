@@ -202,6 +202,8 @@ case("finetune", ["--indices", "idx_float.npy"], "integer example indices", name
 case("finetune", ["--indices", "idx_empty.npy"], "selects no examples", name="finetune:indices-empty")
 case("finetune", ["--indices", "idx_object.npy"], "cannot read indices", name="finetune:indices-pickled")
 case("finetune", ["--indices", "idx.txt"], "cannot read indices", name="finetune:indices-text-garbage")
+case("finetune", ["--indices", "adir"], "--indices adir is a directory without picks.npy",
+     name="finetune:indices-directory")
 case("finetune", ["--data", "broken.jsonl"], "broken.jsonl", name="finetune:data-not-json")
 case("evaluate", ["--indices", "idx_range.npy"], "--indices index into --pool", name="evaluate:indices-no-pool")
 case("evaluate", ["--pool-limit", 3], "needs --pool", name="evaluate:pool-limit-no-pool")
@@ -224,6 +226,27 @@ case("run", ["--split", "0.5,0.5"], "split fractions (0.5, 0.5) must be", name="
 case("run", ["--split", "a,b,c"], "'a,b,c'", name="run:split-words")
 case("run", ["--use-case", "task"], "pass --target", name="run:task-without-target")
 case("run", ["--data", "missing.jsonl"], "data 'missing.jsonl'", name="run:data-missing")
+
+
+def _run_file(text):
+    def setup(world, monkeypatch, out):
+        Path("run.toml").write_text(text)
+    return setup
+
+
+# run files with wrongly typed values: one line naming the key, before any loading (issue 24.1)
+case("run", ["--config", "run.toml"], "run config.train: key max_steps must be a whole number or None (absent), "
+     "got 'ten'", setup=_run_file('[train]\nmax_steps = "ten"\n'), name="run:config-max-steps-string")
+case("run", ["--config", "run.toml"], "run config: key seed must be a whole number, got 1.5",
+     setup=_run_file("seed = 1.5\n"), name="run:config-seed-float")
+case("run", ["--config", "run.toml"], "run inputs: key dedupe must be true or false, got 'yes'",
+     setup=_run_file('[inputs]\ndedupe = "yes"\n'), name="run:config-inputs-dedupe-string")
+case("run", ["--config", "run.toml"], "delift: option eta must be a number, got 'high'",
+     setup=_run_file('[method_options.delift]\neta = "high"\n'), name="run:config-method-option-string")
+for command in ("kernel", "run"):  # --mesh: each axis once, sizes at least 1 (issue 24.7)
+    case(command, ["--mesh", "data=1,data=1"], "axis data is given twice", name=f"{command}:mesh-repeated-axis")
+    case(command, ["--mesh", "data=0"], "axis sizes must be at least 1", name=f"{command}:mesh-size-zero")
+    case(command, ["--mesh", "data=2,model=0"], "axis sizes must be at least 1", name=f"{command}:mesh-model-zero")
 
 # models that are refused at load (never unpickled; a missing path)
 case("kernel", ["--model", "weights.bin"], "pickle-based PyTorch weights file", name="kernel:model-pickle-file")
@@ -489,3 +512,253 @@ def test_finetune_too_long_response_names_its_own_option(world, tiny_model_dir, 
     assert_clean_error(code, err, "raise --max-length")
     assert "max_response_tokens" not in err and "max-response-tokens" not in err
     assert not Path("ft").exists()
+
+
+def test_data_warnings_name_the_command_line_flags(world, capsys, caplog):
+    """A CLI user is told --drop-empty / --dedupe, not the Python keywords alone (issue 24). The findings are
+    logging warnings (stderr through logging's last-resort handler in the CLI; pytest captures them instead)."""
+    rows = [{"prompt": "a", "response": " x"}, {"prompt": "a", "response": " x"}, {"prompt": "b", "response": " "}]
+    Path("findings.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, err, _ = run_cli(["kernel", "--model", NO_MODEL, "--data", "findings.jsonl", "--out", "out"], capsys)
+    assert_clean_error(code, err, NO_MODEL)  # the data loads (with its findings), then the missing model stops it
+    warnings = [line for line in err.splitlines() if not line.startswith("error:")]
+    warnings += [record.getMessage() for record in caplog.records]
+    assert any("kept; drop them with --drop-empty (drop_empty=True in Python)" in line for line in warnings), err
+    assert any("kept; remove them with --dedupe (dedupe=True in Python)" in line for line in warnings), err
+    assert not Path("out").exists()
+
+
+def test_a_select_output_directory_is_read_as_its_picks(world, capsys):
+    from delift_jax.train.command import select_examples
+
+    assert run_cli(["select", "--kernel", "k.npy", "--budget", "2", "--out", "sel"], capsys)[0] == 0
+    examples = list(range(6))
+    assert select_examples(examples, "sel") == [examples[i] for i in np.load("sel/picks.npy")]
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_written_files_follow_the_umask(world, capsys, mask):
+    """Atomic writes and the kernel store's staging files get 0666 / 0777 less the umask, never mkstemp's 0600."""
+    from delift_jax.kernel.store import KernelStore
+
+    old = os.umask(mask)
+    try:
+        assert run_cli(["select", "--kernel", "k.npy", "--budget", "2", "--out", "sel"], capsys)[0] == 0
+        store = KernelStore("store")
+        store.directory.mkdir()
+        store.save_npy("neighbours.npy", np.zeros((2, 2), np.int32))
+        store.save_checked_npz("no_example.npz", rms=np.zeros(2))
+        staged = store.staging_path("kernel.npy")
+        with atomic_io.atomic_directory("exported") as staging:
+            (staging / "weights.bin").write_bytes(b"w")
+    finally:
+        os.umask(old)
+    for path in (Path("sel/picks.npy"), Path("sel/summary.json"), Path("store/neighbours.npy"),
+                 Path("store/no_example.npz"), staged):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask, (path, oct(path.stat().st_mode))
+    assert Path("exported").stat().st_mode & 0o777 == 0o777 & ~mask
+
+
+# ------------------------------------------------------------------------------------------------ kernel stores
+TARGET_ROWS = [{"prompt": f"Target {i}: what is {i} times 3?", "response": f" It is {3 * i}."} for i in range(3)]
+OTHER_ROWS = [{"prompt": f"Other {i}: name a colour.", "response": f" Colour {i}."} for i in range(6)]
+
+
+@pytest.fixture(scope="module")
+def real_stores(tiny_llama, tmp_path_factory):
+    """Stores of the real `delift kernel` (tiny model): the pool against itself, 3 targets against the pool (pmi and
+    rms), the same targets against another pool of the same size (6), and the pool as targets of that other set."""
+    root = tmp_path_factory.mktemp("stores")
+    pool_rows = [{"prompt": f"Question {i}: what is {i} + {i}?", "response": f" It is {2 * i}."} for i in range(6)]
+    for name, rows in (("pool", pool_rows), ("targets", TARGET_ROWS), ("other", OTHER_ROWS)):
+        (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = ["--model", str(tiny_llama[0]), "--max-length", "64", "--batch-size", "4"]
+    runs = {"k": ["--data", "pool.jsonl"], "q": ["--data", "pool.jsonl", "--targets", "targets.jsonl"],
+            "q_rms": ["--data", "pool.jsonl", "--targets", "targets.jsonl", "--distance", "rms"],
+            "q_other": ["--data", "other.jsonl", "--targets", "targets.jsonl"],
+            "q_swapped": ["--data", "other.jsonl", "--targets", "pool.jsonl"]}
+    for name, args in runs.items():
+        argv = ["kernel", *common, *[str(root / a) if a.endswith(".jsonl") else a for a in args],
+                "--out", str(root / name)]
+        assert cli.main(argv) == 0, name
+    return root
+
+
+@pytest.fixture
+def stores(world, real_stores):
+    import shutil
+
+    for name in ("k", "q", "q_rms", "q_other"):
+        shutil.copytree(real_stores / name, world / name)
+    return world
+
+
+def _edit_manifest(path, **fields):
+    manifest = json.loads((Path(path) / "manifest.json").read_text())
+    for key, value in fields.items():
+        target = manifest
+        *parents, last = key.split(".")
+        for parent in parents:
+            target = target[parent]
+        target[last] = value
+    (Path(path) / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _flip_a_bit(path):
+    data = bytearray(Path(path).read_bytes())
+    data[-3] ^= 0x10  # inside the array data, past the header
+    Path(path).write_bytes(bytes(data))
+
+
+STORE_CASES = [  # (name, argv after `select`, fragment of the error, damage done to the stores first)
+    ("query-store-of-another-pool", ["--kernel", "k", "--objective", "flmi", "--query-kernel", "q_other"],
+     "was computed on other examples than the pool of --kernel", None),
+    ("query-store-of-another-pool-fl2mi", ["--kernel", "k", "--objective", "fl2mi", "--query-kernel", "q_other"],
+     "same size, different data fingerprints", None),
+    ("stored-scale-mixed-distances", ["--kernel", "k", "--objective", "flmi", "--query-kernel", "q_rms",
+                                      "--scale", "stored"], "no --scale (common or stored)", None),
+    ("common-scale-mixed-distances", ["--kernel", "k", "--objective", "flmi", "--query-kernel", "q_rms"],
+     "--distance pmi and query kernel Q q_rms with --distance rms", None),
+    ("flipped-bit-in-kernel", ["--kernel", "k"], "k/kernel.npy does not match the checksum",
+     lambda: _flip_a_bit("k/kernel.npy")),
+    ("flipped-bit-in-raw-utilities", ["--kernel", "k", "--objective", "flmi", "--query-kernel", "q"],
+     "q/utility_raw.npy does not match the checksum", lambda: _flip_a_bit("q/utility_raw.npy")),
+    ("truncated-kernel", ["--kernel", "k"], "k/kernel.npy has 268 bytes but its store's manifest records 272",
+     lambda: Path("k/kernel.npy").write_bytes(Path("k/kernel.npy").read_bytes()[:-4])),
+    ("edited-summary-distance", ["--kernel", "k", "--objective", "flmi", "--query-kernel", "q_rms"],
+     "with --distance rms", lambda: _edit_manifest("q_rms", **{"summary.distance": "pmi"})),
+    ("edited-n-targets", ["--kernel", "k", "--objective", "flmi", "--query-kernel", "q"],
+     "the manifest of query kernel Q q says n_targets x n_candidates = (6, 6), but kernel.npy has shape (3, 6)",
+     lambda: _edit_manifest("q", n_targets=6)),
+    ("edited-square-flag", ["--kernel", "k"], "says square True with 3 targets and 6 candidates",
+     lambda: (_edit_manifest("q", square=True), Path("k").rename("k_orig"), Path("q").rename("k"))),
+    ("non-square-store-as-k", ["--kernel", "q"], "kernel K q is 3 x 6, but K must be the pool against itself", None),
+    ("rectangular-npy-k-fl", ["--kernel", "k_rect.npy"], "kernel K k_rect.npy is 6 x 4", None),
+    ("rectangular-npy-k-flcg", ["--kernel", "k_rect.npy", "--objective", "flcg", "--private-kernel", "q"],
+     "is 6 x 4, but K must be the pool against itself", None),
+]
+
+
+@pytest.mark.parametrize("argv, fragment, damage", [c[1:] for c in STORE_CASES], ids=[c[0] for c in STORE_CASES])
+def test_bad_kernel_stores_end_in_one_clean_line(stores, capsys, argv, fragment, damage):
+    if damage is not None:
+        damage()
+    before = snapshot(stores)
+    code, err, _ = run_cli(["select", *argv, "--budget", "2", "--out", "sel"], capsys)
+    assert_clean_error(code, err, fragment)
+    assert snapshot(stores) == before and not Path("sel").exists()
+
+
+def test_store_records_checksums_fingerprints_and_mesh(stores, capsys):
+    manifest = json.loads(Path("q/manifest.json").read_text())
+    from delift_jax.kernel import checksums
+
+    assert set(manifest["files"]) == {"kernel.npy", "utility_raw.npy", "distance_no_example.npy",
+                                      "distance_with_example.npy", "distances.npz"}
+    for name, entry in manifest["files"].items():
+        assert entry == checksums.record(Path("q") / name)
+    square = json.loads(Path("k/manifest.json").read_text())
+    assert square["targets_sha256"] == square["candidates_sha256"] == square["data_sha256"]
+    assert manifest["candidates_sha256"] == square["data_sha256"] != manifest["targets_sha256"]
+    assert manifest["mesh"] == {"data": 4, "model": 1}  # tests simulate 4 CPU devices; a data mesh over all
+    code, err, _ = run_cli(["select", "--kernel", "k", "--objective", "flmi", "--query-kernel", "q", "--budget", "2",
+                            "--out", "sel"], capsys)
+    assert code == 0 and "warning" not in err, err
+
+
+def test_a_store_without_checksums_is_used_with_one_warning(stores, capsys):
+    _edit_manifest("k", files=None)
+    manifest = json.loads(Path("k/manifest.json").read_text())
+    del manifest["files"]
+    Path("k/manifest.json").write_text(json.dumps(manifest))
+    code, err, _ = run_cli(["select", "--kernel", "k", "--budget", "2", "--out", "sel"], capsys)
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert code == 0 and len(warnings) == 1 and "records no checksums" in warnings[0], err
+
+
+def test_a_store_of_two_equal_sized_sets_is_oriented_by_fingerprint(world, real_stores, capsys):
+    """Sizes cannot orient a 6 x 6 store of two sets (the pool as rows, another set of 6 as columns); the data
+    fingerprints can: its pool side is its rows, so it is used as stored, with the other-direction warning (by size
+    alone it was transposed, silently putting the other set on the rows)."""
+    import shutil
+
+    shutil.copytree(real_stores / "k", "k")
+    shutil.copytree(real_stores / "q_swapped", "swapped")
+    code, err, _ = run_cli(["select", "--kernel", "k", "--objective", "fl2mi", "--query-kernel", "swapped",
+                            "--budget", "2", "--out", "sel"], capsys)
+    assert code == 0 and "has the pool as its rows" in err, err
+    summary = json.loads(Path("sel/summary.json").read_text())
+    assert summary["query_kernel_orientation"] == "store, as stored (U)"
+
+
+KERNEL_ARGV = ["kernel", "--data", "data.jsonl", "--limit", 4, "--block-pairs", 4, "--max-length", 64,
+               "--batch-size", 4]
+
+
+def test_every_temporary_file_of_a_store_is_removed_by_the_next_run(world, tiny_model_dir, capsys):
+    """Issue 24.8: a crash while the first manifest was written leaves only its temporary file (no manifest yet);
+    crashes later leave them beside the manifest and under blocks/. The next run removes all of them."""
+    argv = [*KERNEL_ARGV, "--model", tiny_model_dir, "--out", "store"]
+    Path("store").mkdir()
+    Path("store/.manifest.json.k1ll3d.tmp").write_text('{"format_version": ')
+    code, err, _ = run_cli(argv, capsys)
+    assert code == 0, err
+    assert no_temporaries(world) == [] and "removed 1 temporary files" in err
+    for name in (".manifest.json.a1.tmp", ".kernel.npy.b2.tmp", ".no_example.npz.c3.tmp", "blocks/.block_000000.d4.tmp",
+                 "..rms_with_example.npy.e5.tmp"):
+        (Path("store") / name).write_bytes(b"\0" * 64)
+    code, err, _ = run_cli(argv, capsys)
+    assert code == 0 and no_temporaries(world) == [], err
+
+
+def test_a_failed_first_run_leaves_no_directory_even_after_an_orphan(world):
+    from delift_jax.kernel.store import KernelStore
+
+    store = KernelStore("fresh")
+    store.directory.mkdir()
+    (store.directory / ".manifest.json.x.tmp").write_text("{")
+    (store.directory / ".lock").write_text("")
+    store.remove_if_unused()
+    assert not store.directory.exists()
+    Path("foreign").mkdir()  # not a store: files but no manifest; its hidden temporary files are not ours
+    Path("foreign/notes.txt").write_text("mine")
+    Path("foreign/.notes.txt.1.tmp").write_text("mine too")
+    assert KernelStore("foreign").remove_orphans() == 0 and Path("foreign/.notes.txt.1.tmp").exists()
+
+
+def test_resuming_on_another_mesh_says_so(world, tiny_model_dir, capsys):
+    """Issue 23.4d: the manifest records the mesh; another data size is one warning line (results bit-identical),
+    another model size with blocks left to compute is one error line, with nothing left a warning."""
+    argv = [*KERNEL_ARGV, "--model", tiny_model_dir, "--out", "store"]
+    assert run_cli(argv, capsys)[0] == 0
+    assert json.loads(Path("store/manifest.json").read_text())["mesh"] == {"data": 4, "model": 1}
+    code, err, _ = run_cli([*argv, "--mesh", "data=2,model=2"], capsys)  # nothing left: reassembles only
+    assert code == 0 and "warning: store was computed on mesh data=4,model=1; this run (data=2,model=2) only " \
+        "reassembles its finished blocks" in err, err
+    Path("store/blocks/block_000001.npz").unlink()
+    before = snapshot(Path("store"))
+    code, err, _ = run_cli([*argv, "--mesh", "data=2,model=2"], capsys)
+    assert_clean_error(code, err, "store was started on mesh data=4,model=1 and this run's mesh is data=2,model=2")
+    assert "resume with --mesh model=1 (any data size) or use a new --out" in err
+    assert snapshot(Path("store")) == before
+
+
+def test_resuming_on_another_data_size_warns_and_stays_bit_identical(world, tiny_llama):
+    import jax
+
+    from delift_jax.kernel import KernelConfig, utility_kernel
+    from delift_jax.sharding import data_mesh
+    from examples import EXAMPLES
+
+    _, _, model, tokenizer = tiny_llama
+    config = KernelConfig(max_length=256, batch_size=4, block_pairs=4)
+    reference = utility_kernel(model, tokenizer, EXAMPLES[:3], config=config, mesh=data_mesh(jax.devices()[:1]))
+    first = utility_kernel(model, tokenizer, EXAMPLES[:3], config=config, out_dir="store",
+                           mesh=data_mesh(jax.devices()[:2]))
+    Path("store/blocks/block_000000.npz").unlink()  # one block is recomputed on the other data size
+    with pytest.warns(UserWarning, match=r"started on mesh data=2,model=1; resuming on data=4,model=1: results do not "
+                                         r"depend on the data size \(bit-identical\)"):
+        resumed = utility_kernel(model, tokenizer, EXAMPLES[:3], config=config, out_dir="store",
+                                 mesh=data_mesh(jax.devices()[:4]))
+    np.testing.assert_array_equal(np.asarray(first.utility), np.asarray(reference.utility))
+    np.testing.assert_array_equal(np.asarray(resumed.utility), np.asarray(reference.utility))

@@ -30,9 +30,10 @@ def test_findings_are_reported_and_kept_by_default(tmp_path, caplog):
     assert report.duplicate_groups == ((1, 3, 5), (6, 7)) and report.n_duplicates == 3
     lines = [r.getMessage() for r in caplog.records]
     assert lines == report.messages() and len(lines) == 2
-    assert "2 of 7 examples have an empty response (rows 2, 4); kept; pass drop_empty=True" in lines[0]
-    assert "3 duplicate examples (identical prompt and response) in 2 group(s), e.g. rows 3, 5 repeat row 1" \
-        in lines[1]
+    assert "2 of 7 examples have an empty response (rows 2, 4); kept; drop them with --drop-empty " \
+        "(drop_empty=True in Python)" in lines[0]
+    assert "3 duplicate examples (identical prompt and response) in 2 group(s), e.g. rows 3, 5 repeat row 1; kept; " \
+        "remove them with --dedupe (dedupe=True in Python)" in lines[1]
 
 
 def test_dedupe_and_drop_empty_on_request(tmp_path, caplog):

@@ -11,6 +11,7 @@ import pytest
 from delift_jax.errors import DataError
 from delift_jax.kernel import assemble as assemble_module
 from delift_jax.kernel import blocks as blocks_module
+from delift_jax.kernel import checksums
 from delift_jax.kernel.blocks import BlockScores, Coordination, compute_blocks
 from delift_jax.kernel.config import KernelConfig
 from delift_jax.kernel.estimate import MAX_BLOCK_PAIRS, choose_block_pairs
@@ -325,6 +326,10 @@ def test_streamed_assembly_equals_the_in_memory_assembly_bit_for_bit(tmp_path, m
     assert manifest["complete"] is True and manifest["summary"]["note"] == 1
     assert manifest["summary"]["utility_min"] == float(expected["utility"].min())
     assert not list(store.directory.glob(".*.tmp"))
+    published = {p.name for p in store.directory.glob("*.np[yz]")} - {"no_example.npz"}
+    assert set(manifest["files"]) == published  # every final array, with its size and SHA-256
+    for name, entry in manifest["files"].items():
+        assert entry == checksums.record(store.directory / name)
 
 
 def test_assembly_refuses_a_block_with_other_pairs(tmp_path):
@@ -362,3 +367,58 @@ def test_a_failed_manifest_write_during_assembly_leaves_no_staged_file(tmp_path,
     assert not list(store.directory.glob(".*.tmp"))
     assert store.read_manifest()["complete"] is True
     np.testing.assert_array_equal(np.load(store.directory / "kernel.npy"), kernel_before)
+
+
+# -- checksums of published files ---------------------------------------------------------------------------------
+
+def test_verification_streams_each_file_version_once(tmp_path, monkeypatch):
+    """Verified in chunks (memory stays flat), once per process and file version; a changed file is read again."""
+    path = tmp_path / "kernel.npy"
+    np.save(path, np.arange(1000, dtype=np.float32))
+    entry = checksums.record(path)
+    reads = []
+    real_open = open
+
+    class Counting:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def read(self, size):
+            reads.append(size)
+            return self.handle.read(size)
+
+    monkeypatch.setattr(checksums, "CHUNK_BYTES", 512)
+    monkeypatch.setattr(checksums, "open", lambda p, mode: Counting(real_open(p, mode)), raising=False)
+    checksums.verify(path, entry, "fix it")
+    chunks = -(-path.stat().st_size // 512) + 1  # full chunks, the short last one, the empty read at the end
+    assert set(reads) == {512} and len(reads) == chunks
+    checksums.verify(path, entry, "fix it")
+    assert len(reads) == chunks  # the same file version: not read again
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(DamagedFileError, match="kernel.npy does not match the checksum .*; fix it"):
+        checksums.verify(path, entry, "fix it")
+    with pytest.raises(DamagedFileError, match="has 3 bytes but its store's manifest records"):
+        path.write_bytes(b"abc")
+        checksums.check_size(path, entry, "fix it")
+
+
+def test_saved_neighbours_are_verified_when_read_back(tmp_path):
+    plan = plan_kernel(N_TARGETS, N_CANDIDATES, square=False, block_pairs=6)
+    store = make_store(tmp_path, plan)
+    neighbours = np.arange(12, dtype=np.int64).reshape(6, 2)
+    store.save_npy("neighbours.npy", neighbours)
+    assert store.read_manifest()["files"]["neighbours.npy"] == checksums.record(store.directory / "neighbours.npy")
+    np.testing.assert_array_equal(store.load_npy("neighbours.npy"), neighbours)
+    data = bytearray((store.directory / "neighbours.npy").read_bytes())
+    data[-2] ^= 4
+    (store.directory / "neighbours.npy").write_bytes(bytes(data))
+    with pytest.raises(DamagedFileError, match="neighbours.npy does not match the checksum .* delete it and rerun"):
+        store.load_npy("neighbours.npy")

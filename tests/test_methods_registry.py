@@ -6,6 +6,7 @@ import pytest
 from delift_jax.data.records import Example
 from delift_jax.errors import DataError
 from delift_jax.methods import METHODS, Selection, canonical_name, select
+from delift_jax.methods.baselines import RANDOM_STREAM
 
 POOL = [Example(f"prompt {i}\n", f" response {i}") for i in range(40)]
 
@@ -38,7 +39,16 @@ def test_random_is_a_seeded_permutation_prefix():
     np.testing.assert_array_equal(a.indices, b.indices)
     assert not np.array_equal(a.indices, c.indices)
     np.testing.assert_array_equal(small.indices, a.indices[:4])
-    np.testing.assert_array_equal(a.indices, np.random.default_rng(3).permutation(len(POOL))[:10])
+    np.testing.assert_array_equal(a.indices, np.random.default_rng([3, RANDOM_STREAM]).permutation(len(POOL))[:10])
+
+
+def test_random_draws_from_its_own_stream_not_the_splits():
+    """The splits permute with default_rng(seed); Random's picks must not be a prefix of that same permutation
+    (issue 23.4a: with one stream, Random's order was exactly the order that had cut the pool)."""
+    for seed in range(5):
+        for n in (10, len(POOL)):
+            picks = select("random", pool=POOL[:n], budget=4, seed=seed).indices
+            assert not np.array_equal(picks, np.random.default_rng(seed).permutation(n)[:4])
 
 
 def test_fraction_budget():

@@ -106,6 +106,41 @@ def test_bad_run_files_are_one_line_errors(tmp_path, text, fragment):
     assert fragment in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("text, fragment", [
+    ("[train]\nmax_steps = 'ten'\n", "run config.train: key max_steps must be a whole number or None (absent), "
+                                     "got 'ten' (a string)"),
+    ("seed = 1.5\n", "run config: key seed must be a whole number, got 1.5 (a number)"),
+    ("seed = true\n", "run config: key seed must be a whole number, got True (true/false)"),
+    ("budget = '0.3'\n", "run config: key budget must be a number, got '0.3' (a string)"),
+    ("checkpoints = 1\n", "run config: key checkpoints must be true or false, got 1"),
+    ("[kernel]\ntop_k = 2.5\n", "run config.kernel: key top_k must be a whole number or None (absent)"),
+    ("[kernel]\ndistance = 3\n", "run config.kernel: key distance must be a string, got 3"),
+    ("kernel = 3\n", "run config: key kernel must be a table of KernelConfig settings, got 3"),
+    ("[train.lora]\ntargets = ['q_proj', 3]\n", "run config.train.lora: key targets must be a list of strings"),
+    ("[generation]\ntemperature = 'hot'\n", "run config.generation: key temperature must be a number"),
+    ("methods = 3\n", "run config: key methods must be a list or a string, got 3"),
+    ("[method_options.delift]\neta = 'high'\n", "delift: option eta must be a number, got 'high'"),
+    ("[inputs]\ndedupe = 'yes'\n", "run inputs: key dedupe must be true or false, got 'yes'"),
+])
+def test_wrongly_typed_values_are_one_line_errors(tmp_path, text, fragment):
+    """Every field's type is checked when the options are built (as unknown keys are), never a TypeError later."""
+    path = tmp_path / "run.toml"
+    path.write_text("use_case = 'instruction'\n" + text + ("" if "[inputs]" in text else "[inputs]\n")
+                    + "data = 'ifbench'\n")
+    with pytest.raises(DataError) as info:
+        command.resolve_run(parse(["--config", str(path)]))
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_whole_numbers_for_float_fields_become_floats():
+    config = RunConfig.from_dict({"use_case": "instruction", "train": {"learning_rate": 1, "lora": {"alpha": 8}},
+                                  "budget": 3})
+    assert type(config.train.learning_rate) is float and type(config.train.lora.alpha) is float
+    assert config.budget == 3 and type(config.budget) is int  # float | int: a count stays a count
+    assert config.train.fingerprint() == RunConfig.from_dict(
+        {"use_case": "instruction", "train": {"learning_rate": 1.0, "lora": {"alpha": 8.0}}}).train.fingerprint()
+
+
 def test_config_dict_round_trip():
     config = RunConfig(use_case="continual", budget=12, methods="delift,less", split=(0.7, 0.1, 0.2),
                        kernel=KernelConfig(max_length=64, distance="rms"),  # not the default

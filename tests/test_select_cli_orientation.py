@@ -16,6 +16,8 @@ import pytest
 
 from delift_jax import select as sel
 from delift_jax.data import Example
+from delift_jax.kernel import checksums
+from delift_jax.kernel.store import array_checksum
 from delift_jax.kernel.normalize import normalize
 from delift_jax.methods.submodular import common_scale
 from test_select_cli import RUN_CLI, main, read
@@ -112,7 +114,11 @@ def test_fl2mi_on_a_target_store_picks_pool_examples(stores, with_kernel, tmp_pa
 # Stores written by hand (same layout as `delift kernel`), for the errors, warnings and scale rules.
 
 
-def fake_store(path, raw, *, normalization="minmax", square=False, exclude_diagonal=False, sparse_k=None):
+def fake_store(path, raw, *, normalization="minmax", square=False, exclude_diagonal=False, sparse_k=None,
+               distance="pmi"):
+    """A store as `delift kernel` writes it: arrays, manifest, the no-example distances its ``distance`` is derived
+    from, and the size and SHA-256 of every array in the manifest. distance None: a store as older versions wrote it
+    (no distance evidence, no checksums)."""
     path.mkdir()
     raw = np.asarray(raw, np.float64)
     ignore = np.eye(raw.shape[0], dtype=bool) if exclude_diagonal else None
@@ -125,10 +131,18 @@ def fake_store(path, raw, *, normalization="minmax", square=False, exclude_diago
         np.save(path / "kernel_indices.npy", indices)
         np.save(path / "utility_raw_values.npy", values.astype(np.float32))
         np.save(path / "kernel_values.npy", normalize(values, normalization))
-    (path / "manifest.json").write_text(json.dumps({
-        "n_targets": raw.shape[0], "n_candidates": raw.shape[1], "square": square, "complete": True,
-        "mode": "dense" if sparse_k is None else "sparse",
-        "summary": {"normalization": normalization, "exclude_diagonal": exclude_diagonal}}))
+    manifest = {"n_targets": raw.shape[0], "n_candidates": raw.shape[1], "square": square, "complete": True,
+                "mode": "dense" if sparse_k is None else "sparse", "top_k": sparse_k,
+                "summary": {"normalization": normalization, "exclude_diagonal": exclude_diagonal}}
+    if distance is not None:
+        rng = np.random.default_rng(raw.shape[0])
+        no_example = {"rms": rng.random(raw.shape[0]), "logp": -rng.random(raw.shape[0]),
+                      "n_scored": np.full(raw.shape[0], 3)}
+        np.savez(path / "no_example.npz", **no_example, checksum=array_checksum(no_example))
+        np.save(path / "distance_no_example.npy", no_example["rms" if distance == "rms" else "logp"])
+        manifest["summary"]["distance"] = distance
+        manifest["files"] = {p.name: checksums.record(p) for p in sorted(path.glob("*.npy"))}
+    (path / "manifest.json").write_text(json.dumps(manifest))
     return path
 
 

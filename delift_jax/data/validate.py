@@ -1,6 +1,7 @@
 """Validation of mapped examples: empty responses and exact duplicates are counted and reported, never dropped
-silently. ``drop_empty=True`` drops examples whose response is blank; ``dedupe=True`` keeps the first of each group of
-identical (prompt, response) examples. A dataset whose responses are all blank is an error.
+silently. ``drop_empty=True`` (``--drop-empty``) drops examples whose response is blank; ``dedupe=True``
+(``--dedupe``) keeps the first of each group of identical (prompt, response) examples. A dataset whose responses are
+all blank is an error. The messages name the command-line flag first (most readers run ``delift``), the keyword second.
 """
 
 from __future__ import annotations
@@ -43,13 +44,13 @@ class DataReport:
         lines = []
         if self.empty_rows:
             rows = ", ".join(map(str, self.empty_rows[:5])) + (", ..." if len(self.empty_rows) > 5 else "")
-            action = "dropped (drop_empty)" if self.dropped_empty else "kept; pass drop_empty=True to drop them"
+            action = "dropped (drop_empty)" if self.dropped_empty else "kept; drop them with --drop-empty (drop_empty=True in Python)"
             lines.append(f"{self.source}: {len(self.empty_rows)} of {self.n_records} examples have an empty response "
                          f"(rows {rows}); {action}")
         if self.duplicate_groups:
             first = self.duplicate_groups[0]
             action = ("removed, first copy kept (dedupe)" if self.deduplicated
-                      else "kept; pass dedupe=True to remove them")
+                      else "kept; remove them with --dedupe (dedupe=True in Python)")
             lines.append(f"{self.source}: {self.n_duplicates} duplicate examples (identical prompt and response) in "
                          f"{len(self.duplicate_groups)} group(s), e.g. rows {', '.join(map(str, first[1:4]))} repeat "
                          f"row {first[0]}; {action}")

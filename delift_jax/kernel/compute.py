@@ -27,7 +27,8 @@ from delift_jax.kernel.coordination import log, wait_for
 from delift_jax.kernel.engine import PairScorer
 from delift_jax.kernel.estimate import (RunEstimate, choose_block_pairs, demonstration_bytes, estimate_run,
                                         seconds_per_pair, sparse_advice)
-from delift_jax.kernel.identity import data_fingerprint, kernel_identity, model_fingerprint, tokens_fingerprint
+from delift_jax.kernel.identity import (data_fingerprint, kernel_identity, mesh_change, mesh_record, model_fingerprint,
+                                       tokens_fingerprint)
 from delift_jax.kernel.outputs import KernelResult, write_outputs
 from delift_jax.kernel.pairs import build_pair_sequences, full_sequences_for
 from delift_jax.kernel.plan import KernelPlan, plan_blocks, plan_kernel, plan_pairs
@@ -154,15 +155,16 @@ def _prepare_store(job: _Job, store: KernelStore, seqs, identity: dict, since: f
 
 def _prepare_locked(job: _Job, store: KernelStore, seqs, identity: dict) -> KernelPlan:
     store.check_identity(identity)  # before anything stored (the sparse neighbours) is read back
-    if store.read_manifest() is not None:
-        removed = store.remove_orphans()
-        if removed:
-            log(f"removed {removed} temporary files left in {store.directory} by an interrupted run")
+    removed = store.remove_orphans()  # with or without a manifest: a crash may have hit its first write
+    if removed:
+        log(f"removed {removed} temporary files left in {store.directory} by an interrupted run")
     neighbours = _neighbours(job, store, seqs) if job.config.top_k is not None else None
     plan = plan_kernel(len(job.targets), len(job.candidates), square=job.square, neighbours=neighbours,
                        block_pairs=_block_pairs(job, store, seqs, neighbours))
     _check_max_pairs(plan, job.max_pairs)
-    store.open(dict(identity, n_blocks=plan.n_blocks, n_pairs=plan.n_pairs, block_pairs=plan.block_pairs))
+    store.open(dict(identity, n_blocks=plan.n_blocks, n_pairs=plan.n_pairs, block_pairs=plan.block_pairs,
+                    mesh=mesh_record(job.mesh)))
+    _check_mesh(job, store, plan)
     if neighbours is not None and not store.has("neighbours.npy"):
         store.save_npy("neighbours.npy", neighbours)
     _ensure_no_example(job, store, seqs)
@@ -183,7 +185,17 @@ def _join_store(job: _Job, store: KernelStore, seqs, identity: dict, since: floa
                        block_pairs=block_pairs)
     _check_max_pairs(plan, job.max_pairs)
     store.open(dict(identity, n_blocks=plan.n_blocks, n_pairs=plan.n_pairs), create=False)
+    _check_mesh(job, store, plan)
     return plan
+
+
+def _check_mesh(job: _Job, store: KernelStore, plan: KernelPlan) -> None:
+    """A store started on another mesh: a warning where the results are the same, refused where blocks are left to
+    compute with another tensor-parallel rounding (``identity.mesh_change``)."""
+    work_left = not store.has("no_example.npz") or len(store.finished_blocks()) < plan.n_blocks
+    line = mesh_change(store.read_manifest().get("mesh"), job.mesh, store.directory, work_left)
+    if line:
+        warnings.warn(line, stacklevel=5)
 
 
 def _neighbours(job: _Job, store: KernelStore, seqs) -> np.ndarray:

@@ -1,7 +1,8 @@
 """The final arrays of a kernel store, streamed from the blocks into memory-mapped files and published together.
 
 Everything is staged in temporary files first (every block read and verified on the way); only then is the manifest
-set to incomplete, the staged files renamed onto their final names, and the manifest set to complete. A damaged or
+set to incomplete, the staged files renamed onto their final names, and the manifest set to complete with each
+file's size and SHA-256 (``files``, read back by ``delift select``: ``kernel.checksums``). A damaged or
 missing block therefore leaves a complete store complete, and a crash mid-publish leaves it incomplete, never mixed.
 """
 
@@ -18,7 +19,7 @@ from delift_jax.kernel.assemble import WithExample, assemble, diagonal_mask, raw
 from delift_jax.kernel.config import KernelConfig
 from delift_jax.kernel.normalize import apply_scale, fit_scale, utilities
 from delift_jax.kernel.plan import KernelPlan
-from delift_jax.kernel.store import DamagedFileError, KernelStore
+from delift_jax.kernel.store import FILES_KEY, DamagedFileError, KernelStore
 
 
 @dataclasses.dataclass
@@ -45,14 +46,15 @@ def write_outputs(store: KernelStore, plan: KernelPlan, config: KernelConfig, ru
     try:
         low, high = _stage_arrays(store, plan, config, no_example, staged)
         store.update_manifest(complete=False)  # the renames below are not one atomic step
-        store.publish(staged)
+        records = store.publish(staged)
     except BaseException:
         for tmp in staged.values():  # those not yet renamed; a rerun reassembles
             tmp.unlink(missing_ok=True)
         raise
     summary = {"distance": config.distance, "normalization": config.normalization,
                "exclude_diagonal": config.exclude_diagonal, "utility_min": low, "utility_max": high, **run_summary}
-    store.update_manifest(complete=True, summary=summary)
+    files = {**(store.read_manifest().get(FILES_KEY) or {}), **records}  # the neighbours' record stays
+    store.update_manifest(complete=True, summary=summary, **{FILES_KEY: files})
     return _result(store, plan, config, summary, in_memory)
 
 

@@ -12,7 +12,9 @@ Both are ``flock`` leases that end with their holder, ``kill -9`` included.
 Layout::
 
     manifest.json            identity (format, model fingerprint, data hash, token-id hash, config hash, block grid)
+                             + provenance (each side's data hash, the device mesh it was started on)
                              + status (``complete`` turns true only once every final array is written)
+                             + ``files``: size and SHA-256 of every published array (``checksums``)
     no_example.npz           d(i | no example) for every target (rms, mean log p, scored-token counts), checksummed
     neighbours.npy           sparse mode: each target's candidates
     blocks/block_000012.npz  pairs (target, candidate) of block 12, their rms / mean log p, and a checksum
@@ -25,15 +27,17 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
-from delift_jax.atomic_io import atomic_save_json, atomic_save_npy, atomic_save_npz, atomic_write_text
-from delift_jax.errors import DataError, DeliftError
+from delift_jax.atomic_io import (atomic_save_json, atomic_save_npy, atomic_save_npz, atomic_write_text,
+                                  temporary_file)
+from delift_jax.errors import DeliftError
+from delift_jax.kernel import checksums
+from delift_jax.kernel.checksums import DamagedFileError
 from delift_jax.kernel.locks import FileLock
 
 FORMAT_VERSION = 3  # 2: the token ids joined the identity; 3: checksummed blocks, block size chosen from the plan
@@ -41,14 +45,14 @@ FORMAT_VERSION = 3  # 2: the token ids joined the identity; 3: checksummed block
 IDENTITY_FIELDS = ("format_version", "model_fingerprint", "data_sha256", "tokens_sha256", "compute_fingerprint",
                    "n_targets", "n_candidates", "square", "mode", "top_k", "n_blocks", "n_pairs")
 CHECKSUM_KEY = "checksum"
+# Manifest fields that follow from the identity (so an existing store may be given them when it is reopened).
+DERIVED_FIELDS = ("targets_sha256", "candidates_sha256")
+FILES_KEY = "files"
+REPAIR = "rerun `delift kernel` with the same --out to rewrite it from its verified blocks"
 
 
 class KernelStoreMismatchError(DeliftError):
     """The output directory holds a kernel computed with another model, data or configuration."""
-
-
-class DamagedFileError(DataError):
-    """A stored file cannot be read or does not match its checksum."""
 
 
 def array_checksum(arrays: dict[str, np.ndarray]) -> np.ndarray:
@@ -101,7 +105,10 @@ class KernelStore:
     def remove_if_unused(self) -> None:
         """Remove the directory again if it holds nothing but this store's lock (a run that failed before creating
         the store leaves no trace behind)."""
-        if self.directory.is_dir() and {p.name for p in self.directory.iterdir()} <= {".lock"}:
+        if not self.directory.is_dir() or self.read_manifest() is not None:
+            return
+        self.remove_orphans()  # e.g. the half-written first manifest of a run that failed while writing it
+        if {p.name for p in self.directory.iterdir()} <= {".lock"}:
             (self.directory / ".lock").unlink(missing_ok=True)
             self.directory.rmdir()
 
@@ -128,6 +135,10 @@ class KernelStore:
             raise KernelStoreMismatchError(f"{self.directory} has no manifest.json yet")
         self.check_identity(manifest, IDENTITY_FIELDS)
         self.blocks_dir.mkdir(parents=True, exist_ok=True)
+        missing = {f: manifest[f] for f in DERIVED_FIELDS if f in manifest and existing.get(f) != manifest[f]}
+        if missing and create:  # a store from before these fields: the identity matched, so they hold for it too
+            self.update_manifest(**missing)
+            existing = self.read_manifest()
         return existing
 
     def _create(self, manifest: dict) -> dict:
@@ -159,6 +170,11 @@ class KernelStore:
         manifest = self.read_manifest() or {}
         manifest.update(fields)
         atomic_save_json(self.manifest_path, manifest)
+
+    def record_files(self, records: dict[str, dict]) -> None:
+        """Add (or replace) the size and SHA-256 of published files in the manifest's ``files``."""
+        manifest = self.read_manifest() or {}
+        self.update_manifest(**{FILES_KEY: {**(manifest.get(FILES_KEY) or {}), **records}})
 
     # -- blocks ---------------------------------------------------------------------------------------------------
     def block_path(self, index: int) -> Path:
@@ -209,8 +225,15 @@ class KernelStore:
             lock.release()
 
     def remove_orphans(self) -> int:
-        """Delete temporary files that crashed writers left behind; a block's only when nobody holds its claim.
-        Call under the store lock (the final arrays' writers hold it). Returns how many were removed."""
+        """Delete temporary files that crashed writers left behind: a block's (``blocks/.block_*.tmp``) only when
+        nobody holds its claim, and every other one the store writes (``.<name>.<random>.tmp`` beside the manifest:
+        the manifest's, the no-example scores', the neighbours', the staged final arrays'), with or without a
+        manifest yet (a crash while the first manifest was written leaves only its temporary file). A directory
+        that is no store (files but no manifest) is left alone. Call under the store lock (the final arrays' writers
+        hold it). Returns how many were removed."""
+        if not self.directory.is_dir() or (self.read_manifest() is None and any(
+                not p.name.startswith(".") for p in self.directory.iterdir())):
+            return 0
         removed = 0
         for tmp in sorted(self.blocks_dir.glob(".block_*.tmp")) if self.blocks_dir.is_dir() else []:
             with self.claim(int(tmp.name.split(".")[1].split("_")[1])) as claimed:
@@ -241,9 +264,17 @@ class KernelStore:
             return {k: data[k] for k in data.files}
 
     def save_npy(self, name: str, array: np.ndarray) -> None:
+        """Write ``name`` and record its checksum in the manifest (when there is one yet)."""
         atomic_save_npy(self.directory / name, array)
+        if self.read_manifest() is not None:
+            self.record_files({name: checksums.record(self.directory / name)})
 
     def load_npy(self, name: str) -> np.ndarray:
+        """The array of ``name``, verified against the manifest's checksum where one is recorded."""
+        entry = ((self.read_manifest() or {}).get(FILES_KEY) or {}).get(name)
+        if entry is not None:
+            checksums.verify(self.directory / name, entry, "delete it and rerun the same command (it is computed "
+                             "again, deterministically)")
         try:
             return np.load(self.directory / name, allow_pickle=False)
         except (OSError, ValueError, EOFError) as exc:
@@ -262,15 +293,19 @@ class KernelStore:
     # -- final arrays, staged then published together ------------------------------------------------------------
     def staging_path(self, name: str) -> Path:
         """A fresh temporary file beside ``name`` (removed as an orphan by the next run if never published)."""
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.directory)
+        fd, tmp = temporary_file(self.directory, name)
         os.close(fd)
         return Path(tmp)
 
-    def publish(self, staged: dict[str, Path]) -> None:
-        """Make each staged file durable and rename it onto its final name, then make the renames durable."""
-        for tmp in staged.values():
+    def publish(self, staged: dict[str, Path]) -> dict[str, dict]:
+        """Make each staged file durable and rename it onto its final name, then make the renames durable. Returns
+        each file's size and SHA-256 (taken from the staged file, so it describes exactly what was renamed) for the
+        manifest's ``files``."""
+        records = {}
+        for name, tmp in staged.items():
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
+            records[name] = checksums.record(tmp)
         for name, tmp in staged.items():
             os.replace(tmp, self.directory / name)
         dir_fd = os.open(self.directory, os.O_RDONLY)
@@ -278,6 +313,7 @@ class KernelStore:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+        return records
 
 
 def _mode_name(manifest: dict) -> str:

@@ -97,16 +97,16 @@ def check_split(split, use_case: str) -> tuple[float, float, float]:
 class RunConfig:
     use_case: str = "instruction"
     budget: float | int = 0.3
-    methods: tuple = DEFAULT_METHODS
+    methods: tuple | str = DEFAULT_METHODS  # a str is a comma-separated list (as --methods gives it)
     seed: int = 0
-    split: tuple = (0.8, 0.1, 0.1)
+    split: tuple | str = (0.8, 0.1, 0.1)  # or "0.8,0.1,0.1"
     limit: int | None = None
     target_limit: int | None = None
     existing_limit: int | None = None
     kernel: KernelConfig = KernelConfig()
     train: TrainConfig = TrainConfig()
     generation: GenerationConfig = GenerationConfig()
-    metrics: tuple = DEFAULT_METRICS
+    metrics: tuple | str = DEFAULT_METRICS  # or "rouge,nll"
     nll_max_length: int = 2048
     method_options: dict = dataclasses.field(default_factory=dict)
     checkpoints: bool = True

@@ -20,7 +20,10 @@ the orientation that fits, with a warning; one that fits neither way, or a .npy 
 refused in one line. Scale: flmi and flcg compare K with η·max Q / ν·max P (flmi_paper adds η·max Q to K's
 coverage), so with ``--scale common`` (default)
 stores that ``delift kernel`` min-max normalized separately are re-normalized jointly from their raw utilities
-(one min-max over K and Q / P together, as the pipeline does); ``--scale stored`` keeps the stored values.
+(one min-max over K and Q / P together, as the pipeline does); ``--scale stored`` keeps the stored values. Stores
+of different distances are refused under either scale (``select.io.plan_scale``). A store is checked before use
+(``select.stores``: manifest against arrays, checksums, distance from the arrays, pool by data fingerprint), and K
+must be square, the pool against itself.
 
 Writes OUT/picks.npy (int32, pick order, indices into the pool), OUT/gains.npy (float32 marginal gains) and
 OUT/summary.json (objective value, budget, seed, orientation, scale, timings, ...), each atomically.
@@ -81,7 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", choices=["common", "stored"], default="common",
                         help="flmi / flmi_paper / flcg: common (default) re-normalizes kernel stores that were min-max normalized "
                         "separately with one min-max over the raw utilities of K and Q / P together; stored keeps "
-                        "each store's own values (a warning says they are not on one scale)")
+                        "each store's own values (a warning says they are not on one scale); stores of different "
+                        "--distance are refused under either")
     parser.add_argument("--eta", type=float, default=1.0, help="η of flmi / fl2mi / flmi_paper (default 1)")
     parser.add_argument("--nu", type=float, default=1.0, help="ν of flcg (default 1)")
     parser.add_argument("--epsilon", type=float, default=0.01, help="stochastic greedy ε (sample ⌈(n/k)ln(1/ε)⌉)")
@@ -176,6 +180,8 @@ COMMON_SCALE = ("flmi", "flmi_paper", "flcg")  # objectives that add or compare 
 
 def _load_inputs(args, io):
     """(K or None, Q / P oriented with rows = pool or None, warning lines, summary fields) for the objective."""
+    from delift_jax.select import stores
+
     objective = args.objective
     if args.kernel is None and objective != "fl2mi":
         raise SelectionError(f"objective {objective} needs --kernel")
@@ -192,6 +198,9 @@ def _load_inputs(args, io):
 
     kernel_source = None if args.kernel is None else io.open_kernel(args.kernel, "kernel K")
     side_source = None if role is None else io.open_kernel(side_location, io.ROLES[role])
+    if objective != "fl2mi":  # fl2mi reads only K's column count (the pool size)
+        _check_square(kernel_source, io)
+    notes += [n for n in map(stores.unverified_note, (kernel_source, side_source)) if n]
     scalings = [None, None]
     if objective in COMMON_SCALE:
         scalings, note = io.plan_scale([kernel_source, side_source], args.scale)
@@ -206,7 +215,27 @@ def _load_inputs(args, io):
               "common_scale_range": None if scalings[0] is None else [scalings[0].low, scalings[0].high]}
     if role is None:
         return kernel, None, notes, layout
-    side, how, note = io.load_oriented(side_source, role, n_pool, scalings[1])
+    pool_sha256 = None if kernel_source is None else kernel_source.side_sha256("candidates")
+    side, how, note = io.load_oriented(side_source, role, n_pool, scalings[1], pool_sha256)
     notes += [note] if note else []
     layout[f"{role}_kernel_orientation"] = how
     return kernel, side, notes, layout
+
+
+def _check_square(source, io) -> None:
+    """K covers the pool with the pool: (n_pool, n_pool), and a store of it is the pool against itself. A
+    rectangular K (or the store of two different sets) would make every objective cover other rows than it picks
+    from; one line names the fix."""
+    shape = io.kernel_shape(source)
+    if len(shape) != 2:
+        raise SelectionError(f"kernel must be 2-D (n_rows, n_candidates), got shape {shape}")
+    rows, columns = shape
+    other_sets = source.is_store and not source.manifest["square"] and (
+        source.side_sha256("targets") is None or source.side_sha256("targets") != source.side_sha256("candidates"))
+    if rows == columns and not other_sets:
+        return
+    what = (f"is {rows} x {columns}" if rows != columns
+            else "is the store of two different sets (made with --targets)")
+    raise SelectionError(f"kernel K {source.path} {what}, but K must be the pool against itself, (n_pool, n_pool): "
+                         "compute it with `delift kernel --data POOL` (no --targets); a target set's kernel goes to "
+                         "--query-kernel (flmi, fl2mi, flmi_paper), existing data's to --private-kernel (flcg)")

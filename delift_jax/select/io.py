@@ -14,9 +14,12 @@ Orientation (DESIGN §1.3; rows are covered elements):
 * P (``--private-kernel``): (n_pool, n_existing), P[i, p] = the utility of existing example p as a demonstration
   for pool example i. A store from ``delift kernel --data EXISTING --targets POOL`` holds exactly that: P = U.
 
-A store is oriented from its manifest: the DESIGN orientation when its pool side has n_pool entries (always, for a
+A store is oriented from its manifest: the DESIGN orientation when its pool side holds the pool (always, for a
 square store), else the other one (the store then measures the other direction; a warning says so), else a
-one-line error. A plain ``.npy`` file (or a directory without a store manifest) must already be (n_pool, m); a
+one-line error. "Holds the pool" compares data fingerprints where both K's pool and the store's side have one
+(``stores.KernelSource.side_sha256``: a store of another pool is refused even at the same size, and a store of
+two equal-sized sets is oriented right), else sizes (n_pool entries). Stores are checked as they are opened
+(``select.stores``: manifest against arrays, checksums, distance). A plain ``.npy`` file (or a directory without a store manifest) must already be (n_pool, m); a
 transposed one is refused with the fix. n_pool is the number of rows of K (for fl2mi: its columns; fl2mi without
 ``--kernel`` has no pool size to check a plain file against).
 
@@ -32,8 +35,6 @@ half-written file behind.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 from pathlib import Path
 
@@ -44,87 +45,13 @@ from delift_jax.errors import SelectionError
 from delift_jax.kernel.normalize import Scale, apply_scale, fit_scale
 from delift_jax.select.layout import DenseKernel
 from delift_jax.select.sparse import SparseKernel
+from delift_jax.select.stores import (DENSE_FILE, INDICES_FILE, MANIFEST_FILE, RAW_DENSE_FILE, RAW_VALUES_FILE,
+                                      VALUES_FILE, KernelSource, check_indices, load_npy, open_kernel)
 
-DENSE_FILE = "kernel.npy"
-INDICES_FILE = "kernel_indices.npy"
-VALUES_FILE = "kernel_values.npy"
-RAW_DENSE_FILE = "utility_raw.npy"
-RAW_VALUES_FILE = "utility_raw_values.npy"
-MANIFEST_FILE = "manifest.json"
-STORE_FIELDS = ("n_targets", "n_candidates", "square")
 MINMAX = ("minmax", "clip_minmax")
 ROLES = {"query": "query kernel Q", "private": "private kernel P"}
-
-
-@dataclasses.dataclass(frozen=True)
-class KernelSource:
-    """Where a kernel lives. manifest: the directory's manifest.json (None for a .npy file or no manifest)."""
-
-    path: Path
-    what: str
-    manifest: dict | None
-
-    @property
-    def is_store(self) -> bool:
-        """Written by ``delift kernel`` (so its orientation and normalization are known)."""
-        return isinstance(self.manifest, dict) and all(f in self.manifest for f in STORE_FIELDS)
-
-    @property
-    def is_sparse(self) -> bool:
-        return self.path.is_dir() and not (self.path / DENSE_FILE).exists()
-
-    @property
-    def normalization(self) -> str | None:
-        return (self.manifest.get("summary") or {}).get("normalization") if self.is_store else None
-
-    @property
-    def distance(self) -> str | None:
-        """The distance its utilities were assembled with (``summary.distance``; None where not recorded)."""
-        return (self.manifest.get("summary") or {}).get("distance") if self.is_store else None
-
-    @property
-    def exclude_diagonal(self) -> bool:
-        return bool((self.manifest.get("summary") or {}).get("exclude_diagonal")) if self.is_store else False
-
-    def label(self) -> str:
-        return f"{self.what} {self.path}"
-
-
-def _load_npy(path: Path, what: str) -> np.ndarray:
-    try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise SelectionError(f"cannot read {what} {path}: {exc}") from None
-
-
-def open_kernel(location: str | os.PathLike, what: str = "kernel") -> KernelSource:
-    """Check that ``location`` holds a finished kernel and read its manifest (nothing big is read)."""
-    path = Path(location)
-    if not path.exists():
-        raise SelectionError(f"{what} not found: {path}")
-    if path.is_file():
-        if path.suffix != ".npy":
-            raise SelectionError(f"{what} file {path} is not a .npy file; pass a .npy file or a kernel directory")
-        return KernelSource(path, what, None)
-    manifest = _read_manifest(path, what)
-    if not (path / DENSE_FILE).exists() and not ((path / INDICES_FILE).exists() and (path / VALUES_FILE).exists()):
-        raise SelectionError(f"{what} directory {path} holds neither {DENSE_FILE} nor {INDICES_FILE} + {VALUES_FILE}")
-    return KernelSource(path, what, manifest)
-
-
-def _read_manifest(directory: Path, what: str) -> dict | None:
-    """A store whose manifest does not say complete holds no finished kernel (a run is unfinished or is rewriting
-    the final arrays); a directory without a manifest (arrays saved by hand) is taken as it is."""
-    try:
-        manifest = json.loads((directory / MANIFEST_FILE).read_text())
-    except FileNotFoundError:
-        return None
-    except ValueError as exc:
-        raise SelectionError(f"{directory / MANIFEST_FILE} is not valid JSON ({exc})") from None
-    if isinstance(manifest, dict) and manifest.get("complete") is False:
-        raise SelectionError(f"{what} in {directory} is incomplete (its manifest says complete: false); rerun the "
-                             "kernel command with the same --out to finish it")
-    return manifest if isinstance(manifest, dict) else None
+__all__ = ["KernelSource", "open_kernel", "kernel_shape", "load_kernel", "load_oriented", "plan_scale",
+           "write_selection"]
 
 
 def _n_candidates(source: KernelSource) -> int:
@@ -140,10 +67,10 @@ def _n_candidates(source: KernelSource) -> int:
 def kernel_shape(source: KernelSource) -> tuple[int, ...]:
     """The (n_rows, n_candidates) of the dense kernel ``source`` stands for, from headers only."""
     if source.path.is_file():
-        return tuple(_load_npy(source.path, source.what).shape)
+        return tuple(load_npy(source, None, source.what).shape)
     if not source.is_sparse:
-        return tuple(_load_npy(source.path / DENSE_FILE, source.what).shape)
-    return (int(_load_npy(source.path / INDICES_FILE, source.what).shape[0]), _n_candidates(source))
+        return tuple(load_npy(source, DENSE_FILE, source.what).shape)
+    return (int(load_npy(source, INDICES_FILE, source.what).shape[0]), _n_candidates(source))
 
 
 def _stored(source: KernelSource, scaling: Scale | None):
@@ -151,19 +78,20 @@ def _stored(source: KernelSource, scaling: Scale | None):
     recomputed from the raw utilities."""
     path, what = source.path, source.what
     if path.is_file():
-        return _load_npy(path, what)
+        return load_npy(source, None, what)
     if not source.is_sparse:
         if scaling is not None:
-            return _rescaled(_load_npy(path / RAW_DENSE_FILE, f"{what} raw utilities"), scaling,
+            return _rescaled(load_npy(source, RAW_DENSE_FILE, f"{what} raw utilities"), scaling,
                              source.exclude_diagonal)
-        return _load_npy(path / DENSE_FILE, what)
-    indices = np.asarray(_load_npy(path / INDICES_FILE, f"{what} indices"))
+        return load_npy(source, DENSE_FILE, what)
+    indices = np.asarray(load_npy(source, INDICES_FILE, f"{what} indices"))
+    check_indices(source, indices)
     n_candidates = _n_candidates(source)
     if scaling is not None:
-        values = _rescaled(_load_npy(path / RAW_VALUES_FILE, f"{what} raw utilities"), scaling,
+        values = _rescaled(load_npy(source, RAW_VALUES_FILE, f"{what} raw utilities"), scaling,
                            source.exclude_diagonal, indices)
     else:
-        values = np.asarray(_load_npy(path / VALUES_FILE, f"{what} values"))
+        values = np.asarray(load_npy(source, VALUES_FILE, f"{what} values"))
     return SparseKernel(indices, values, n_candidates)
 
 
@@ -193,8 +121,11 @@ def _dense(array: np.ndarray, candidate_major: bool):
 # Orientation of Q and P.
 
 
-def load_oriented(source: KernelSource, role: str, n_pool: int | None, scaling: Scale | None = None):
+def load_oriented(source: KernelSource, role: str, n_pool: int | None, scaling: Scale | None = None,
+                  pool_sha256: str | None = None):
     """Q (role "query") or P (role "private") with rows = the n_pool pool examples; see the module docstring.
+    pool_sha256: the data fingerprint of K's pool, where known; a store's side that holds other examples is then no
+    pool side whatever its size.
 
     Returns (kernel, how, warning): kernel a numpy (n_pool, m) array (or a SparseKernel from a hand-made sparse
     directory, taken as it is), how a short description of the orientation used, warning a line or None.
@@ -220,11 +151,18 @@ def load_oriented(source: KernelSource, role: str, n_pool: int | None, scaling: 
         kernel = dense
     kernel = np.asarray(kernel)
     transpose_first = role == "query"  # Q = Uᵀ (pool = columns of U); P = U (pool = rows of U)
-    pool_side = {True: n_candidates, False: n_targets}
-    if n_pool is None or pool_side[transpose_first] == n_pool:
+    fits = _pool_sides(source, n_pool, pool_sha256)
+    if fits[transpose_first]:
         transpose, warning = transpose_first, None
-    elif pool_side[not transpose_first] == n_pool:
+    elif fits[not transpose_first]:
         transpose, warning = not transpose_first, _other_direction(source, role)
+    elif pool_sha256 is not None and n_pool in (n_targets, n_candidates):
+        store = "--data POOL --targets TARGETS" if role == "query" else "--data EXISTING --targets POOL"
+        raise SelectionError(
+            f"{name} {source.path} was computed on other examples than the pool of --kernel: neither of its sides "
+            f"({n_targets} targets, {n_candidates} candidates) holds the {n_pool} pool examples (same size, different "
+            f"data fingerprints); recompute it on the same pool (--data, --limit and data options as K) with "
+            f"`delift kernel {store}`")
     else:
         store = "--data POOL --targets TARGETS" if role == "query" else "--data EXISTING --targets POOL"
         raise SelectionError(
@@ -233,6 +171,18 @@ def load_oriented(source: KernelSource, role: str, n_pool: int | None, scaling: 
             f"(--kernel); recompute it on the same pool with `delift kernel {store}`")
     how = "store, transposed (Uᵀ)" if transpose else "store, as stored (U)"
     return (kernel.T if transpose else kernel), how, warning
+
+
+def _pool_sides(source: KernelSource, n_pool: int | None, pool_sha256: str | None) -> dict[bool, bool]:
+    """{transposed: whether that orientation puts the pool on the rows}: by data fingerprint where both the pool's
+    and the side's are known, else by size (any size when n_pool is unknown)."""
+    fits = {}
+    for transposed, side, size in ((True, "candidates", source.manifest["n_candidates"]),
+                                   (False, "targets", source.manifest["n_targets"])):
+        known = source.side_sha256(side)
+        fits[transposed] = (known == pool_sha256 if pool_sha256 is not None and known is not None
+                            else n_pool is None or size == n_pool)
+    return fits
 
 
 def _other_direction(source: KernelSource, role: str) -> str:
@@ -252,16 +202,16 @@ def _other_direction(source: KernelSource, role: str) -> str:
 def plan_scale(sources: list[KernelSource], mode: str = "common") -> tuple[list[Scale | None], str | None]:
     """How to put kernels compared directly on one scale: (a Scale or None per source, a warning line or None).
 
+    Stores of different distances (derived from what they hold: ``stores.derived_distance``) are refused in either
+    mode: no scale, joint or stored, puts log-probability gains and probability-distance gains in one unit.
     mode "common" re-normalizes min-maxed stores jointly from their raw utilities (all of them, on one formula,
-    unless every store's own range already is the common one), and refuses stores whose manifests record
-    different distances (``summary.distance``); "stored" keeps them (with a warning if they were min-maxed
-    separately).
+    unless every store's own range already is the common one); "stored" keeps them (with a warning if they were
+    min-maxed separately).
     """
     keep: list[Scale | None] = [None] * len(sources)
     if len({s.path.resolve() for s in sources}) < 2:
         return keep, None
-    if mode == "common":
-        _check_distances(sources)
+    _check_distances(sources)
     methods = [s.normalization for s in sources]
     if not any(m in MINMAX for m in methods):
         if all(s.is_store for s in sources) and len(set(methods)) > 1:
@@ -283,8 +233,8 @@ def plan_scale(sources: list[KernelSource], mode: str = "common") -> tuple[list[
         name = RAW_VALUES_FILE if source.is_sparse else RAW_DENSE_FILE
         if not (source.path / name).exists():
             return keep, f"{separately} and {source.path} has no {name} to re-normalize from; {fix}"
-        indices = np.asarray(_load_npy(source.path / INDICES_FILE, source.what)) if source.is_sparse else None
-        raws.append((_load_npy(source.path / name, f"{source.what} raw utilities"), indices))
+        indices = np.asarray(load_npy(source, INDICES_FILE, source.what)) if source.is_sparse else None
+        raws.append((load_npy(source, name, f"{source.what} raw utilities"), indices))
     method = methods[0]
     fits = [_fit(raw, method, s.exclude_diagonal, indices) for s, (raw, indices) in zip(sources, raws)]
     joint = Scale(method, min(f.low for f in fits), max(f.high for f in fits))
@@ -302,7 +252,8 @@ def _check_distances(sources: list[KernelSource]) -> None:
     first, other = known[0], next(s for s in known if s.distance != known[0].distance)
     raise SelectionError(
         f"{first.label()} was computed with --distance {first.distance} and {other.label()} with --distance "
-        f"{other.distance}: their utilities are in different units and cannot be put on one scale; rerun one of "
+        f"{other.distance}: their utilities are in different units, which no --scale (common or stored) puts on "
+        f"one scale; rerun one of "
         f"them with --distance {first.distance} or --distance {other.distance} (`delift kernel` with the same "
         "--out reuses its computed pairs)")
 

@@ -45,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None,
                         help="use the first N examples of --data (after --dedupe / --drop-empty)")
     parser.add_argument("--indices", default=None,
-                        help="a .npy/.json/.txt file of example indices (e.g. picks.npy of 'delift select') into "
+                        help="a .npy/.json/.txt file of example indices (e.g. picks.npy of 'delift select', or "
+                             "that command's output directory) into "
                              "--data as loaded: give the same --limit, --dedupe, --drop-empty and field options as "
                              "'delift kernel' (a select output is checked against its kernel)")
     parser.add_argument("--out", required=True, help="run directory: checkpoints, results.json, model/")
@@ -84,6 +85,11 @@ def select_examples(examples: list, indices_path: str | None) -> list:
     if indices_path is None:
         return examples
     path = Path(indices_path).expanduser()
+    if path.is_dir():  # a `delift select` output directory stands for its picks.npy (as check_selection_data reads it)
+        if not (path / "picks.npy").is_file():
+            raise DataError(f"--indices {path} is a directory without picks.npy; pass a .npy/.json/.txt file of "
+                            "indices or the output directory of 'delift select'")
+        path = path / "picks.npy"
     if not path.is_file():
         raise DataError(f"indices file {path} does not exist")
     try:
