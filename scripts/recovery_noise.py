@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from delift_jax.report.planted_noise import NOISE_KINDS, NoisyMixture, noisy_mixture
+from delift_jax.report.planted_noise import (CLEAN, NOISE_KINDS, NoisyMixture, continual_split, instruction_pool,
+                                             noisy_mixture)
 
 CACHE = Path("/root/.cache/delift_jax/bench_noise")
 
@@ -78,8 +79,297 @@ def add_arguments(parser) -> None:
     parser.add_argument("--noise-test", type=int, default=8, help="held-out clean test examples per source")
 
 
+
+
+# ------------------------------------------------------------------------------------------------ selection
+
+BUDGETS = (0.1, 0.3)
+DISTANCES = ("rms", "pmi")
+SCALE_VARIANTS = (("minmax", False), ("minmax", True), ("row_rank", False), ("row_rank", True),
+                  ("row_minmax", False), ("row_minmax", True))
+NUS = (0.5, 1.0, 2.0)
+
+
+def variant_name(objective: str, distance: str, scale: str, exclude_diagonal: bool, nu: float | None = None) -> str:
+    return f"{objective}_{distance}_{scale}{'_exdiag' if exclude_diagonal else ''}" + (
+        f"_nu{nu:g}" if nu is not None else "")
+
+
+def default_variant(use_case: str) -> str:
+    """The package defaults under this script's variant names (``*_delift`` keys)."""
+    from delift_jax.kernel import KernelConfig
+    from delift_jax.methods.delift import DeliftOptions, resolved_kernel_form
+
+    options = DeliftOptions()
+    scale, exclude = resolved_kernel_form(options, use_case)
+    objective, nu = ("fl", None) if use_case == "instruction" else ("flcg", options.nu)
+    return variant_name(objective, KernelConfig().distance, scale, exclude, nu)
+
+
+def delift_picks(raw: dict, use_case: str, k: int, scale: str, exclude_diagonal: bool, nu: float = 1.0):
+    """The package's selection on raw utilities (``methods.delift.select_from_raw``): one greedy's k picks."""
+    from delift_jax.methods.delift import DeliftOptions, select_from_raw
+
+    options = DeliftOptions(scale=scale, exclude_diagonal=exclude_diagonal, nu=nu, optimizer="naive")
+    picks, _, _, _ = select_from_raw(raw, use_case, k, options)
+    return np.asarray(picks, np.int64)
+
+
+def registry_picks(method: str, pool, k: int, seed: int, **inputs) -> np.ndarray:
+    from delift_jax.methods import select as run_method
+
+    return np.asarray(run_method(method, pool=pool, budget=int(k), seed=int(seed), **inputs).indices, np.int64)
+
+
+def instruction_selection(raw: dict, mixture: NoisyMixture, seed: int) -> dict:
+    """Low-quality share of each method's picks per pool (one per noise kind, one per source, mixed) and budget."""
+    out = {"share": {}, "picks": {}}
+    pools = NOISE_KINDS + tuple(mixture.sources) + ("mixed",)
+    for p, noise in enumerate(pools):
+        pool = instruction_pool(mixture, noise, seed)
+        low = mixture.kind[pool] != CLEAN
+        k_max = int(max(BUDGETS) * len(pool))
+        examples = [mixture.examples[i] for i in pool]
+        picks = {"delift_se": registry_picks("delift_se", examples, k_max, seed)}
+        for distance in DISTANCES:
+            u = raw[f"U_{distance}"][np.ix_(pool, pool)]
+            for scale, exclude in SCALE_VARIANTS:
+                picks[variant_name("fl", distance, scale, exclude)] = delift_picks({"K": u}, "instruction", k_max,
+                                                                                    scale, exclude)
+        for method, chosen in picks.items():
+            for fraction in BUDGETS:
+                prefix = chosen[:int(fraction * len(pool))]
+                out["share"].setdefault(method, {}).setdefault(f"{fraction:g}", {})[noise] = float(low[prefix].mean())
+                out["picks"].setdefault(method, {}).setdefault(f"{fraction:g}", {})[noise] = pool[prefix].tolist()
+        draws = random_draws(examples, k_max, seed, p)
+        for fraction in BUDGETS:
+            k = int(fraction * len(pool))
+            out["share"].setdefault("random", {}).setdefault(f"{fraction:g}", {})[noise] = float(
+                np.mean([low[d[:k]].mean() for d in draws]))
+            out["picks"].setdefault("random", {}).setdefault(f"{fraction:g}", {})[noise] = pool[draws[0][:k]].tolist()
+    return out
+
+
+RANDOM_DRAWS = 20
+
+
+def random_draws(examples, k: int, seed: int, unit: int, **inputs) -> list:
+    """Random's picks for ``RANDOM_DRAWS`` seeds: its figures are the mean over them (the expectation, close to the
+    base share, instead of one draw's noise); the first draw is the subset that gets fine-tuned."""
+    return [registry_picks("random", examples, k, seed * 10_000 + unit * 100 + d, **inputs)
+            for d in range(RANDOM_DRAWS)]
+
+
+def continual_selection(raw: dict, mixture: NoisyMixture, seed: int, clean_per_source: int) -> dict:
+    """Per rotation and budget: the novel share and the low-quality share of each method's picks. Existing data and
+    each half of the pool take half a source's clean examples; a quarter of the new half is low quality."""
+    out = {"novel": {}, "low": {}, "picks": {}}
+    half = clean_per_source // 2
+    for rotation in range(len(mixture.sources)):
+        split = continual_split(mixture, rotation, per_half=half, noisy=max(1, half // 4), existing=half)
+        pool = [mixture.examples[i] for i in split.pool]
+        existing = [mixture.examples[i] for i in split.existing]
+        k_max = int(max(BUDGETS) * len(pool))
+        picks = {"delift_se": registry_picks("delift_se", pool, k_max, seed, use_case="continual",
+                                             existing=existing)}
+        for distance in DISTANCES:
+            u = raw[f"U_{distance}"]
+            kernels = {"K": u[np.ix_(split.pool, split.pool)], "P": u[np.ix_(split.pool, split.existing)]}
+            for scale, exclude in SCALE_VARIANTS:
+                for nu in NUS:
+                    picks[variant_name("flcg", distance, scale, exclude, nu)] = delift_picks(
+                        kernels, "continual", k_max, scale, exclude, nu)
+        for method, chosen in picks.items():
+            for fraction in BUDGETS:
+                prefix = chosen[:max(1, int(fraction * len(pool)))]
+                key = f"{fraction:g}"
+                out["novel"].setdefault(method, {}).setdefault(key, {})[str(rotation)] = float(
+                    split.novel[prefix].mean())
+                out["low"].setdefault(method, {}).setdefault(key, {})[str(rotation)] = float(
+                    split.low_quality[prefix].mean())
+                out["picks"].setdefault(method, {}).setdefault(key, {})[str(rotation)] = split.pool[prefix].tolist()
+        draws = random_draws(pool, k_max, seed, 50 + rotation, use_case="continual", existing=existing)
+        for fraction in BUDGETS:
+            key, k = f"{fraction:g}", max(1, int(fraction * len(pool)))
+            for what, flags in (("novel", split.novel), ("low", split.low_quality)):
+                out[what].setdefault("random", {}).setdefault(key, {})[str(rotation)] = float(
+                    np.mean([flags[d[:k]].mean() for d in draws]))
+    return out
+
+
+def kernel_stats(raw: dict, mixture: NoisyMixture) -> dict:
+    """Per distance and example kind: the diagonal, the row mean over clean columns (how much demonstrations help
+    the example) and the column mean over clean rows (how much the example helps clean ones), off the diagonal."""
+    stats = {}
+    clean = mixture.kind == CLEAN
+    for distance in DISTANCES:
+        u = raw[f"U_{distance}"]
+        off = np.where(np.eye(len(u), dtype=bool), np.nan, u)
+        for kind in (CLEAN,) + NOISE_KINDS:
+            mine = mixture.kind == kind
+            stats.setdefault(distance, {})[kind] = {
+                "diag": float(np.diag(u)[mine].mean()),
+                "row_mean_clean_columns": float(np.nanmean(off[np.ix_(mine, clean)])),
+                "column_mean_clean_rows": float(np.nanmean(off[np.ix_(clean, mine)])),
+                "row_max_off_diagonal": float(np.nanmax(off[mine], axis=1).mean())}
+    return stats
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+def held_out_nll(model, tokenizer, test, args) -> float:
+    from delift_jax.data import DEFAULT_TEMPLATES
+    from delift_jax.evaluate.metrics import response_nll
+    from delift_jax.scoring import ScoringConfig
+
+    contexts = [DEFAULT_TEMPLATES.context_without_example(ex) for ex in test]
+    config = ScoringConfig(max_length=args.max_length, max_response_tokens=args.max_response_tokens)
+    return float(response_nll(model, tokenizer, contexts, [ex.response for ex in test], config).nll)
+
+
+def training(results: dict, save, model, tokenizer, mixture: NoisyMixture, seed: int, args) -> None:
+    """Held-out NLL of every source's clean test examples after LoRA on each method's subset of the mixed pool at
+    ``--train-budget`` (resumable: each value is saved as it comes)."""
+    from delift_jax.train import TrainConfig, finetune
+
+    test = [e for part in mixture.test.values() for e in part]
+    unit = results.setdefault("nll", {})
+    if "initial" not in unit:
+        unit["initial"] = held_out_nll(model, tokenizer, test, args)
+        save()
+    config = TrainConfig(max_steps=args.train_steps, batch_size=args.train_batch, max_length=args.max_length,
+                         seed=seed)
+    for method in noise_train_methods():
+        if method in unit:
+            continue
+        picks = results["instruction"]["picks"][method][f"{args.train_budget:g}"]["mixed"]
+        tuned = finetune(model, tokenizer, [mixture.examples[i] for i in picks], config).model
+        unit[method] = held_out_nll(tuned, tokenizer, test, args)
+        save()
+        log(f"seed {seed} noise NLL {method}: {unit[method]:.3f}")
+
+
+def noise_train_methods() -> tuple:
+    return (default_variant("instruction"), "fl_rms_minmax", "fl_pmi_minmax", "delift_se", "random")
+
+
+# ------------------------------------------------------------------------------------------------ reporting
+
+def _mean(by_unit: dict) -> float:
+    return float(np.mean(list(by_unit.values())))
+
+
+def summary(results: list) -> tuple[list, dict]:
+    """(markdown lines, JSON dict): means over seeds (each seed: mean over pools / rotations)."""
+    instruction_default, continual_default = default_variant("instruction"), default_variant("continual")
+    methods = list(results[0]["instruction"]["share"])
+    lines = ["Instruction tuning, planted low-quality examples (25% of a 32-example pool): share of low-quality "
+             "picks (lower is better; Random ≈ 0.25); per noise kind, then per source of the low-quality part.", "",
+             "| method | budget | " + " | ".join(NOISE_KINDS) + " | mixed | " + " | ".join(
+                 results[0]["sources"]) + " | mean (kinds) |", "|---|---|" + "---|" * (len(NOISE_KINDS) + 2 + len(
+                     results[0]["sources"]))]
+    out = {}
+    for method in methods:
+        for fraction in BUDGETS:
+            key = f"{fraction:g}"
+            cells = [np.mean([r["instruction"]["share"][method][key][p] for r in results])
+                     for p in NOISE_KINDS + ("mixed",) + tuple(results[0]["sources"])]
+            kinds_mean = float(np.mean(cells[:len(NOISE_KINDS)]))
+            lines.append(f"| {method} | {fraction:.0%} | " + " | ".join(f"{c:.2f}" for c in cells)
+                         + f" | {kinds_mean:.2f} |")
+            out.setdefault(method, {})[key] = {"by_kind": dict(zip(NOISE_KINDS, map(float, cells))),
+                                               "mixed": float(cells[len(NOISE_KINDS)]),
+                                               "by_source": dict(zip(results[0]["sources"], map(
+                                                   float, cells[len(NOISE_KINDS) + 1:]))),
+                                               "mean_kinds": kinds_mean, "max_kinds": float(max(
+                                                   cells[:len(NOISE_KINDS)]))}
+    continual = {}
+    lines += ["", "Continual (existing: 8 examples of the seen source; pool: 8 seen + 8 new, 2 of the new low "
+              "quality): novel share (Random 0.5) / low-quality share (base 0.125)", "",
+              "| method | novel @10% | low @10% | novel @30% | low @30% |", "|---|---|---|---|---|"]
+    for method in results[0]["continual"]["novel"]:
+        row = {}
+        for fraction in BUDGETS:
+            key = f"{fraction:g}"
+            row[key] = {"novel": float(np.mean([_mean(r["continual"]["novel"][method][key]) for r in results])),
+                        "low": float(np.mean([_mean(r["continual"]["low"][method][key]) for r in results]))}
+        continual[method] = row
+        lines.append(f"| {method} | {row['0.1']['novel']:.2f} | {row['0.1']['low']:.2f} | {row['0.3']['novel']:.2f}"
+                     f" | {row['0.3']['low']:.2f} |")
+    nll = [r.get("nll", {}) for r in results]
+    nll_rows = {}
+    if all(nll):
+        lines += ["", "Held-out NLL of clean test examples after LoRA on the 30% subset of the mixed pool "
+                  "(mean ± std over seeds; paired difference to Random per seed):", "",
+                  "| method | NLL | minus Random |", "|---|---|---|"]
+        for method in ("initial",) + noise_train_methods():
+            values = np.array([n[method] for n in nll if method in n])
+            paired = np.array([n[method] - n["random"] for n in nll if method in n and "random" in n])
+            nll_rows[method] = {"mean": float(values.mean()), "std": float(values.std()),
+                                "minus_random": float(paired.mean()), "minus_random_std": float(paired.std())}
+            lines.append(f"| {method} | {values.mean():.3f} ± {values.std():.3f} | {paired.mean():+.3f} ± "
+                         f"{paired.std():.3f} |")
+    summary = {"noise_share_delift": out[instruction_default]["0.1"]["mean_kinds"],
+               "noise_share_delift_30": out[instruction_default]["0.3"]["mean_kinds"],
+               "noise_share_random": out["random"]["0.1"]["mean_kinds"],
+               "noise_share_random_30": out["random"]["0.3"]["mean_kinds"],
+               "noise_share_se": out["delift_se"]["0.1"]["mean_kinds"],
+               "noise_share_se_30": out["delift_se"]["0.3"]["mean_kinds"]}
+    for method in out:
+        if method not in ("random", "delift_se"):
+            summary[f"noise_share_{method}"] = [out[method]["0.1"]["mean_kinds"], out[method]["0.3"]["mean_kinds"]]
+    summary.update(noise_delift_detail=out[instruction_default], noise_random_detail=out["random"],
+                   continual_novel_delift=[continual[continual_default][k]["novel"] for k in ("0.1", "0.3")],
+                   continual_low_delift=[continual[continual_default][k]["low"] for k in ("0.1", "0.3")],
+                   continual_novel_random=[continual["random"][k]["novel"] for k in ("0.1", "0.3")],
+                   continual_low_random=[continual["random"][k]["low"] for k in ("0.1", "0.3")],
+                   continual=continual, instruction_default=instruction_default,
+                   continual_default=continual_default, seeds=[r["seed"] for r in results])
+    if nll_rows:
+        summary["noise_nll_delift_minus_random"] = [nll_rows[instruction_default]["minus_random"],
+                                                    nll_rows[instruction_default]["minus_random_std"]]
+        summary["noise_nll"] = nll_rows
+    return lines, summary
+
+
+def run_seed(model, tokenizer, seed: int, args) -> dict | None:
+    """Everything for one seed, resumable (results saved after each unit of work)."""
+    import json
+
+    from delift_jax.atomic_io import atomic_write_text
+
+    raw = noise_kernel(model, tokenizer, seed, args, compute=not args.no_new_kernels)
+    if raw is None:
+        return None
+    mixture = mixture_of(seed, args)
+    path = raw_path(args.noise_cache, seed).parent / "results.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    save = lambda: atomic_write_text(path, json.dumps(results, indent=1))
+    if "instruction" not in results:
+        results.update(seed=seed, sources=list(mixture.sources), stats=kernel_stats(raw, mixture),
+                       instruction=instruction_selection(raw, mixture, seed),
+                       continual=continual_selection(raw, mixture, seed, args.noise_clean), kernel_seconds=float(raw["seconds"]))
+        save()
+    if not args.no_training:
+        training(results, save, model, tokenizer, mixture, seed, args)
+    return results
+
+
 def main(model, tokenizer, args) -> None:
+    import json
+
+    results = []
     for seed in args.seeds:
-        noise_kernel(model, tokenizer, seed, args)
+        if args.only_kernels:
+            noise_kernel(model, tokenizer, seed, args)
+            continue
+        result = run_seed(model, tokenizer, seed, args)
+        if result is not None:
+            results.append(result)
     if args.only_kernels:
         return
+    if not results:
+        raise SystemExit("no planted-noise kernel yet; run without --no-new-kernels first")
+    lines, out = summary(results)
+    print("\n".join(lines))
+    print(json.dumps(out))

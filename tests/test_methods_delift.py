@@ -43,9 +43,10 @@ def _direct(use_case, raw):
 
 @pytest.mark.parametrize("use_case", ["instruction", "task", "continual"])
 def test_delift_equals_selection_on_the_kernel(tiny_llama, raw, use_case):
+    """The authors' form (one global min-max, diagonal kept) asked for explicitly."""
     _, _, model, tok = tiny_llama
     sel = select("delift", pool=POOL, budget=BUDGET, use_case=use_case, targets=TARGETS, existing=EXISTING,
-                 model=model, tokenizer=tok, seed=0, kernel_config=CONFIG, task_objective="flmi")
+                 model=model, tokenizer=tok, seed=0, kernel_config=CONFIG, task_objective="flmi", scale="minmax")
     assert len(sel.indices) == BUDGET and len(set(sel.indices.tolist())) == BUDGET
     assert sel.indices.min() >= 0 and sel.indices.max() < len(POOL)
     np.testing.assert_array_equal(sel.indices, _direct(use_case, raw))
@@ -77,6 +78,46 @@ def test_task_objective_option_selects_with_that_form(tiny_llama, raw, task_obje
     with pytest.raises(DataError, match="task_objective"):
         select("delift", pool=POOL, budget=BUDGET, use_case="task", targets=TARGETS, model=model, tokenizer=tok,
                kernel_config=CONFIG, task_objective="fl3mi")
+
+
+def _row_ranks(*kernels):
+    """Reference: each row's percentile ranks over the kernels' columns together (scipy's average ranks)."""
+    from scipy.stats import rankdata
+
+    stacked = np.hstack(kernels)
+    ranks = np.vstack([(rankdata(row) - 1) / (len(row) - 1) for row in stacked])
+    return np.split(ranks, np.cumsum([k.shape[1] for k in kernels])[:-1], axis=1)
+
+
+@pytest.mark.parametrize("use_case", ["instruction", "continual"])
+def test_default_kernel_form_is_row_rank(tiny_llama, raw, use_case):
+    """instruction and continual default to per-row percentile ranks over K (and P), the diagonal kept."""
+    _, _, model, tok = tiny_llama
+    sel = select("delift", pool=POOL, budget=BUDGET, use_case=use_case, existing=EXISTING, model=model,
+                 tokenizer=tok, seed=0, kernel_config=CONFIG)
+    assert sel.info["scale"] == "row_rank" and sel.info["exclude_diagonal"] is False
+    if use_case == "instruction":
+        (k,) = _row_ranks(raw["K"])
+        objective = facility_location(k.astype(np.float32))
+    else:
+        k, p = _row_ranks(raw["K"], raw["P"])
+        objective = fl_conditional_gain(k.astype(np.float32), p.astype(np.float32), 1.0)
+        np.testing.assert_allclose(sel.arrays["kernel_P"], p, atol=1e-6)
+    np.testing.assert_allclose(sel.arrays["kernel_K"], k, atol=1e-6)
+    np.testing.assert_array_equal(sel.indices, np.asarray(maximize(objective, BUDGET).picks))
+    with pytest.raises(DataError, match="task case"):
+        select("delift", pool=POOL, budget=BUDGET, use_case="task", targets=TARGETS, model=model, tokenizer=tok,
+               kernel_config=CONFIG, scale="row_rank")
+
+
+def test_row_normalizations_with_ties_and_an_ignored_diagonal():
+    raw = {"K": np.array([[5.0, 1.0, 2.0], [0.0, 3.0, 3.0], [1.0, 2.0, 9.0]]), "P": np.array([[0.0], [4.0], [1.0]])}
+    ranked = common_scale(raw, "row_rank")
+    np.testing.assert_allclose(np.hstack([ranked["K"], ranked["P"]]), np.hstack(_row_ranks(raw["K"], raw["P"])))
+    assert ranked["K"][1, 1] == ranked["K"][1, 2] == 0.5  # a tie shares its average rank
+    spans = common_scale(raw, "row_minmax", {"K": np.eye(3, dtype=bool)})
+    np.testing.assert_allclose(spans["K"], [[0, 0.5, 1], [0, 0, 0.75], [0, 1, 0]])
+    np.testing.assert_allclose(spans["P"], [[0], [1], [0]])
 
 
 def test_delift_is_deterministic_and_resumes_from_a_store(tiny_llama, tmp_path):

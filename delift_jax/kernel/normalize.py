@@ -81,3 +81,52 @@ def normalize(values: np.ndarray, method: str, ignore: np.ndarray | None = None)
 
 def _keep(values: np.ndarray, ignore: np.ndarray | None) -> np.ndarray:
     return np.ones(values.shape, bool) if ignore is None else ~np.asarray(ignore, bool)
+
+
+ROW_NORMALIZATIONS = ("row_rank", "row_minmax")
+
+
+def row_normalize(kernels: dict[str, np.ndarray], method: str, ignore: dict[str, np.ndarray] | None = None
+                  ) -> dict[str, np.ndarray]:
+    """Per covered element (row) i, over row i's entries in every kernel together (the pool kernel K's columns and
+    the existing data P's, say; entries where ``ignore`` is True left out and set to 0), as float32:
+
+    * ``row_rank``: the entry's percentile rank in its row (ties share their average rank): 0 for the row's
+      smallest utility, 1 for its largest;
+    * ``row_minmax``: (U[i, j] - min_i) / (max_i - min_i).
+
+    Why per row: a global scale lets rows with more to gain dominate facility location. Under the authors'
+    global min-max, an example the model predicts badly without help (a corrupted one, say) has large utilities
+    in its row — the largest on its diagonal, where it is its own demonstration — so covering it outweighs
+    covering a typical example. Per row, every element weighs the same and only the order of its demonstrations
+    counts. Every kernel must have the same rows."""
+    if method not in ROW_NORMALIZATIONS:
+        raise DataError(f"row normalization {method!r} is unknown; choose {' or '.join(ROW_NORMALIZATIONS)}")
+    names = list(kernels)
+    values = [np.asarray(kernels[name], np.float64) for name in names]
+    if len({v.shape[0] for v in values}) != 1:
+        raise DataError("a row normalization needs kernels with the same rows (covered elements)")
+    masks = [np.zeros(v.shape, bool) if not ignore or name not in ignore else np.asarray(ignore[name], bool)
+             for name, v in zip(names, values)]
+    stacked, skipped = np.hstack(values), np.hstack(masks)
+    if not np.all(np.isfinite(stacked[~skipped])):
+        raise DataError("utilities are NaN or infinite; the model produced non-finite scores (try float32 compute)")
+    out = np.zeros(stacked.shape, np.float32)
+    for i in range(stacked.shape[0]):
+        kept = ~skipped[i]
+        out[i, kept] = _row_rank(stacked[i, kept]) if method == "row_rank" else _row_minmax(stacked[i, kept])
+    bounds = np.cumsum([0] + [v.shape[1] for v in values])
+    return {name: out[:, bounds[k]:bounds[k + 1]] for k, name in enumerate(names)}
+
+
+def _row_rank(row: np.ndarray) -> np.ndarray:
+    if row.size < 2:
+        return np.ones(row.shape)
+    ordered = np.sort(row)
+    average_rank = (np.searchsorted(ordered, row, "left") + np.searchsorted(ordered, row, "right") - 1) / 2.0
+    return average_rank / (row.size - 1)
+
+
+def _row_minmax(row: np.ndarray) -> np.ndarray:
+    low, high = (row.min(), row.max()) if row.size else (0.0, 0.0)
+    return np.zeros(row.shape) if high == low else (row - low) / (high - low)

@@ -9,8 +9,13 @@ columns j shown as the demonstration):
 * continual: P = U(pool, existing) (rows pool, columns existing): P[i, p] = the utility of existing example p
              as a demonstration for pool example i.
 
-Scale: the raw utilities of all kernels of one run go through one common map (``scale``, default ``minmax``:
-(U − lo)/(hi − lo) with lo, hi over the union of K, Q and P). Why common and not per kernel: FL1MI compares
+Scale (``scale``; ``None``, the default, takes the use case's from ``KERNEL_FORMS``: ``row_rank`` for instruction
+and continual, ``minmax`` for task). ``row_rank`` replaces each pool row's utilities, over K's and P's columns
+together, by their percentile ranks in that row (``kernel.normalize.row_normalize``): every covered example then
+weighs the same in facility location, where under one global scale the examples the model predicts worst — the
+corrupted ones, whose own diagonal is the largest utility of all — outweighed the rest, so DELIFT preferred them
+(README, "Does it work?"). ``row_minmax`` is the per-row min-max. ``minmax`` is the authors': one common map
+(U − lo)/(hi − lo) with lo, hi over the union of K, Q and P. Why common and not per kernel: FL1MI compares
 max K against η·max Q and FLCG subtracts ν·max P from max K, so K, Q and P must be in the same units; min-maxing
 each separately maps different raw utilities to the same number and changes which pool example counts as
 already covered. A common min-max is order preserving and affine, so FL's picks equal those on the raw
@@ -31,6 +36,7 @@ import numpy as np
 
 from delift_jax.errors import DataError
 from delift_jax.kernel import KernelConfig, utility_kernel
+from delift_jax.kernel.normalize import ROW_NORMALIZATIONS
 from delift_jax.methods.base import (MethodOptions, MethodSelection, budget_count, check_at_least, check_choice,
                                      check_inputs, need_model)
 from delift_jax.methods.submodular import (DEFAULT_TASK_OBJECTIVE, OPTIMIZERS, SCALES, TASK_OBJECTIVES, common_scale,
@@ -38,12 +44,21 @@ from delift_jax.methods.submodular import (DEFAULT_TASK_OBJECTIVE, OPTIMIZERS, S
 from delift_jax.progress import show_progress
 
 
+# The kernel form (scale, exclude_diagonal) a use case gets when DeliftOptions leaves it open (None): chosen on the
+# known-answer benchmarks (scripts/bench_recovery.py, README "Does it work?"). The authors' form is
+# AUTHORS_KERNEL_FORM: one global min-max over K, Q and P with K's diagonal kept.
+AUTHORS_KERNEL_FORM = ("minmax", False)
+KERNEL_FORMS = {"instruction": ("row_rank", False), "task": AUTHORS_KERNEL_FORM, "continual": ("row_rank", False)}
+
+
 @dataclasses.dataclass(frozen=True)
 class DeliftOptions(MethodOptions):
     """kernel_config: ``KernelConfig`` (distance pmi, the default | rms, the paper's; max_length, batch sizes;
     top_k: the sparse mode, each row's top_k most similar columns only — see ``sparse_kernels``);
-    scale: minmax | clip | clip_minmax (one map for K, Q and P); exclude_diagonal: leave K's diagonal out of the
-    statistics and of the objective; task_objective: fl2mi (default, chosen on evidence; needs no pool kernel) |
+    scale: None (the use case's ``KERNEL_FORMS``: row_rank for instruction and continual, minmax for task) |
+    row_rank | row_minmax (per pool row over K and P) | minmax (the authors') | clip | clip_minmax (one map for K, Q
+    and P); exclude_diagonal: None (the use case's: kept) | True: leave K's diagonal out of the statistics and of
+    the objective; task_objective: fl2mi (default, chosen on evidence; needs no pool kernel) |
     flmi (FL1MI, the authors' code) | flmi_paper (the paper's text), see ``methods.submodular``; eta (η, task),
     nu (ν, continual); optimizer: lazy | naive | stochastic;
     kernel_dir: crash-safe stores ``<dir>/pool``, ``<dir>/targets``, ``<dir>/existing`` (rerun to resume);
@@ -51,8 +66,8 @@ class DeliftOptions(MethodOptions):
     stderr is a terminal)."""
 
     kernel_config: KernelConfig = KernelConfig()
-    scale: str = "minmax"
-    exclude_diagonal: bool = False
+    scale: str | None = None
+    exclude_diagonal: bool | None = None
     task_objective: str = DEFAULT_TASK_OBJECTIVE
     eta: float = 1.0
     nu: float = 1.0
@@ -64,7 +79,8 @@ class DeliftOptions(MethodOptions):
     def __post_init__(self):
         if not isinstance(self.kernel_config, KernelConfig):
             raise DataError(f"delift: kernel_config must be a KernelConfig, got {type(self.kernel_config).__name__}")
-        check_choice("delift", "scale", self.scale, SCALES)
+        if self.scale is not None:
+            check_choice("delift", "scale", self.scale, SCALES)
         check_choice("delift", "optimizer", self.optimizer, OPTIMIZERS)
         check_choice("delift", "task_objective", self.task_objective, TASK_OBJECTIVES)
         check_at_least("delift", "max_pairs", self.max_pairs)
@@ -142,6 +158,31 @@ def sparse_kernels(raw: dict, n_pool: int, n_targets: int, n_existing: int, scal
     return kernels
 
 
+def resolved_kernel_form(options: DeliftOptions, use_case: str) -> tuple[str, bool]:
+    """(scale, exclude_diagonal) of a run: the options' where set, else the use case's ``KERNEL_FORMS``."""
+    default_scale, default_exclude = KERNEL_FORMS.get(use_case, AUTHORS_KERNEL_FORM)
+    scale = options.scale if options.scale is not None else default_scale
+    exclude = options.exclude_diagonal if options.exclude_diagonal is not None else default_exclude
+    if use_case == "task" and scale in ROW_NORMALIZATIONS:
+        raise DataError(f"delift: scale {scale!r} normalizes each pool row over K and P; the task case compares "
+                        "targets, so use minmax, clip or clip_minmax there")
+    return scale, bool(exclude)
+
+
+def select_from_raw(raw: dict[str, np.ndarray], use_case: str, k: int, options: DeliftOptions = DeliftOptions(),
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict, dict]:
+    """(picks, gains, info, kernels) of DELIFT's selection from dense raw utilities {"K", "Q" (task), "P"
+    (continual)} (the pool kernel may be absent for FL2MI): the run's kernel form, then the use case's
+    objective."""
+    scale, exclude = resolved_kernel_form(options, use_case)
+    kernels = scaled_kernels(raw, scale, exclude)
+    picks, gains, info = select_on_kernels(use_case, k, kernels.get("K"), kernels.get("Q"), kernels.get("P"),
+                                           eta=options.eta, nu=options.nu, optimizer=options.optimizer, seed=seed,
+                                           task_objective=options.task_objective)
+    info.update({"scale": scale, "exclude_diagonal": exclude})
+    return picks, gains, info, kernels
+
+
 def delift_selection(*, pool, budget, use_case="instruction", targets=None, existing=None, model=None,
                      tokenizer=None, seed: int = 0, options: DeliftOptions = DeliftOptions()) -> MethodSelection:
     check_inputs("delift", pool, use_case, targets, existing)
@@ -151,23 +192,24 @@ def delift_selection(*, pool, budget, use_case="instruction", targets=None, exis
         raise DataError("delift: the square pool kernel needs at least 2 pool examples")
     sparse = options.kernel_config.top_k is not None
     query_only = use_case == "task" and options.task_objective == "fl2mi"  # FL2MI never reads K
+    scale, exclude = resolved_kernel_form(options, use_case)
     # Sparse: an excluded diagonal is left out of the pool kernel's neighbours (a dense K zeroes it after scaling).
-    kernel_config = dataclasses.replace(options.kernel_config, exclude_diagonal=bool(options.exclude_diagonal)
+    kernel_config = dataclasses.replace(options.kernel_config, exclude_diagonal=exclude
                                         ) if sparse else options.kernel_config
     raw = raw_utilities(model, tokenizer, pool, use_case, targets, existing, kernel_config=kernel_config,
                         kernel_dir=options.kernel_dir, max_pairs=options.max_pairs,
                         progress=show_progress(options.progress), pool_kernel=not query_only)
     if sparse:
-        kernels = sparse_kernels(raw, len(pool), len(targets or ()), len(existing or ()), options.scale,
+        kernels = sparse_kernels(raw, len(pool), len(targets or ()), len(existing or ()), scale,
                                  dense_query=query_only)
         raw, indices = {name: v for name, (v, _) in raw.items()}, {name: i for name, (_, i) in raw.items()}
+        picks, gains, info = select_on_kernels(use_case, k, kernels.get("K"), kernels.get("Q"), kernels.get("P"),
+                                               eta=options.eta, nu=options.nu, optimizer=options.optimizer,
+                                               seed=seed, task_objective=options.task_objective)
     else:
-        kernels = scaled_kernels(raw, options.scale, bool(options.exclude_diagonal))
-    picks, gains, info = select_on_kernels(use_case, k, kernels.get("K"), kernels.get("Q"), kernels.get("P"),
-                                           eta=options.eta, nu=options.nu, optimizer=options.optimizer, seed=seed,
-                                           task_objective=options.task_objective)
-    info.update({"method": "delift", "budget": k, "use_case": use_case, "seed": int(seed), "scale": options.scale,
-                 "exclude_diagonal": bool(options.exclude_diagonal), "fine_tune": True,
+        picks, gains, info, kernels = select_from_raw(raw, use_case, k, options, seed)
+    info.update({"method": "delift", "budget": k, "use_case": use_case, "seed": int(seed), "scale": scale,
+                 "exclude_diagonal": exclude, "fine_tune": True,
                  "utility_range": [float(min(u.min() for u in raw.values())),
                                    float(max(u.max() for u in raw.values()))]})
     arrays = {f"utility_{name}": u for name, u in raw.items()}

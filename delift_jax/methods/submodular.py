@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from delift_jax.errors import DataError
-from delift_jax.kernel.normalize import apply_scale, fit_scale
+from delift_jax.kernel.normalize import ROW_NORMALIZATIONS, apply_scale, fit_scale, row_normalize
 from delift_jax.select import facility_location, fl_conditional_gain, fl_mutual_information, maximize
 from delift_jax.select.objectives import evaluate, fl_paper_mutual_information, fl_variant_mutual_information
 from delift_jax.select.optimizers import OPTIMIZERS
@@ -29,7 +29,7 @@ from delift_jax.select.optimizers import OPTIMIZERS
 OBJECTIVE_OF_USE_CASE = {"instruction": "fl", "continual": "flcg"}  # task: ``task_objective``
 TASK_OBJECTIVES = ("flmi", "fl2mi", "flmi_paper")
 DEFAULT_TASK_OBJECTIVE = "fl2mi"  # from bench_recovery over seeds; "flmi" is the authors' code
-SCALES = ("minmax", "clip", "clip_minmax")
+SCALES = ("minmax", "clip", "clip_minmax") + ROW_NORMALIZATIONS
 # scale -> (pointwise clip at 0 first, normalization of ``kernel.normalize`` applied jointly)
 _SCALE_STEPS = {"minmax": (False, "minmax"), "clip": (True, "none"), "clip_minmax": (False, "clip_minmax")}
 
@@ -41,11 +41,16 @@ def common_scale(raw: dict[str, np.ndarray], scale: str, ignore: dict[str, np.nd
     minmax:      (U − lo) / (hi − lo) with lo, hi the min and max over the union of all kernels' entries.
     clip:        max(U, 0), no rescaling (the paper's text: negative utility counts as none).
     clip_minmax: max(U, 0), then the common min-max.
+    row_rank / row_minmax: per covered element (row), over its entries in all kernels together (K's and P's
+    columns; they share the pool's rows): the percentile rank / the min-max of the row (``kernel.normalize.
+    row_normalize``).
     ``ignore[name]`` marks entries left out of the statistics and set to 0 (the diagonal, on request).
     One ``kernel.normalize`` scale is fitted over all kernels together and applied to each.
     """
     if scale not in SCALES:
         raise DataError(f"kernel scale {scale!r} is unknown; choose one of {', '.join(SCALES)}")
+    if scale in ROW_NORMALIZATIONS:
+        return row_normalize(raw, scale, ignore)
     clip, method = _SCALE_STEPS[scale]
     ignore = ignore or {}
     values = {name: np.maximum(u, 0.0) if clip else np.asarray(u, np.float64) for name, u in raw.items()}

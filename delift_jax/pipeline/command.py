@@ -22,6 +22,7 @@ from delift_jax.budget import parse_budget
 from delift_jax.data.sources import add_data_arguments
 from delift_jax.errors import DataError, NonFiniteError
 from delift_jax.kernel.config import DISTANCES, KernelConfig
+from delift_jax.methods.submodular import SCALES
 from delift_jax.models.loading import DEFAULT_MODEL
 from delift_jax.pipeline.config import RunConfig, RunInputs, check_methods, load_run_file, parse_split
 from delift_jax.pipeline.results import failed_methods
@@ -47,6 +48,7 @@ CONFIG_FLAGS = {
     "top_k": ((("kernel", "top_k"),), int), "optimizer": ((("method_options", "delift", "optimizer"),), str),
     "exclude_diagonal": ((("method_options", "delift", "exclude_diagonal"),), bool),
     "task_objective": ((("method_options", "delift", "task_objective"),), str),
+    "kernel_scale": ((("method_options", "delift", "scale"),), str),
 }
 # flag (argparse dest) -> RunInputs field
 INPUT_FLAGS = {"model": "model", "data": "data", "target": "target", "existing": "existing",
@@ -108,6 +110,10 @@ def _add_stage_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--optimizer", choices=("lazy", "naive", "stochastic"), help="DELIFT's greedy (default lazy)")
     group.add_argument("--exclude-diagonal", action="store_true", default=None,
                        help="leave each example's own cell out of DELIFT's pool kernel")
+    group.add_argument("--kernel-scale", choices=SCALES,
+                       help="how DELIFT maps utilities to its kernels (default: the use case's, chosen on evidence: "
+                            "row_rank for instruction and continual, minmax for task; minmax with the diagonal kept "
+                            "is the authors' form; see the README's 'Does it work?')")
     group.add_argument("--task-objective", choices=("flmi", "fl2mi", "flmi_paper"),
                        help="DELIFT's task-specific objective (default fl2mi, chosen on evidence; flmi is the "
                             "authors' code; see the README's 'Does it work?')")

@@ -166,10 +166,13 @@ def noisy_mixture(seed: int, sources: Sequence[str] = SOURCES, *, clean_per_sour
 def instruction_pool(mixture: NoisyMixture, noise: str, seed: int, clean_per_source: int = 6,
                      noisy: int | None = None) -> np.ndarray:
     """Indices into ``mixture.examples`` of an instruction-tuning pool: ``clean_per_source`` clean examples of every
-    source and the low-quality part: every example of one kind (``noise`` a kind), or ``noisy`` (default: as many
-    as one kind has) spread evenly over the kinds and sources (``noise="mixed"``). Sorted (the mixture is already
-    shuffled)."""
-    rng = np.random.default_rng([seed, 11, NOISE_KINDS.index(noise) if noise in NOISE_KINDS else 99])
+    source and the low-quality part: every example of one kind (``noise`` a kind), every low-quality example of
+    one source (``noise`` a source name), or ``noisy`` (default: as many as one kind has) spread evenly over the
+    kinds and sources (``noise="mixed"``). Sorted (the mixture is already shuffled)."""
+    names = NOISE_KINDS + ("mixed",) + tuple(mixture.sources)
+    if noise not in names:
+        raise DataError(f"unknown noise {noise!r}; choose one of {', '.join(names)}")
+    rng = np.random.default_rng([seed, 11, names.index(noise)])
     picked = []
     for s in range(len(mixture.sources)):
         own = np.flatnonzero((mixture.source == s) & (mixture.kind == CLEAN))
@@ -179,7 +182,9 @@ def instruction_pool(mixture: NoisyMixture, noise: str, seed: int, clean_per_sou
         picked += rng.choice(own, clean_per_source, replace=False).tolist()
     if noise in NOISE_KINDS:
         picked += np.flatnonzero(mixture.kind == noise).tolist()
-    elif noise == "mixed":
+    elif noise in mixture.sources:
+        picked += np.flatnonzero((mixture.kind != CLEAN) & (mixture.source == mixture.sources.index(noise))).tolist()
+    else:  # mixed
         kinds = [k for k in NOISE_KINDS if np.any(mixture.kind == k)]
         count = noisy if noisy is not None else int(np.sum(mixture.kind == kinds[0]))
         for j in range(count):  # kinds in turn, sources shifted each round: every kind and source equally
@@ -188,8 +193,6 @@ def instruction_pool(mixture: NoisyMixture, noise: str, seed: int, clean_per_sou
             if not options:
                 options = [i for i in np.flatnonzero(mixture.kind == kind) if i not in picked]
             picked.append(int(options[0]))
-    else:
-        raise DataError(f"unknown noise {noise!r}; choose one of {', '.join(NOISE_KINDS)} or mixed")
     return np.sort(np.asarray(picked, np.int64))
 
 
