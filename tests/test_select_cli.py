@@ -71,7 +71,7 @@ def test_dense_fl_lazy_matches_the_library(kernels, capsys):
     root, kernel, _ = kernels
     out = root / "out"
     assert main(["select", "--kernel", str(root / "dense"), "--objective", "fl", "--budget", "0.3",
-                 "--optimizer", "lazy", "--seed", "1", "--out", str(out)]) == 0
+                 "--optimizer", "lazy", "--seed", "1", "--scale", "common", "--out", str(out)]) == 0
     picks, gains, summary = read(out)
     expected = sel.maximize(sel.facility_location(kernel), 12, optimizer="naive")
     assert picks.dtype == np.int32 and picks.tolist() == np.asarray(expected.picks).tolist()

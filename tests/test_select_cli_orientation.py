@@ -196,7 +196,7 @@ def test_flcg_private_store_common_scale_and_stored_scale(tmp_path, capsys):
     fake_store(tmp_path / "p", raw_existing)  # --data EXISTING --targets POOL: P = U as stored
     args = ["select", "--kernel", str(tmp_path / "k"), "--private-kernel", str(tmp_path / "p"), "--objective", "flcg",
             "--nu", "0.7", "--budget", "3", "--optimizer", "naive"]
-    assert main([*args, "--out", str(tmp_path / "common")]) == 0
+    assert main([*args, "--scale", "common", "--out", str(tmp_path / "common")]) == 0
     picks, gains, summary = read(tmp_path / "common")
     scaled = common_scale({"K": raw_pool.astype(np.float32), "P": raw_existing.astype(np.float32)}, "minmax",
                           {"K": np.eye(7, dtype=bool)})
@@ -218,12 +218,40 @@ def test_flcg_private_store_common_scale_and_stored_scale(tmp_path, capsys):
     assert stored["objective_value"] != pytest.approx(summary["objective_value"], rel=1e-3)
 
 
+def test_fl_and_flcg_default_to_row_ranks_as_delift_run_does(tmp_path, capsys):
+    """Without --scale, fl and flcg rank each pool row over K's and P's columns (the stores first on one scale),
+    as methods.delift does for instruction and continual tuning; flmi refuses row_rank in one line."""
+    rng = np.random.default_rng(5)
+    raw_pool, raw_existing = rng.normal(size=(7, 7)), 3.0 * rng.normal(size=(7, 4)) + 1.0
+    fake_store(tmp_path / "k", raw_pool, square=True, exclude_diagonal=True)
+    fake_store(tmp_path / "p", raw_existing)
+    ignore = {"K": np.eye(7, dtype=bool)}
+    assert main(["select", "--kernel", str(tmp_path / "k"), "--private-kernel", str(tmp_path / "p"), "--objective",
+                 "flcg", "--budget", "3", "--optimizer", "naive", "--out", str(tmp_path / "cg")]) == 0
+    ranked = common_scale({"K": raw_pool, "P": raw_existing}, "row_rank", ignore)
+    expected = sel.maximize(sel.fl_conditional_gain(ranked["K"], ranked["P"], 1.0), 3, optimizer="naive")
+    picks, gains, summary = read(tmp_path / "cg")
+    assert picks.tolist() == np.asarray(expected.picks).tolist() and summary["scale"] == "row_rank"
+    np.testing.assert_allclose(gains, np.asarray(expected.gains), rtol=1e-5, atol=1e-6)
+    assert main(["select", "--kernel", str(tmp_path / "k"), "--objective", "fl", "--budget", "3", "--optimizer",
+                 "naive", "--out", str(tmp_path / "fl")]) == 0
+    alone = common_scale({"K": raw_pool}, "row_rank", ignore)["K"]
+    assert read(tmp_path / "fl")[0].tolist() == np.asarray(
+        sel.maximize(sel.facility_location(alone), 3, optimizer="naive").picks).tolist()
+    capsys.readouterr()
+    assert main(["select", "--kernel", str(tmp_path / "k"), "--query-kernel", str(tmp_path / "p"), "--objective",
+                 "flmi", "--budget", "3", "--scale", "row_rank", "--out", str(tmp_path / "mi")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--scale row_rank" in err[0] and "compares targets" in err[0]
+
+
 def test_private_store_made_the_other_way_is_transposed_with_a_warning(tmp_path, capsys):
     rng = np.random.default_rng(3)
     np.save(tmp_path / "k.npy", rng.random((6, 6), dtype=np.float32))
     fake_store(tmp_path / "p", rng.random((2, 6)), normalization="none")  # --data POOL --targets EXISTING
     assert main(["select", "--kernel", str(tmp_path / "k.npy"), "--private-kernel", str(tmp_path / "p"),
-                 "--objective", "flcg", "--budget", "2", "--optimizer", "naive", "--out", str(tmp_path / "o")]) == 0
+                 "--objective", "flcg", "--budget", "2", "--optimizer", "naive", "--scale", "common",
+                 "--out", str(tmp_path / "o")]) == 0
     picks, _, summary = read(tmp_path / "o")
     reference = sel.fl_conditional_gain(np.load(tmp_path / "k.npy"), np.load(tmp_path / "p" / "kernel.npy").T)
     assert picks.tolist() == np.asarray(sel.maximize(reference, 2, optimizer="naive").picks).tolist()

@@ -1,7 +1,8 @@
 """``delift select``: pick a subset from a kernel with submodular maximization and write picks, gains, summary.
 
     delift select --kernel DIR --objective fl|flmi|fl2mi|flmi_paper|flcg --budget 0.3 --optimizer naive|lazy|stochastic \
-                  --seed S --out DIR [--query-kernel Q] [--private-kernel P] [--eta 1] [--nu 1] [--scale common]
+                  --seed S --out DIR [--query-kernel Q] [--private-kernel P] [--eta 1] [--nu 1]
+                  [--scale row_rank|common|stored]
 
 What each file must hold (rows are the covered elements, DESIGN §1.3; a kernel store is a directory written by
 ``delift kernel``, whose U[target, candidate] has the --targets (or the pool) as rows and the --data as columns):
@@ -17,8 +18,10 @@ What each file must hold (rows are the covered elements, DESIGN §1.3; a kernel 
 
 A store is oriented from its manifest and the pool size (the rows of K); one made the other way round is used in
 the orientation that fits, with a warning; one that fits neither way, or a .npy whose rows are not the pool, is
-refused in one line. Scale: flmi and flcg compare K with η·max Q / ν·max P (flmi_paper adds η·max Q to K's
-coverage), so with ``--scale common`` (default)
+refused in one line. Scale: fl and flcg default to ``--scale row_rank`` (each pool row's utilities over K's and
+P's columns replaced by their percentile ranks in the row, as ``delift run`` does for instruction and continual
+tuning; ``--scale common`` is the authors' form). flmi and flcg compare K with η·max Q / ν·max P (flmi_paper
+adds η·max Q to K's coverage), so with ``--scale common`` (default for flmi and flmi_paper)
 stores that ``delift kernel`` min-max normalized separately are re-normalized jointly from their raw utilities
 (one min-max over K and Q / P together, as the pipeline does); ``--scale stored`` keeps the stored values. Stores
 of different distances are refused under either scale (``select.io.plan_scale``). A store is checked before use
@@ -81,11 +84,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="P for flcg, P[i, p] = utility of existing example p as a demonstration for pool example "
                         "i: the store of `delift kernel --data EXISTING --targets POOL` (used as stored), or a .npy "
                         "of shape (n_pool, n_existing)")
-    parser.add_argument("--scale", choices=["common", "stored"], default="common",
-                        help="flmi / flmi_paper / flcg: common (default) re-normalizes kernel stores that were min-max normalized "
-                        "separately with one min-max over the raw utilities of K and Q / P together; stored keeps "
-                        "each store's own values (a warning says they are not on one scale); stores of different "
-                        "--distance are refused under either")
+    parser.add_argument("--scale", choices=["row_rank", "common", "stored"], default=None,
+                        help="row_rank (default for fl and flcg, as delift run's instruction and continual cases): "
+                        "each pool row's utilities over K's and P's columns replaced by their percentile ranks in "
+                        "that row (K and P first put on one scale as with common); common (default for flmi and "
+                        "flmi_paper; fl and flcg in the authors' form): stores that delift kernel min-max normalized "
+                        "separately are re-normalized with one min-max over the raw utilities of K and Q / P "
+                        "together; stored keeps each store's own values (a warning says they are not on one "
+                        "scale)")
     parser.add_argument("--eta", type=float, default=1.0, help="η of flmi / fl2mi / flmi_paper (default 1)")
     parser.add_argument("--nu", type=float, default=1.0, help="ν of flcg (default 1)")
     parser.add_argument("--epsilon", type=float, default=0.01, help="stochastic greedy ε (sample ⌈(n/k)ln(1/ε)⌉)")
@@ -176,6 +182,18 @@ def run(args) -> int:
 
 SIDE_ROLE = {"flmi": "query", "fl2mi": "query", "flmi_paper": "query", "flcg": "private"}
 COMMON_SCALE = ("flmi", "flmi_paper", "flcg")  # objectives that add or compare K with Q / P
+ROW_RANKED = ("fl", "flcg")  # objectives whose covered rows are the pool over K (and P): row_rank applies
+
+
+def resolved_scale(objective: str, scale: str | None) -> str | None:
+    """The --scale of a run: row_rank for fl and flcg unless given (delift run's instruction / continual default),
+    common for flmi and flmi_paper, None (unused) for fl2mi."""
+    if scale == "row_rank" and objective not in ROW_RANKED:
+        raise SelectionError(f"--scale row_rank ranks each pool row over K (and P); objective {objective} compares "
+                             "targets: use --scale common or stored")
+    if scale is None:
+        scale = "row_rank" if objective in ROW_RANKED else "common"
+    return scale if objective in COMMON_SCALE + ROW_RANKED else None
 
 
 def _load_inputs(args, io):
@@ -201,9 +219,10 @@ def _load_inputs(args, io):
     if objective != "fl2mi":  # fl2mi reads only K's column count (the pool size)
         _check_square(kernel_source, io)
     notes += [n for n in map(stores.unverified_note, (kernel_source, side_source)) if n]
+    scale = resolved_scale(objective, args.scale)
     scalings = [None, None]
     if objective in COMMON_SCALE:
-        scalings, note = io.plan_scale([kernel_source, side_source], args.scale)
+        scalings, note = io.plan_scale([kernel_source, side_source], "stored" if scale == "stored" else "common")
         notes += [note] if note else []
     kernel = None
     if objective == "fl2mi":  # K only gives the pool size to check Q against
@@ -211,15 +230,42 @@ def _load_inputs(args, io):
     else:
         kernel = io.load_kernel(kernel_source, candidate_major=True, scaling=scalings[0])
         n_pool = int(kernel.shape[0])
-    layout = {"scale": args.scale if objective in COMMON_SCALE else None,
+    layout = {"scale": scale,
               "common_scale_range": None if scalings[0] is None else [scalings[0].low, scalings[0].high]}
-    if role is None:
-        return kernel, None, notes, layout
-    pool_sha256 = None if kernel_source is None else kernel_source.side_sha256("candidates")
-    side, how, note = io.load_oriented(side_source, role, n_pool, scalings[1], pool_sha256)
-    notes += [note] if note else []
-    layout[f"{role}_kernel_orientation"] = how
+    side = None
+    if role is not None:
+        pool_sha256 = None if kernel_source is None else kernel_source.side_sha256("candidates")
+        side, how, note = io.load_oriented(side_source, role, n_pool, scalings[1], pool_sha256)
+        notes += [note] if note else []
+        layout[f"{role}_kernel_orientation"] = how
+    if scale == "row_rank":
+        kernel, side = _row_ranked(kernel, side, kernel_source.exclude_diagonal)
     return kernel, side, notes, layout
+
+
+def _row_ranked(kernel, side, exclude_diagonal: bool):
+    """K (candidate-major DenseKernel or SparseKernel) and P (None, (n_pool, m) or SparseKernel) as each pool row's
+    percentile ranks over K's and P's (stored) columns together (``kernel.normalize.row_normalize``). Ranks do not
+    change under the increasing maps a store's normalization applies, so K's stored values serve; an excluded
+    diagonal stays out and 0."""
+    import numpy as np
+
+    from delift_jax import select as sel
+    from delift_jax.kernel.normalize import row_normalize
+
+    sparse = isinstance(kernel, sel.SparseKernel)
+    parts = {"K": np.asarray(kernel.values if sparse else kernel.columns.T, np.float64)}
+    if side is not None:
+        parts["P"] = np.asarray(side.values if isinstance(side, sel.SparseKernel) else side, np.float64)
+    ignore = {"K": np.eye(len(parts["K"]), dtype=bool)} if exclude_diagonal and not sparse else None
+    ranked = row_normalize(parts, "row_rank", ignore)
+    kernel = (sel.SparseKernel(np.asarray(kernel.indices), ranked["K"], kernel.n_candidates) if sparse
+              else sel.DenseKernel(np.ascontiguousarray(ranked["K"].T)))
+    if isinstance(side, sel.SparseKernel):
+        side = sel.SparseKernel(np.asarray(side.indices), ranked["P"], side.n_candidates)
+    elif side is not None:
+        side = ranked["P"]
+    return kernel, side
 
 
 def _check_square(source, io) -> None:
