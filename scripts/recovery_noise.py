@@ -87,7 +87,7 @@ BUDGETS = (0.1, 0.3)
 DISTANCES = ("rms", "pmi")
 SCALE_VARIANTS = (("minmax", False), ("minmax", True), ("row_rank", False), ("row_rank", True),
                   ("row_minmax", False), ("row_minmax", True))
-NUS = (0.5, 1.0, 2.0)
+NUS = (0.5, 1.0, 1.5, 2.0)
 
 
 def variant_name(objective: str, distance: str, scale: str, exclude_diagonal: bool, nu: float | None = None) -> str:
@@ -250,7 +250,11 @@ def training(results: dict, save, model, tokenizer, mixture: NoisyMixture, seed:
 
 
 def noise_train_methods() -> tuple:
-    return (default_variant("instruction"), "fl_rms_minmax", "fl_pmi_minmax", "delift_se", "random")
+    """The package default first, then the authors' form with each distance, row ranks with each distance (those
+    not already the default), DELIFT (SE) and Random."""
+    default = default_variant("instruction")
+    variants = [v for v in ("fl_rms_minmax", "fl_pmi_minmax", "fl_rms_row_rank", "fl_pmi_row_rank") if v != default]
+    return (default, *variants, "delift_se", "random")
 
 
 # ------------------------------------------------------------------------------------------------ reporting
