@@ -20,7 +20,7 @@ COMMANDS = {
     "run": ("delift_jax.pipeline.command",
             "one use case end to end: select, export, fine-tune, evaluate on a held-out split"),
     "demo": ("delift_jax.commands.demo", "a known-answer task on built-in data: which sources each method picks"),
-    "score": ("delift_jax.commands.score", "score responses teacher-forced with a model; print per-example distances"),
+    "score": ("delift_jax.scoring.command", "score responses teacher-forced with a model; print per-example distances"),
     "kernel": ("delift_jax.kernel.command", "compute the DELIFT utility kernel into a resumable directory"),
     "select": ("delift_jax.select.command", "pick a subset from a kernel with submodular maximization"),
     "finetune": ("delift_jax.train.command", "fine-tune a model (LoRA or full) on a dataset or a selected subset"),
