@@ -29,16 +29,22 @@ def kernel_command(model_dir, data, out, *extra):
             "--out", str(out), "--max-length", "256", "--batch-size", "2", "--block-pairs", "3", *extra]
 
 
-def run_to_end(command, timeout=300):
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+def run_to_end(command, timeout=300, env=None):
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
 
 @pytest.fixture(scope="module")
 def reference_kernel(tiny_llama, pool_file, tmp_path_factory):
+    """The kernel of a `delift kernel` process that asks for no device count: on a CPU-only machine it splits the
+    CPU into host devices by default (host_devices.py). The other runs here have 4 devices (conftest's XLA_FLAGS)
+    or 1 (under jax.distributed), so each comparison with this kernel also checks that the split is bit-identical."""
+    from delift_jax.host_devices import available_cores
+
     out = tmp_path_factory.mktemp("reference") / "kernel"
-    run_to_end(kernel_command(tiny_llama[0], pool_file, out))
+    run_to_end(kernel_command(tiny_llama[0], pool_file, out), env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"))
+    assert json.loads((out / "manifest.json").read_text())["mesh"] == {"data": min(2, available_cores()), "model": 1}
     return np.load(out / "kernel.npy"), np.load(out / "utility_raw.npy")
 
 
