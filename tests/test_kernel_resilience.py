@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,16 +37,22 @@ def run_to_end(command, timeout=300, env=None):
 
 
 @pytest.fixture(scope="module")
-def reference_kernel(tiny_llama, pool_file, tmp_path_factory):
-    """The kernel of a `delift kernel` process that asks for no device count: on a CPU-only machine it splits the
+def reference_store(tiny_llama, pool_file, tmp_path_factory):
+    """The store of a `delift kernel` process that asks for no device count: on a CPU-only machine it splits the
     CPU into host devices by default (host_devices.py). The other runs here have 4 devices (conftest's XLA_FLAGS)
-    or 1 (under jax.distributed), so each comparison with this kernel also checks that the split is bit-identical."""
+    or 1 (under jax.distributed), so each comparison with its kernel also checks that the split is bit-identical.
+    Read only: a test that damages a finished store damages a copy."""
     from delift_jax.host_devices import available_cores
 
     out = tmp_path_factory.mktemp("reference") / "kernel"
     run_to_end(kernel_command(tiny_llama[0], pool_file, out), env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"))
     assert json.loads((out / "manifest.json").read_text())["mesh"] == {"data": min(2, available_cores()), "model": 1}
-    return np.load(out / "kernel.npy"), np.load(out / "utility_raw.npy")
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference_kernel(reference_store):
+    return np.load(reference_store / "kernel.npy"), np.load(reference_store / "utility_raw.npy")
 
 
 def test_kill_9_then_resume_is_bit_identical(tiny_llama, pool_file, tmp_path, reference_kernel):
@@ -143,9 +150,9 @@ def test_two_independent_runs_on_one_out_share_the_blocks(tiny_llama, pool_file,
 
 
 def test_orphans_and_damaged_blocks_of_a_crash_are_cleaned_on_the_next_run(tiny_llama, pool_file, tmp_path,
-                                                                          reference_kernel):
+                                                                          reference_store, reference_kernel):
     out = tmp_path / "kernel"
-    run_to_end(kernel_command(tiny_llama[0], pool_file, out))
+    shutil.copytree(reference_store, out)  # a finished store, as a run to the end leaves it
     (out / "blocks" / ".block_000004.npz.q1w2e3.tmp").write_bytes(b"half a block")
     (out / ".kernel.npy.r4t5y6.tmp").write_bytes(b"half a kernel")
     (out / "blocks" / "block_000007.npz").write_bytes(b"PK\x03\x04 torn")
