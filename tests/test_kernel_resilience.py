@@ -55,36 +55,51 @@ def reference_kernel(reference_store):
     return np.load(reference_store / "kernel.npy"), np.load(reference_store / "utility_raw.npy")
 
 
-def test_kill_9_then_resume_is_bit_identical(tiny_llama, pool_file, tmp_path, reference_kernel):
+def finished_blocks(out) -> int:
+    return len(list((out / "blocks").glob("block_*.npz"))) if (out / "blocks").is_dir() else 0
+
+
+def test_kill_9_mid_run_and_mid_resume_then_resume_is_bit_identical(tiny_llama, pool_file, tmp_path,
+                                                                    reference_kernel):
+    """One store, killed three times: mid-run, then in the middle of two resumed runs, each time once a random
+    number of blocks is finished (and at least one more than the killed run started with); a last run finishes it.
+    After every kill: no final kernel, a manifest that says incomplete, only whole blocks. Every resumed run picks
+    up the finished blocks, and the kernel, made of blocks from all four runs, is the reference bit for bit."""
     rng = random.Random(1234)
     n_blocks = 12  # 6 candidates x 6 targets in pieces of 3 pairs
+    out = tmp_path / "kernel"
     kills = 0
     for attempt, blocks_before_kill in enumerate(sorted(rng.sample(range(1, n_blocks), 3))):
-        out = tmp_path / f"kernel-{attempt}"
-        process = subprocess.Popen(kernel_command(tiny_llama[0], pool_file, out), stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 240
-        while process.poll() is None and time.monotonic() < deadline:
-            finished = len(list((out / "blocks").glob("block_*.npz"))) if (out / "blocks").is_dir() else 0
-            if finished >= blocks_before_kill:
-                time.sleep(rng.uniform(0.0, 0.3))  # land anywhere inside the next block
-                break
-            time.sleep(0.02)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        if process.returncode == -signal.SIGKILL:
-            kills += 1
-            # Killed mid-run: no final kernel, the manifest says incomplete, every block present is whole.
-            assert not (out / "kernel.npy").exists()
-            assert json.loads((out / "manifest.json").read_text())["complete"] is False
-            for block in (out / "blocks").glob("block_*.npz"):
-                with np.load(block) as data:
-                    assert len(data["pairs"]) == len(data["rms"]) == len(data["logp"])
+        at_start = finished_blocks(out)
+        kill_at = max(blocks_before_kill, at_start + 1)  # a resumed run computes before its kill
+        stderr = tmp_path / f"attempt-{attempt}.err"
+        with open(stderr, "w") as err:
+            process = subprocess.Popen(kernel_command(tiny_llama[0], pool_file, out), stdout=subprocess.DEVNULL,
+                                       stderr=err)
+            deadline = time.monotonic() + 240
+            while process.poll() is None and time.monotonic() < deadline:
+                if finished_blocks(out) >= kill_at:
+                    time.sleep(rng.uniform(0.0, 0.3))  # land anywhere inside the next block
+                    break
+                time.sleep(0.02)
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        if process.returncode != -signal.SIGKILL:
+            break  # the run finished before the kill landed: nothing left to kill
+        kills += 1
+        assert f"({at_start} already finished," in stderr.read_text()  # the blocks of the runs before
+        # Killed mid-run: no final kernel, the manifest says incomplete, every block present is whole.
+        assert not (out / "kernel.npy").exists()
+        assert json.loads((out / "manifest.json").read_text())["complete"] is False
+        for block in (out / "blocks").glob("block_*.npz"):
+            with np.load(block) as data:
+                assert len(data["pairs"]) == len(data["rms"]) == len(data["logp"])
 
-        resumed = run_to_end(kernel_command(tiny_llama[0], pool_file, out))
-        assert "already finished" in resumed.stderr
-        np.testing.assert_array_equal(np.load(out / "kernel.npy"), reference_kernel[0])
-        np.testing.assert_array_equal(np.load(out / "utility_raw.npy"), reference_kernel[1])
+    at_start = finished_blocks(out)
+    resumed = run_to_end(kernel_command(tiny_llama[0], pool_file, out))
+    assert f"({at_start} already finished," in resumed.stderr
+    np.testing.assert_array_equal(np.load(out / "kernel.npy"), reference_kernel[0])
+    np.testing.assert_array_equal(np.load(out / "utility_raw.npy"), reference_kernel[1])
     assert kills >= 2  # the kills really landed mid-run
 
 
