@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import re
 import sys
 from pathlib import Path
 
 from delift_jax.errors import DeliftError
+from delift_jax.host_devices import split_host_cpu, xla_flag_cpu_devices
 
 # command name -> (module, one-line help)
 COMMANDS = {
@@ -21,7 +21,7 @@ COMMANDS = {
             "one use case end to end: select, export, fine-tune, evaluate on a held-out split"),
     "demo": ("delift_jax.demo.command",
              "a known-answer case on built-in data (task, instruction or continual): what each method picks"),
-    "score": ("delift_jax.commands.score", "score responses teacher-forced with a model; print per-example distances"),
+    "score": ("delift_jax.scoring.command", "score responses teacher-forced with a model; print per-example distances"),
     "kernel": ("delift_jax.kernel.command", "compute the DELIFT utility kernel into a resumable directory"),
     "select": ("delift_jax.select.command", "pick a subset from a kernel with submodular maximization"),
     "finetune": ("delift_jax.train.command", "fine-tune a model (LoRA or full) on a dataset or a selected subset"),
@@ -45,7 +45,8 @@ def enable_compilation_cache(default: str | Path | None = None) -> None:
 
     ``DELIFT_XLA_CACHE`` sets the directory (else ``default``, else ``~/.cache/delift_jax/xla``);
     ``DELIFT_XLA_CACHE=0`` turns it off. Off in processes with several simulated CPU devices (see
-    ``simulated_cpu_devices``). Scripts call this too, never ``jax.config`` directly."""
+    ``simulated_cpu_devices``), which ``delift kernel`` is by default on a CPU-only machine (host_devices.py).
+    Scripts call this too, never ``jax.config`` directly."""
     default = default if default is not None else Path.home() / ".cache" / "delift_jax" / "xla"
     location = os.environ.get("DELIFT_XLA_CACHE", str(default))
     if location in ("", "0") or simulated_cpu_devices() > 1:
@@ -65,9 +66,8 @@ def simulated_cpu_devices() -> int:
     train step into "Termination timeout for all reduce ... Exiting"); such processes compile afresh instead."""
     import jax
 
-    match = re.search(r"--xla_force_host_platform_device_count=(\d+)", os.environ.get("XLA_FLAGS", ""))
-    forced = int(match.group(1)) if match else 1
-    return max(1, int(jax.config.jax_num_cpu_devices), forced)  # jax_num_cpu_devices is -1 when unset
+    # The larger of the two requests (JAX uses jax_num_cpu_devices when set): never under-counts.
+    return max(1, int(jax.config.jax_num_cpu_devices), xla_flag_cpu_devices() or 1)  # -1 when unset
 
 
 def one_line(text: str) -> str:
@@ -93,6 +93,7 @@ def run_parsed(command: str, args: argparse.Namespace, run) -> int:
         from delift_jax.cli_checks import check_arguments
 
         check_arguments(command, args)
+        split_host_cpu(args)  # before anything starts JAX's backend, and before the cache looks at the count
         enable_compilation_cache()
         return int(run(args) or 0)
     except DeliftError as exc:

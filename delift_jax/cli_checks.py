@@ -26,6 +26,7 @@ from delift_jax.errors import UsageError
 # argparse dest -> smallest valid value. A count below its minimum would silently change what runs (a negative
 # --limit keeps examples[:limit], a zero batch size divides by zero deep inside JAX), so each is refused here.
 COUNT_MINIMUMS: dict[str, int] = {
+    "host_devices": 1,
     "limit": 1, "pool_limit": 1, "target_limit": 1, "existing_limit": 1, "skip": 0,
     "per_source": 1, "targets": 1, "test": 1,  # demo's set sizes (an int --targets; kernel's is a path)
     "batch_size": 1, "eval_batch_size": 1, "grad_accum": 1,

@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,49 +30,76 @@ def kernel_command(model_dir, data, out, *extra):
             "--out", str(out), "--max-length", "256", "--batch-size", "2", "--block-pairs", "3", *extra]
 
 
-def run_to_end(command, timeout=300):
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+def run_to_end(command, timeout=300, env=None):
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
 
 @pytest.fixture(scope="module")
-def reference_kernel(tiny_llama, pool_file, tmp_path_factory):
+def reference_store(tiny_llama, pool_file, tmp_path_factory):
+    """The store of a `delift kernel` process that asks for no device count: on a CPU-only machine it splits the
+    CPU into host devices by default (host_devices.py). The other runs here have 4 devices (conftest's XLA_FLAGS)
+    or 1 (under jax.distributed), so each comparison with its kernel also checks that the split is bit-identical.
+    Read only: a test that damages a finished store damages a copy."""
+    from delift_jax.host_devices import available_cores
+
     out = tmp_path_factory.mktemp("reference") / "kernel"
-    run_to_end(kernel_command(tiny_llama[0], pool_file, out))
-    return np.load(out / "kernel.npy"), np.load(out / "utility_raw.npy")
+    run_to_end(kernel_command(tiny_llama[0], pool_file, out), env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"))
+    assert json.loads((out / "manifest.json").read_text())["mesh"] == {"data": min(2, available_cores()), "model": 1}
+    return out
 
 
-def test_kill_9_then_resume_is_bit_identical(tiny_llama, pool_file, tmp_path, reference_kernel):
+@pytest.fixture(scope="module")
+def reference_kernel(reference_store):
+    return np.load(reference_store / "kernel.npy"), np.load(reference_store / "utility_raw.npy")
+
+
+def finished_blocks(out) -> int:
+    return len(list((out / "blocks").glob("block_*.npz"))) if (out / "blocks").is_dir() else 0
+
+
+def test_kill_9_mid_run_and_mid_resume_then_resume_is_bit_identical(tiny_llama, pool_file, tmp_path,
+                                                                    reference_kernel):
+    """One store, killed three times: mid-run, then in the middle of two resumed runs, each time once a random
+    number of blocks is finished (and at least one more than the killed run started with); a last run finishes it.
+    After every kill: no final kernel, a manifest that says incomplete, only whole blocks. Every resumed run picks
+    up the finished blocks, and the kernel, made of blocks from all four runs, is the reference bit for bit."""
     rng = random.Random(1234)
     n_blocks = 12  # 6 candidates x 6 targets in pieces of 3 pairs
+    out = tmp_path / "kernel"
     kills = 0
     for attempt, blocks_before_kill in enumerate(sorted(rng.sample(range(1, n_blocks), 3))):
-        out = tmp_path / f"kernel-{attempt}"
-        process = subprocess.Popen(kernel_command(tiny_llama[0], pool_file, out), stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 240
-        while process.poll() is None and time.monotonic() < deadline:
-            finished = len(list((out / "blocks").glob("block_*.npz"))) if (out / "blocks").is_dir() else 0
-            if finished >= blocks_before_kill:
-                time.sleep(rng.uniform(0.0, 0.3))  # land anywhere inside the next block
-                break
-            time.sleep(0.02)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        if process.returncode == -signal.SIGKILL:
-            kills += 1
-            # Killed mid-run: no final kernel, the manifest says incomplete, every block present is whole.
-            assert not (out / "kernel.npy").exists()
-            assert json.loads((out / "manifest.json").read_text())["complete"] is False
-            for block in (out / "blocks").glob("block_*.npz"):
-                with np.load(block) as data:
-                    assert len(data["pairs"]) == len(data["rms"]) == len(data["logp"])
+        at_start = finished_blocks(out)
+        kill_at = max(blocks_before_kill, at_start + 1)  # a resumed run computes before its kill
+        stderr = tmp_path / f"attempt-{attempt}.err"
+        with open(stderr, "w") as err:
+            process = subprocess.Popen(kernel_command(tiny_llama[0], pool_file, out), stdout=subprocess.DEVNULL,
+                                       stderr=err)
+            deadline = time.monotonic() + 240
+            while process.poll() is None and time.monotonic() < deadline:
+                if finished_blocks(out) >= kill_at:
+                    time.sleep(rng.uniform(0.0, 0.3))  # land anywhere inside the next block
+                    break
+                time.sleep(0.02)
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        if process.returncode != -signal.SIGKILL:
+            break  # the run finished before the kill landed: nothing left to kill
+        kills += 1
+        assert f"({at_start} already finished," in stderr.read_text()  # the blocks of the runs before
+        # Killed mid-run: no final kernel, the manifest says incomplete, every block present is whole.
+        assert not (out / "kernel.npy").exists()
+        assert json.loads((out / "manifest.json").read_text())["complete"] is False
+        for block in (out / "blocks").glob("block_*.npz"):
+            with np.load(block) as data:
+                assert len(data["pairs"]) == len(data["rms"]) == len(data["logp"])
 
-        resumed = run_to_end(kernel_command(tiny_llama[0], pool_file, out))
-        assert "already finished" in resumed.stderr
-        np.testing.assert_array_equal(np.load(out / "kernel.npy"), reference_kernel[0])
-        np.testing.assert_array_equal(np.load(out / "utility_raw.npy"), reference_kernel[1])
+    at_start = finished_blocks(out)
+    resumed = run_to_end(kernel_command(tiny_llama[0], pool_file, out))
+    assert f"({at_start} already finished," in resumed.stderr
+    np.testing.assert_array_equal(np.load(out / "kernel.npy"), reference_kernel[0])
+    np.testing.assert_array_equal(np.load(out / "utility_raw.npy"), reference_kernel[1])
     assert kills >= 2  # the kills really landed mid-run
 
 
@@ -137,9 +165,9 @@ def test_two_independent_runs_on_one_out_share_the_blocks(tiny_llama, pool_file,
 
 
 def test_orphans_and_damaged_blocks_of_a_crash_are_cleaned_on_the_next_run(tiny_llama, pool_file, tmp_path,
-                                                                          reference_kernel):
+                                                                          reference_store, reference_kernel):
     out = tmp_path / "kernel"
-    run_to_end(kernel_command(tiny_llama[0], pool_file, out))
+    shutil.copytree(reference_store, out)  # a finished store, as a run to the end leaves it
     (out / "blocks" / ".block_000004.npz.q1w2e3.tmp").write_bytes(b"half a block")
     (out / ".kernel.npy.r4t5y6.tmp").write_bytes(b"half a kernel")
     (out / "blocks" / "block_000007.npz").write_bytes(b"PK\x03\x04 torn")

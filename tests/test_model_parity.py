@@ -27,6 +27,11 @@ CASES = {
     "phi3": ("phi3", dict(num_key_value_heads=2)),
     "phi3-sliding-window": ("phi3", dict(num_key_value_heads=4, sliding_window=6)),
 }
+# Padding and KV-prefix decoding run the same code for every case except through the attention's head grouping
+# (MHA / GQA / MQA) and the sliding-window masks, which read the prefix's positions. Biases act per token and RoPE
+# frequencies are fixed at trace time (llama3 / linear scaling included), so those cases, and the families that
+# only load differently (qwen2, mistral and phi3 without a window), are checked by test_logits_match_torch.
+DECODING_CASES = ["llama-gqa-tied", "llama-mha", "llama-mqa", "mistral-sliding-window", "phi3-sliding-window"]
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
@@ -48,6 +53,7 @@ def test_logits_match_torch(case):
     np.testing.assert_allclose(ours, ref, atol=ATOL, rtol=0, err_msg=name)
 
 
+@pytest.mark.parametrize("case", DECODING_CASES, indirect=True)
 def test_right_padding_does_not_change_valid_positions(case):
     _, torch_model, model, config = case
     ids = np.random.RandomState(2).randint(0, config.vocab_size, size=(2, 17))
@@ -59,6 +65,7 @@ def test_right_padding_does_not_change_valid_positions(case):
     np.testing.assert_allclose(ours[1, :11], ref_short[0], atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("case", DECODING_CASES, indirect=True)
 def test_kv_prefix_decoding_equals_full_forward(case):
     """Prefill 9 tokens, then feed the rest one at a time through a growing KV prefix."""
     _, _, model, config = case
@@ -79,6 +86,7 @@ def test_kv_prefix_decoding_equals_full_forward(case):
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("case", DECODING_CASES, indirect=True)
 def test_shared_prefix_broadcast_equals_full_forward(case):
     """One prefix (batch 1) shared by several continuations equals running each full sequence."""
     _, _, model, config = case

@@ -167,3 +167,10 @@ def data_options(args: argparse.Namespace) -> dict:
              "drop_empty")
     return record_options(format=getattr(args, "record_format", None),
                           **{name: getattr(args, name, None) for name in names})
+
+
+def data_options_summary(options: dict) -> dict:
+    """``data_options(args)`` as JSON: the field map as a dict, a format name as given."""
+    fields = options.get("fields")
+    return {"fields": dataclasses.asdict(fields) if dataclasses.is_dataclass(fields) else fields,
+            "dedupe": options.get("dedupe", False), "drop_empty": options.get("drop_empty", False)}

@@ -28,9 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from delift_jax.cli_checks import refuse_nonfinite_metrics
-from delift_jax.commands.selection_data import check_selection_data, data_options_summary, examples_sha256
 from delift_jax.data.builtin import BUILTIN_DATASETS
-from delift_jax.data.sources import add_data_arguments, data_options, load_examples
+from delift_jax.data.sources import add_data_arguments, data_options, data_options_summary, load_examples
 from delift_jax.data.splits import SplitError, shared_examples
 from delift_jax.errors import DataError
 from delift_jax.evaluate.generate import GenerationConfig
@@ -42,6 +41,7 @@ from delift_jax.models import load_model
 from delift_jax.models.loading import DEFAULT_MODEL
 from delift_jax.progress import show_progress
 from delift_jax.scoring import ScoringConfig
+from delift_jax.select.provenance import check_selection_data, examples_sha256
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

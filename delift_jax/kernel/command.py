@@ -8,6 +8,7 @@ import warnings
 
 from delift_jax.kernel.config import DISTANCES, NORMALIZATIONS, KernelConfig
 from delift_jax.data.sources import add_data_arguments
+from delift_jax.host_devices import add_host_devices_argument
 from delift_jax.models.loading import DEFAULT_MODEL
 
 
@@ -53,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "'data' (default: data parallel over every device, parameters replicated)")
     parser.add_argument("--num-processes", type=int, default=1)
     parser.add_argument("--process-id", type=int, default=0)
+    add_host_devices_argument(parser)
     add_data_arguments(parser)
 
 

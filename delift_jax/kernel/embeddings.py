@@ -1,7 +1,7 @@
 """Similarity for the sparse top-k mode: embeddings (mean-pooled final hidden states of the scoring model, or the
 built-in sentence encoder) and their cosine top-k (kernel/neighbours.py).
 
-The mean-pooled embeddings run like teacher-forced scoring (scoring.py): batches of ``batch_size`` rows padded to a
+The mean-pooled embeddings run like teacher-forced scoring (scoring/): batches of ``batch_size`` rows padded to a
 bucket of the length ladder, one batch per ``"data"`` index of the mesh; on a ``(data, model)`` mesh the parameters
 are placed by ``sharding.FSDP_TP_RULES`` and each batch runs tensor parallel over its ``model`` devices. Batches
 never depend on the mesh, so for a given ``model`` size the embeddings do not depend on ``data`` (``model=1``

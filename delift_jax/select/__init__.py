@@ -19,14 +19,8 @@ from delift_jax.select.objectives import (
     make_objective,
     prefix_values,
 )
-from delift_jax.select.optimizers import (
-    OPTIMIZERS,
-    Selection,
-    lazy_greedy,
-    naive_greedy,
-    stochastic_greedy,
-    stochastic_sample_size,
-)
+from delift_jax.select.greedy_loop import Selection, stochastic_sample_size
+from delift_jax.select.optimizers import OPTIMIZERS, lazy_greedy, naive_greedy, stochastic_greedy
 from delift_jax.select.sharding import row_mesh, shard_rows
 from delift_jax.select.sparse import SparseKernel, sparse_from_dense, sparse_to_dense
 

@@ -19,6 +19,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 from delift_jax.budget import resolve_budget
 from delift_jax.errors import SelectionError
 from delift_jax.select import gains as G
+from delift_jax.select import greedy_loop as L
 from delift_jax.select import optimizers as O
 from delift_jax.select import sharding as S
 from delift_jax.select.objectives import Objective
@@ -29,7 +30,7 @@ def _run(optimizer: str, k: int, options: tuple, axis_name):
     stop = settings.pop("stop_if_non_positive")
     chunk = settings.pop("chunk")
 
-    def select(objective: Objective, key) -> O.Selection:
+    def select(objective: Objective, key) -> L.Selection:
         if optimizer == "naive":
             return O.naive_greedy(objective, k, stop_if_non_positive=stop, chunk=chunk, axis_name=axis_name)
         if optimizer == "lazy":
@@ -51,8 +52,8 @@ def _selector(optimizer: str, k: int, options: tuple, mesh: Mesh | None, specs_k
     return jax.jit(sharded)
 
 
-def build_selector(objective: Objective, budget, *, optimizer: str = "lazy", epsilon: float = O.DEFAULT_EPSILON,
-                   batch: int = O.DEFAULT_BATCH, rounds: int = O.DEFAULT_ROUNDS, stop_if_non_positive: bool = False,
+def build_selector(objective: Objective, budget, *, optimizer: str = "lazy", epsilon: float = L.DEFAULT_EPSILON,
+                   batch: int = L.DEFAULT_BATCH, rounds: int = L.DEFAULT_ROUNDS, stop_if_non_positive: bool = False,
                    chunk: int = G.DEFAULT_CHUNK, mesh: Mesh | None = None):
     """A jitted ``select(objective, key) -> Selection`` for objectives shaped like ``objective``.
 
@@ -65,7 +66,7 @@ def build_selector(objective: Objective, budget, *, optimizer: str = "lazy", eps
         raise SelectionError(f"batch and chunk must be >= 1 and rounds >= 0, got {batch}, {chunk}, {rounds}")
     k = resolve_budget(budget, objective.n_candidates)
     if optimizer == "stochastic":
-        O.stochastic_sample_size(objective.n_candidates, k, epsilon)  # validates epsilon
+        L.stochastic_sample_size(objective.n_candidates, k, epsilon)  # validates epsilon
     options = (("batch", int(batch)), ("chunk", int(chunk)), ("epsilon", float(epsilon)), ("rounds", int(rounds)),
                ("stop_if_non_positive", bool(stop_if_non_positive)))
     specs = None if mesh is None else S.objective_specs(objective)
@@ -73,8 +74,8 @@ def build_selector(objective: Objective, budget, *, optimizer: str = "lazy", eps
 
 
 def maximize(objective: Objective, budget, *, optimizer: str = "lazy", seed: int = 0,
-             epsilon: float = O.DEFAULT_EPSILON, batch: int = O.DEFAULT_BATCH, rounds: int = O.DEFAULT_ROUNDS,
-             stop_if_non_positive: bool = False, chunk: int = G.DEFAULT_CHUNK, mesh: Mesh | None = None) -> O.Selection:
+             epsilon: float = L.DEFAULT_EPSILON, batch: int = L.DEFAULT_BATCH, rounds: int = L.DEFAULT_ROUNDS,
+             stop_if_non_positive: bool = False, chunk: int = G.DEFAULT_CHUNK, mesh: Mesh | None = None) -> L.Selection:
     """Greedy maximization of ``objective`` under a cardinality budget; see optimizers.py for the algorithms.
 
     optimizer: "naive" | "lazy" | "stochastic"; seed: PRNG seed (stochastic only); epsilon: stochastic sample
@@ -93,6 +94,6 @@ def maximize(objective: Objective, budget, *, optimizer: str = "lazy", seed: int
     return select(objective, jax.random.key(int(seed)))
 
 
-def objective_value(selection: O.Selection) -> float:
+def objective_value(selection: L.Selection) -> float:
     """f(picks) = the sum of the greedy marginal gains."""
     return float(jnp.sum(selection.gains))

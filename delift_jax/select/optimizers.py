@@ -22,83 +22,38 @@ tied members of its sample.
 
 By default exactly k picks are made. With ``stop_if_non_positive`` the loop stops before the first pick whose gain
 is ≤ 0; the remaining slots of ``picks`` hold −1 and their gains 0.
+
+The loop state, :class:`Selection` and the shared settings live in greedy_loop.py; sparse kernels with a column
+index are handed to sparse_greedy.py, which needs nothing from here.
 """
 
 from __future__ import annotations
-
-import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from delift_jax.errors import SelectionError
 from delift_jax.select import gains as G
+from delift_jax.select import greedy_loop as L
+from delift_jax.select import sparse_greedy
+from delift_jax.select.greedy_loop import (DEFAULT_BATCH, DEFAULT_EPSILON, DEFAULT_ROUNDS, Selection,
+                                           stochastic_sample_size)
 from delift_jax.select.objectives import Objective
 from delift_jax.select.sparse import SparseKernel
 
 OPTIMIZERS = ("naive", "lazy", "stochastic")
-DEFAULT_BATCH = 16
-DEFAULT_ROUNDS = 8
-DEFAULT_EPSILON = 0.01
-
-
-class Selection(NamedTuple):
-    """picks: int32[k] candidate indices in pick order (−1 after an early stop); gains: float32[k] marginal gain of
-    each pick (0 after an early stop); n_selected: int32 scalar, the number of real picks."""
-
-    picks: jax.Array
-    gains: jax.Array
-    n_selected: jax.Array
-
-
-class _Loop(NamedTuple):
-    """State shared by every greedy loop."""
-
-    step: jax.Array  # picks made so far
-    stopped: jax.Array  # bool: early stop triggered
-    coverage: jax.Array  # float32[n_local_rows]
-    taken: jax.Array  # bool[n_candidates]
-    picks: jax.Array
-    gains: jax.Array
 
 
 def _column_indexed(objective: Objective) -> bool:
     return isinstance(objective.kernel, SparseKernel) and objective.kernel.column_index is not None
 
 
-def _start(objective: Objective, k: int) -> _Loop:
-    return _Loop(
-        step=jnp.int32(0),
-        stopped=jnp.bool_(False),
-        coverage=objective.floor.astype(jnp.float32),
-        taken=jnp.zeros((objective.n_candidates,), bool),
-        picks=jnp.full((k,), -1, jnp.int32),
-        gains=jnp.zeros((k,), jnp.float32),
-    )
-
-
-def _commit(objective: Objective, loop: _Loop, candidate, gain, stop_if_non_positive: bool) -> _Loop:
+def _commit(objective: Objective, loop: L.Loop, candidate, gain, stop_if_non_positive: bool) -> L.Loop:
     """Record ``candidate`` as the next pick, or stop instead when its gain is not positive and stopping is on."""
     stop = jnp.logical_and(stop_if_non_positive, gain <= 0)
     keep = jnp.logical_not(stop)
-    return _Loop(
-        step=loop.step + keep.astype(jnp.int32),
-        stopped=stop,
-        coverage=jnp.where(keep, G.cover(objective, loop.coverage, candidate), loop.coverage),
-        taken=loop.taken.at[candidate].set(jnp.logical_or(loop.taken[candidate], keep)),
-        picks=loop.picks.at[loop.step].set(jnp.where(keep, candidate, -1)),
-        gains=loop.gains.at[loop.step].set(jnp.where(keep, gain, 0.0)),
-    )
-
-
-def _running(k: int):
-    return lambda carry: jnp.logical_and(carry[0].step < k, jnp.logical_not(carry[0].stopped))
-
-
-def _finish(loop: _Loop) -> Selection:
-    return Selection(loop.picks, loop.gains, loop.step)
+    coverage = jnp.where(keep, G.cover(objective, loop.coverage, candidate), loop.coverage)
+    return L.commit(loop, candidate, gain, coverage, stop, keep)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -115,8 +70,8 @@ def naive_greedy(objective: Objective, k: int, *, stop_if_non_positive: bool = F
         best = jnp.argmax(gains).astype(jnp.int32)  # first maximum: lowest index among ties
         return (_commit(objective, loop, best, gains[best], stop_if_non_positive),)
 
-    (loop,) = lax.while_loop(_running(k), step, (_start(objective, k),))
-    return _finish(loop)
+    (loop,) = lax.while_loop(L.running(k), step, (L.start(objective, k),))
+    return L.finish(loop)
 
 
 def lazy_greedy(objective: Objective, k: int, *, batch: int = DEFAULT_BATCH, rounds: int = DEFAULT_ROUNDS,
@@ -125,13 +80,11 @@ def lazy_greedy(objective: Objective, k: int, *, batch: int = DEFAULT_BATCH, rou
 
     A sparse kernel with a column index takes the O(degree)-per-pick lazy greedy of sparse_greedy.py instead."""
     if _column_indexed(objective):
-        from delift_jax.select import sparse_greedy
-
         return sparse_greedy.lazy_greedy(objective, k, batch=batch, stop_if_non_positive=stop_if_non_positive,
                                          axis_name=axis_name)
     n = objective.n_candidates
     batch = max(1, min(batch, n))
-    start = _start(objective, k)
+    start = L.start(objective, k)
     # bound[j] ≥ current gain of j (−inf once picked); fresh_at[j] = the step at which bound[j] was computed.
     bound = G.all_gains(objective, start.coverage, chunk=chunk, axis_name=axis_name)
     fresh_at = jnp.zeros((n,), jnp.int32)
@@ -167,15 +120,8 @@ def lazy_greedy(objective: Objective, k: int, *, batch: int = DEFAULT_BATCH, rou
         loop = _commit(objective, loop, best, gain, stop_if_non_positive)
         return loop, bound.at[best].set(-jnp.inf), fresh_at
 
-    loop, _, _ = lax.while_loop(_running(k), step, (start, bound, fresh_at))
-    return _finish(loop)
-
-
-def stochastic_sample_size(n_candidates: int, k: int, epsilon: float) -> int:
-    """s = ⌈(n/k)·ln(1/ε)⌉, clipped to [1, n]."""
-    if not (0.0 < epsilon < 1.0):
-        raise SelectionError(f"epsilon must lie in (0, 1) for stochastic greedy, got {epsilon}")
-    return int(min(n_candidates, max(1, math.ceil(n_candidates / k * math.log(1.0 / epsilon)))))
+    loop, _, _ = lax.while_loop(L.running(k), step, (start, bound, fresh_at))
+    return L.finish(loop)
 
 
 def stochastic_greedy(objective: Objective, k: int, key, *, epsilon: float = DEFAULT_EPSILON,
@@ -184,8 +130,6 @@ def stochastic_greedy(objective: Objective, k: int, key, *, epsilon: float = DEF
 
     A sparse kernel with a column index takes the O(s · degree)-per-step variant of sparse_greedy.py instead."""
     if _column_indexed(objective):
-        from delift_jax.select import sparse_greedy
-
         return sparse_greedy.stochastic_greedy(objective, k, key, epsilon=epsilon,
                                                stop_if_non_positive=stop_if_non_positive, axis_name=axis_name)
     n = objective.n_candidates
@@ -202,5 +146,5 @@ def stochastic_greedy(objective: Objective, k: int, key, *, epsilon: float = DEF
         best = jnp.min(jnp.where(fresh == top, sample, n)).astype(jnp.int32)  # lowest index among tied maxima
         return (_commit(objective, loop, best, top, stop_if_non_positive),)
 
-    (loop,) = lax.while_loop(_running(k), step, (_start(objective, k),))
-    return _finish(loop)
+    (loop,) = lax.while_loop(L.running(k), step, (L.start(objective, k),))
+    return L.finish(loop)

@@ -1,7 +1,7 @@
 """Greedy maximizers for sparse kernels that carry a column index: O(degree) work per pick instead of O(n · k_nn).
 
-Same contracts as optimizers.py (picks, gains, tie rule: lowest index among equal gains, early stop), different
-bookkeeping, so that nothing per pick scales with n:
+Same contracts as optimizers.py (the loop state and Selection of greedy_loop.py; picks, gains, tie rule: lowest
+index among equal gains, early stop), different bookkeeping, so that nothing per pick scales with n:
 
 * ``lazy``: classic lazy greedy over stale upper bounds (gains only shrink as coverage grows). The bounds live in
   blocks of ``block`` candidates with an exact per-block maximum, so finding the best bound reads n / block block
@@ -27,7 +27,7 @@ from jax import lax
 
 from delift_jax.select import columns as C
 from delift_jax.select import gains as G
-from delift_jax.select import optimizers as O
+from delift_jax.select import greedy_loop as L
 from delift_jax.select.objectives import Objective
 
 DEFAULT_BLOCK = 1024
@@ -42,35 +42,29 @@ def _gains(objective: Objective, index: C.ColumnIndex, coverage, candidates, axi
     return gains
 
 
-def _commit(objective: Objective, index, loop: O._Loop, candidate, gain, stop_if_non_positive: bool,
-            settled=True) -> O._Loop:
-    """optimizers._commit with the O(degree) cover of the column index; with ``settled`` False nothing changes
-    (slots not yet written hold −1 and 0 already, so writing those is a no-op)."""
+def _commit(objective: Objective, index, loop: L.Loop, candidate, gain, stop_if_non_positive: bool,
+            settled=True) -> L.Loop:
+    """Record ``candidate`` as the next pick, covering only the rows that list it (the column index), or stop when
+    its gain is not positive and stopping is on; with ``settled`` False nothing changes."""
     stop = jnp.logical_and(settled, jnp.logical_and(stop_if_non_positive, gain <= 0))
     keep = jnp.logical_and(settled, jnp.logical_not(stop))
-    return O._Loop(
-        step=loop.step + keep.astype(jnp.int32),
-        stopped=stop,
-        coverage=C.column_cover(index, loop.coverage, objective.cap, candidate, enabled=keep),
-        taken=loop.taken.at[candidate].set(jnp.logical_or(loop.taken[candidate], keep)),
-        picks=loop.picks.at[loop.step].set(jnp.where(keep, candidate, -1)),
-        gains=loop.gains.at[loop.step].set(jnp.where(keep, gain, 0.0)),
-    )
+    coverage = C.column_cover(index, loop.coverage, objective.cap, candidate, enabled=keep)
+    return L.commit(loop, candidate, gain, coverage, stop, keep)
 
 
 def _put(array, where, value):
     return lax.dynamic_update_index_in_dim(array, jnp.reshape(value, (1,)).astype(array.dtype), where, 0)
 
 
-def lazy_greedy(objective: Objective, k: int, *, batch: int = O.DEFAULT_BATCH, block: int = DEFAULT_BLOCK,
-                stop_if_non_positive: bool = False, axis_name=None) -> O.Selection:
+def lazy_greedy(objective: Objective, k: int, *, batch: int = L.DEFAULT_BATCH, block: int = DEFAULT_BLOCK,
+                stop_if_non_positive: bool = False, axis_name=None) -> L.Selection:
     """Lazy greedy on a column-indexed sparse kernel (see the module docstring)."""
     index = C.local(objective.kernel.column_index)
     n = objective.n_candidates
     block = max(1, min(block, n))
     n_blocks = -(-n // block)
     batch = max(1, min(batch, block))
-    start = O._start(objective, k)
+    start = L.start(objective, k)
     # bound[j] >= current gain of j (−inf once picked or past n); fresh_at[j] = the step bound[j] was computed at.
     first = G.all_gains(objective, start.coverage, axis_name=axis_name)
     bound = jnp.full((n_blocks * block,), -jnp.inf, jnp.float32).at[:n].set(first)
@@ -101,16 +95,16 @@ def lazy_greedy(objective: Objective, k: int, *, batch: int = O.DEFAULT_BATCH, b
         return (loop, lax.dynamic_update_slice_in_dim(bound, segment, b * block, 0),
                 lax.dynamic_update_slice_in_dim(fresh_at, stamps, b * block, 0), block_max.at[b].set(jnp.max(segment)))
 
-    loop, *_ = lax.while_loop(O._running(k), step, (start, bound, fresh_at, block_max))
-    return O._finish(loop)
+    loop, *_ = lax.while_loop(L.running(k), step, (start, bound, fresh_at, block_max))
+    return L.finish(loop)
 
 
-def stochastic_greedy(objective: Objective, k: int, key, *, epsilon: float = O.DEFAULT_EPSILON,
-                      stop_if_non_positive: bool = False, axis_name=None) -> O.Selection:
+def stochastic_greedy(objective: Objective, k: int, key, *, epsilon: float = L.DEFAULT_EPSILON,
+                      stop_if_non_positive: bool = False, axis_name=None) -> L.Selection:
     """Stochastic greedy on a column-indexed sparse kernel, O(s · degree) per step (see the module docstring)."""
     index = C.local(objective.kernel.column_index)
     n = objective.n_candidates
-    size = O.stochastic_sample_size(n, k, epsilon)
+    size = L.stochastic_sample_size(n, k, epsilon)
     # pool[:n_left] holds the unpicked candidates; position[j] is j's position in pool.
     pool = jnp.arange(n, dtype=jnp.int32)
 
@@ -130,5 +124,5 @@ def stochastic_greedy(objective: Objective, k: int, key, *, epsilon: float = O.D
         position = _put(_put(position, moved, here), best, last)
         return loop, pool, position
 
-    loop, _, _ = lax.while_loop(O._running(k), step, (O._start(objective, k), pool, jnp.argsort(pool)))
-    return O._finish(loop)
+    loop, _, _ = lax.while_loop(L.running(k), step, (L.start(objective, k), pool, jnp.argsort(pool)))
+    return L.finish(loop)

@@ -26,12 +26,12 @@ import numpy as np
 from flax import nnx
 
 from delift_jax.atomic_io import atomic_save_json, atomic_save_npz, remove_staging_leftovers
-from delift_jax.commands.selection_data import check_selection_data, data_options_summary, examples_sha256
-from delift_jax.data.sources import add_data_arguments, data_options, load_examples
+from delift_jax.data.sources import add_data_arguments, data_options, data_options_summary, load_examples
 from delift_jax.errors import DataError
 from delift_jax.models import load_model
 from delift_jax.models.loading import DEFAULT_MODEL
 from delift_jax.progress import show_progress
+from delift_jax.select.provenance import check_selection_data, examples_sha256
 from delift_jax.train.config import TrainConfig
 from delift_jax.train.export import export_hf
 from delift_jax.train.lora import LoRAConfig

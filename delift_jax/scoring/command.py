@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from delift_jax.data.sources import data_options, load_examples
     from delift_jax.errors import NonFiniteError
     from delift_jax.models import load_model
-    from delift_jax.scoring import ScoringConfig, score_examples
+    from delift_jax.scoring import ScoringConfig, score_examples  # the package's: tests patch it there
 
     # Count options (--limit, --batch-size, ...) are checked by the CLI before this runs (cli_checks).
     config = ScoringConfig(max_length=args.max_length, max_response_tokens=args.max_response_tokens,

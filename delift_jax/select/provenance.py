@@ -1,10 +1,9 @@
-"""What ``delift finetune`` and ``delift evaluate`` both check and record about the examples a selection indexes:
-the provenance check of a ``delift select`` output against the loaded examples, the examples' hash, and the data
-options as JSON."""
+"""Where a ``delift select`` output came from: the check that ``delift finetune`` and ``delift evaluate`` make before
+they index the loaded examples with its picks (the select ``summary.json`` that io.write_selection writes, and the
+manifest of the kernel it names), and the examples' hash that check compares."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -55,10 +54,3 @@ def check_selection_data(indices_path: str | None, examples: list, what: str = "
         raise DataError(f"{path} was selected on kernel {kernel}, made for other examples than the {len(examples)} "
                         f"that {what} gives (same count, different content or order); {fix}")
     return "kernel data_sha256"
-
-
-def data_options_summary(options: dict) -> dict:
-    """``data_options(args)`` as JSON: the field map as a dict, a format name as given."""
-    fields = options.get("fields")
-    return {"fields": dataclasses.asdict(fields) if dataclasses.is_dataclass(fields) else fields,
-            "dedupe": options.get("dedupe", False), "drop_empty": options.get("drop_empty", False)}
