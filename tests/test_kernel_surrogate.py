@@ -1,6 +1,7 @@
 """The surrogate utility (KernelConfig(utility="surrogate")): exact mode unchanged, the store records which entries
 are exact, resumes, refuses the other mode; refinement rounds; the pure sampler and network; the refinement loop."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -53,3 +54,27 @@ def test_surrogate_store_records_exact_entries(tiny_llama, exact_kernel, tmp_pat
     assert scores["exact_entries"] == 24 and scores["entries"] == n * n
     raw = np.load(tmp_path / "k" / "utility_raw.npy")
     np.testing.assert_array_equal(raw, result.utility.astype(np.float32))
+
+
+def test_refinement_round_adds_exact_entries_and_a_rerun_repeats_it(tiny_llama, exact_kernel, tmp_path):
+    from delift_jax.methods.delift import DeliftOptions, delift_selection
+
+    _, _, model, tokenizer = tiny_llama
+    options = DeliftOptions(kernel_config=dataclasses.replace(SURROGATE, refine_rounds=1, refine_pairs=100),
+                            kernel_dir=tmp_path)
+    selection = delift_selection(pool=POOL, budget=3, model=model, tokenizer=tokenizer, options=options)
+    info = selection.info["surrogate"]
+    assert info["refinement_rounds"] == 1 and len(info["rounds_this_run"]) == 1
+    added = info["rounds_this_run"][0]["computed"]["pool"]
+    exact = np.load(tmp_path / "pool" / "exact.npy")
+    assert exact.sum() == 24 + added and added > 0
+    assert info["kernels"]["pool"]["exact_entries"] == exact.sum()
+    utility = np.load(tmp_path / "pool" / "utility_raw.npy")
+    np.testing.assert_allclose(utility[exact], exact_kernel.utility[exact].astype(np.float32), atol=1e-5, rtol=0)
+    if info["rounds_this_run"][0]["picks_changed"] == 0:  # the picks repeated: their columns are exact
+        assert exact[:, selection.indices].all()
+    np.testing.assert_array_equal(selection.arrays["exact_pool"], exact)
+    again = delift_selection(pool=POOL, budget=3, model=model, tokenizer=tokenizer, options=options)
+    np.testing.assert_array_equal(again.indices, selection.indices)
+    assert again.info["surrogate"]["rounds_this_run"] == []
+    np.testing.assert_array_equal(np.load(tmp_path / "pool" / "exact.npy"), exact)

@@ -25,11 +25,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
 
 from delift_jax.errors import DataError
 

@@ -16,15 +16,13 @@ Stages, each resumable (rerun the same command to continue):
    layout, and every finished refinement round under ``exact/``), normalized as an exact kernel is, ``exact.npy``
    marking the exact entries; the manifest's ``summary.surrogate`` holds the held-out scores.
 
-``add_exact_pairs`` adds a refinement round: its pairs in their own resumable sub-store ``exact/<hash>/`` (pairs.npy,
-blocks, d(i | no example) of rows not scored before); it counts once finished, from the next ``utility_kernel`` call
-on the store.
+Refinement rounds (``kernel/surrogate_rounds.py``) add exact pairs in their own resumable sub-stores
+``exact/<hash>/``; a round counts once finished, from the next ``utility_kernel`` call on the store on.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -388,60 +386,3 @@ def _publish(store: KernelStore, arrays: dict[str, np.ndarray]) -> None:
         for tmp in staged.values():
             tmp.unlink(missing_ok=True)
         raise
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Refinement rounds.
-
-
-def add_exact_pairs(job: _Job, store: KernelStore, pairs: np.ndarray) -> int:
-    """Compute the exact U of ``pairs`` (target, candidate) into a refinement round of the surrogate ``store``;
-    pairs the store already holds exactly are skipped. Returns the pairs computed now (resumes an interrupted
-    round of the same pairs)."""
-    seqs, _ = _sequences(job)
-    identity = kernel_identity(job.model, job.tokenizer, job.targets, job.candidates, job.square, seqs, job.config)
-    with store.exclusive(on_wait=log):
-        manifest = store.read_manifest()
-        if manifest is None or manifest.get("utility") != "surrogate" or not manifest.get("complete"):
-            raise DataError(f"{store.directory} holds no finished surrogate kernel; run utility_kernel with "
-                            "utility='surrogate' first")
-        store.check_identity(identity)
-        known, no_example = exact_values(store, _sample_plan(store, job))
-        new = _new_pairs(pairs, known.pairs, len(job.candidates))
-        if len(new) == 0:
-            return 0
-        digest = hashlib.sha256(new.tobytes()).hexdigest()
-        sub = KernelStore(store.directory / ROUNDS_DIR / digest[:16])
-        block_pairs = int(manifest.get("block_pairs") or 64)
-        plan = pairs_plan(new, len(job.targets), len(job.candidates), job.square, block_pairs)
-        sub.open({"pairs_sha256": digest, "n_pairs": plan.n_pairs, "n_blocks": plan.n_blocks,
-                  "block_pairs": block_pairs})
-        if (sub.read_manifest() or {}).get("pairs_sha256") != digest:
-            raise DataError(f"{sub.directory} holds another refinement round; delete it and rerun")
-        if not sub.has("pairs.npy"):
-            sub.save_npy("pairs.npy", plan.pairs)
-        rows = np.unique(new[:, 0])
-        _ensure_no_example(job, store, sub, seqs, rows[~np.isfinite(no_example["logp"][rows])])
-    stats = compute_blocks(plan, _block_scorer(job, seqs), sub, progress=job.progress)
-    with store.exclusive(on_wait=log):
-        sub.update_manifest(complete=True)
-        _add_seconds(store, refinement_pairs=stats.seconds)
-    return stats.pairs_computed
-
-
-def _sample_plan(store: KernelStore, job: _Job) -> KernelPlan:
-    """The sample's plan, from its stored blocks (their pairs, in block order)."""
-    manifest = store.read_manifest()
-    pairs = [store.read_block(b)["pairs"] for b in range(int(manifest["n_blocks"]))]
-    pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int32)
-    return pairs_plan(pairs, len(job.targets), len(job.candidates), job.square, int(manifest["block_pairs"]))
-
-
-def _new_pairs(pairs: np.ndarray, known: np.ndarray, n_candidates: int) -> np.ndarray:
-    """The distinct ``pairs`` not in ``known``, sorted by candidate then target (int32 [m, 2])."""
-    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
-    keys = np.unique(pairs[:, 0] * n_candidates + pairs[:, 1])
-    known_keys = np.asarray(known, np.int64).reshape(-1, 2)
-    keys = keys[~np.isin(keys, known_keys[:, 0] * n_candidates + known_keys[:, 1])]
-    out = np.stack([keys // n_candidates, keys % n_candidates], axis=1).astype(np.int32)
-    return out[np.lexsort((out[:, 0], out[:, 1]))]
