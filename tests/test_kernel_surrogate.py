@@ -78,3 +78,134 @@ def test_refinement_round_adds_exact_entries_and_a_rerun_repeats_it(tiny_llama, 
     np.testing.assert_array_equal(again.indices, selection.indices)
     assert again.info["surrogate"]["rounds_this_run"] == []
     np.testing.assert_array_equal(np.load(tmp_path / "pool" / "exact.npy"), exact)
+
+
+def test_a_store_of_one_mode_is_refused_by_the_other(tiny_llama, tmp_path):
+    _, _, model, tokenizer = tiny_llama
+    pool = POOL[:4]
+    exact_config = KernelConfig(**BASE)
+    utility_kernel(model, tokenizer, pool, config=exact_config, out_dir=tmp_path / "exact")
+    with pytest.raises(KernelStoreMismatchError, match="holds a dense kernel and this run asks for a surrogate dense"):
+        utility_kernel(model, tokenizer, pool, config=dataclasses.replace(SURROGATE, surrogate_pairs=8),
+                       out_dir=tmp_path / "exact")
+    utility_kernel(model, tokenizer, pool, config=dataclasses.replace(SURROGATE, surrogate_pairs=8),
+                   out_dir=tmp_path / "surrogate")
+    with pytest.raises(KernelStoreMismatchError, match="holds a surrogate dense kernel and this run asks for a dense"):
+        utility_kernel(model, tokenizer, pool, config=exact_config, out_dir=tmp_path / "surrogate")
+    assert "utility" not in kernel_identity(model, tokenizer, pool, pool, True, _seqs(tokenizer, pool, exact_config),
+                                            exact_config)
+
+
+def _seqs(tokenizer, pool, config):
+    from delift_jax.kernel.pairs import build_pair_sequences
+
+    return build_pair_sequences(tokenizer, pool, pool, config)
+
+
+def test_surrogate_store_resumes_bit_identically(tiny_llama, tmp_path):
+    _, _, model, tokenizer = tiny_llama
+    config = dataclasses.replace(SURROGATE, block_pairs=8, top_k=4)
+    first = utility_kernel(model, tokenizer, POOL, config=config, out_dir=tmp_path / "k")
+    store = tmp_path / "k"
+    # A crash after two blocks: the third block, the trained network and the final arrays are gone.
+    (store / "blocks" / "block_000002.npz").unlink()
+    for name in ("surrogate_pmi.npz", "kernel_values.npy", "exact.npy"):
+        (store / name).unlink()
+    again = utility_kernel(model, tokenizer, POOL, config=config, out_dir=store)
+    assert again.summary["pairs_computed_now"] == 8
+    np.testing.assert_array_equal(again.utility, first.utility)
+    np.testing.assert_array_equal(again.kernel, first.kernel)
+    np.testing.assert_array_equal(again.exact, first.exact)
+    np.testing.assert_array_equal(again.indices, first.indices)
+    assert again.kernel.shape == (len(POOL), 4) and again.exact.shape == (len(POOL), 4)
+    assert not (store / "kernel.npy").exists() and (store / "kernel_indices.npy").exists()
+
+
+@pytest.mark.parametrize("config, message", [
+    (dict(surrogate_pairs=100), "surrogate_pairs apply to the surrogate utility only"),
+    (dict(refine_rounds=1), "refine_rounds apply to the surrogate utility only"),
+    (dict(utility="surrogate", surrogate_pairs=3), "surrogate_pairs=3 is too small"),
+    (dict(utility="surrogate", refine_rounds=-1), "refine_rounds=-1 must be 0"),
+    (dict(utility="surrogate", refine_pairs=0), "refine_pairs=0 must be at least 1"),
+    (dict(utility="approximate"), "utility 'approximate' is unknown"),
+])
+def test_bad_surrogate_settings_are_one_line_errors(config, message):
+    with pytest.raises(DataError, match=message) as error:
+        KernelConfig(**config)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["kernel", "--data", "ifbench", "--surrogate-pairs", "100"], "--surrogate-pairs applies to --utility surrogate"),
+    (["kernel", "--data", "ifbench", "--utility", "surrogate", "--surrogate-pairs", "2"],
+     "--surrogate-pairs 2 must be at least 8"),
+    (["run", "--use-case", "instruction", "--data", "ifbench", "--surrogate-pairs", "100"],
+     "surrogate_pairs apply to the surrogate utility only"),
+    (["run", "--use-case", "task", "--data", "ifbench", "--utility", "surrogate", "--refine-rounds", "-1"],
+     "--refine-rounds -1 must not be negative"),
+    (["run", "--use-case", "task", "--data", "ifbench", "--refine-pairs", "10"],
+     "refine_pairs apply to the surrogate utility only"),
+])
+def test_bad_surrogate_flags_are_one_line_errors(capsys, tmp_path, argv, message):
+    from delift_jax import cli
+
+    code = cli.main(argv + ["--model", "no/such/model", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The pure parts.
+
+
+def test_sample_is_stratified_fixed_size_distinct_and_seeded():
+    rng = np.random.default_rng(0)
+    near = np.argsort(rng.random((300, 300)), axis=1)[:, :16]
+    sample = sample_pairs(300, 300, 1000, near, diagonal=True, seed=3)
+    keys = sample.pairs[:, 0] * 300 + sample.pairs[:, 1]
+    assert len(sample) == 1000 and len(np.unique(keys)) == 1000
+    counts = np.bincount(sample.stratum, minlength=3)
+    assert counts[0] == 80 and counts[1] == 500 and counts[2] == 420  # 8% diagonal, half neighbours, the rest
+    assert np.all(sample.pairs[sample.stratum == 0, 0] == sample.pairs[sample.stratum == 0, 1])
+    neighbour = sample.pairs[sample.stratum == 1]
+    assert all(j in near[i] for i, j in neighbour)
+    assert 240 <= len(np.unique(sample.pairs[:, 0])) <= 250  # 250 rows sampled, about 4 pairs on each
+    held_rows = np.unique(sample.pairs[sample.held_out, 0])
+    assert len(held_rows) == 50 and not np.isin(sample.pairs[~sample.held_out, 0], held_rows).any()
+    order = np.lexsort((sample.pairs[:, 0], sample.pairs[:, 1]))
+    np.testing.assert_array_equal(order, np.arange(1000))  # plan order: by candidate, then target
+    again = sample_pairs(300, 300, 1000, near, diagonal=True, seed=3)
+    np.testing.assert_array_equal(again.pairs, sample.pairs)
+    whole = sample_pairs(5, 4, 100, near[:5, :2] % 4, diagonal=False, seed=0)
+    assert len(whole) == 20  # a sample larger than the kernel is the whole kernel
+
+
+def test_network_learns_a_utility_that_its_features_determine():
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(6, 32))
+    labels = rng.integers(6, size=150)
+    embeddings = centres[labels] + 0.5 * rng.normal(size=(150, 32))
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    utility = 2.0 * (unit @ unit.T) + 3.0 * np.eye(150)
+    near = np.argsort(-(unit @ unit.T), axis=1)[:, :16]
+    sample = sample_pairs(150, 150, 1500, near, diagonal=True, seed=0)
+    features = pair_features(embeddings, embeddings, length_scalars([Example("a", "b")] * 150),
+                             length_scalars([Example("a", "b")] * 150), square=True)
+    fitted = fit_surrogate(features, sample.pairs, utility[sample.pairs[:, 0], sample.pairs[:, 1]],
+                           sample.held_out)
+    assert fitted.scores["held_out_r2"] > 0.9 and fitted.scores["held_out_spearman"] > 0.8
+    everything = np.argwhere(np.ones((150, 150), bool))
+    predicted = predict(fitted, everything)
+    assert r2_score(utility.ravel(), predicted) > 0.9
+    again = fit_surrogate(features, sample.pairs, utility[sample.pairs[:, 0], sample.pairs[:, 1]], sample.held_out)
+    np.testing.assert_array_equal(predict(again, everything), predicted)  # seeded: bit-identical
+
+
+def test_scores():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 2], [5, 5, 6]) == pytest.approx(1.0)  # ties share their average rank
+    assert r2_score([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == 1.0
+    assert r2_score([1.0, 2.0, 3.0], [2.0, 2.0, 2.0]) == 0.0

@@ -25,12 +25,14 @@ from delift_jax.kernel.surrogate import PREDICT_CHUNK, PairFeatures, gather_feat
 
 @dataclasses.dataclass(frozen=True)
 class NetOptions:
-    """hidden: width of each hidden layer; depth: hidden layers (NN-CIFT: one of 100); learning_rate, weight_decay:
+    """hidden: width of each hidden layer; depth: hidden layers (NN-CIFT: one of 100); skip: add a linear map of the
+    features to the output (the network learns what the linear part leaves); learning_rate, weight_decay:
     AdamW; max_steps, eval_every, patience: full-batch steps, held-out check interval, steps without improvement
     before stopping; seed: initialization."""
 
     hidden: int = 100
     depth: int = 1
+    skip: bool = True
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     max_steps: int = 3000
@@ -45,17 +47,22 @@ class NetOptions:
 
 
 class PairMLP(nnx.Module):
-    """``depth`` GELU layers of width ``hidden`` and a linear output: features [m, d_in] -> U (standardized) [m]."""
+    """``depth`` GELU layers of width ``hidden`` and a linear output (plus a linear map of the input when ``skip``):
+    features [m, d_in] -> U (standardized) [m]."""
 
-    def __init__(self, d_in: int, hidden: int, depth: int, *, rngs: nnx.Rngs):
+    def __init__(self, d_in: int, hidden: int, depth: int, skip: bool, *, rngs: nnx.Rngs):
         self.layers = nnx.List([nnx.Linear(d_in if i == 0 else hidden, hidden, rngs=rngs) for i in range(depth)])
         self.out = nnx.Linear(hidden, 1, rngs=rngs)
+        self.skip = nnx.Linear(d_in, 1, rngs=rngs) if skip else None
 
     def __call__(self, x_md):
         h_mh = x_md
         for layer in self.layers:
             h_mh = jax.nn.gelu(layer(h_mh))
-        return self.out(h_mh)[:, 0]
+        out_m1 = self.out(h_mh)
+        if self.skip is not None:
+            out_m1 = out_m1 + self.skip(x_md)
+        return out_m1[:, 0]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -71,6 +78,18 @@ class FittedSurrogate:
     y_mean: float
     y_std: float
     scores: dict
+
+
+def _initial(d_in: int, options: NetOptions):
+    """(graphdef, initial parameters) of the network, initialized in one compiled call (not op by op)."""
+    build = lambda: PairMLP(d_in, options.hidden, options.depth, options.skip, rngs=nnx.Rngs(options.seed))
+    graphdef, _ = nnx.split(nnx.eval_shape(build))
+    return graphdef, _init_params(d_in, options.hidden, options.depth, options.skip, options.seed)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _init_params(d_in: int, hidden: int, depth: int, skip: bool, seed: int):
+    return nnx.split(PairMLP(d_in, hidden, depth, skip, rngs=nnx.Rngs(seed)))[1]
 
 
 def _optimizer(learning_rate: float, weight_decay: float):
@@ -128,8 +147,7 @@ def fit_surrogate(features: PairFeatures, pairs: np.ndarray, values: np.ndarray,
     y = ((values - y_mean) / y_std).astype(np.float32)
     has_held = bool(held_out.any())
     held_x, held_y = (x[held_out], y[held_out]) if has_held else (x[train], y[train])
-    model = PairMLP(x.shape[1], options.hidden, options.depth, rngs=nnx.Rngs(options.seed))
-    graphdef, params = nnx.split(model)
+    graphdef, params = _initial(x.shape[1], options)
     params, steps, best_loss = _train(graphdef, params, x[train], y[train], held_x, held_y, options, has_held)
     fitted = FittedSurrogate(graphdef, params, tables, features.square, jnp.asarray(x_mean), jnp.asarray(x_std),
                              y_mean, y_std, {})
@@ -167,7 +185,7 @@ def predict(fitted: FittedSurrogate, pairs: np.ndarray, chunk: int = PREDICT_CHU
     """Predicted U (float32 [m]) at ``pairs`` [m, 2] (target, candidate), in jitted chunks of ``chunk`` pairs."""
     pairs = np.asarray(pairs, np.int32).reshape(-1, 2)
     out = np.empty(len(pairs), np.float32)
-    size = min(chunk, max(len(pairs), 1))
+    size = min(chunk, 1 << max(8, int(np.ceil(np.log2(max(len(pairs), 1))))))  # few program shapes
     for start in range(0, len(pairs), size):
         part = pairs[start:start + size]
         padded = np.zeros((size, 2), np.int32)
