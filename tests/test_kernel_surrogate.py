@@ -209,3 +209,59 @@ def test_scores():
     assert spearman([1, 1, 2], [5, 5, 6]) == pytest.approx(1.0)  # ties share their average rank
     assert r2_score([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == 1.0
     assert r2_score([1.0, 2.0, 3.0], [2.0, 2.0, 2.0]) == 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Wiring: the use cases, the commands.
+
+
+@pytest.mark.parametrize("use_case, top_k, refined", [("task", None, "targets"), ("continual", 2, "pool")])
+def test_selection_on_surrogate_kernels_in_each_use_case(tiny_llama, tmp_path, use_case, top_k, refined):
+    from delift_jax.methods.delift import DeliftOptions, delift_selection
+
+    _, _, model, tokenizer = tiny_llama
+    config = dataclasses.replace(SURROGATE, surrogate_pairs=10, top_k=top_k, refine_rounds=1)
+    others = {"targets": POOL[6:]} if use_case == "task" else {"existing": POOL[6:]}
+    selection = delift_selection(pool=POOL[:6], budget=2, use_case=use_case, model=model, tokenizer=tokenizer,
+                                 options=DeliftOptions(kernel_config=config, kernel_dir=tmp_path), **others)
+    assert len(selection.indices) == 2 and set(selection.indices) <= set(range(6))
+    info = selection.info["surrogate"]
+    assert set(info["kernels"]) == {refined} and info["refinement_rounds"] <= 1
+    stores = ["targets"] if use_case == "task" else ["pool", "existing"]  # fl2mi reads no pool kernel
+    for name in stores:
+        manifest = json.loads((tmp_path / name / "manifest.json").read_text())
+        assert manifest["utility"] == "surrogate" and manifest["mode"] == ("dense" if top_k is None else "sparse")
+        assert (tmp_path / name / "exact.npy").is_file()
+
+
+def test_run_flags_reach_the_kernel_config(tmp_path):
+    import argparse
+
+    from delift_jax.pipeline import command
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    args = parser.parse_args(["--use-case", "instruction", "--data", "ifbench", "--utility", "surrogate",
+                              "--surrogate-pairs", "500", "--refine-rounds", "2", "--refine-pairs", "64",
+                              "--top-k", "16", "--out", str(tmp_path)])
+    config, _ = command.resolve_run(args)
+    assert (config.kernel.utility, config.kernel.surrogate_pairs, config.kernel.refine_rounds,
+            config.kernel.refine_pairs, config.kernel.top_k) == ("surrogate", 500, 2, 64, 16)
+    assert config.to_dict()["kernel"]["utility"] == "surrogate"
+    exact, _ = command.resolve_run(parser.parse_args(["--use-case", "instruction", "--data", "ifbench"]))
+    assert not {"utility", "surrogate_pairs", "refine_rounds", "refine_pairs"} & set(exact.to_dict()["kernel"])
+
+
+def test_kernel_command_writes_a_surrogate_store(tiny_llama, tmp_path, capsys):
+    from delift_jax import cli
+
+    data = tmp_path / "pool.jsonl"
+    data.write_text("".join(json.dumps({"prompt": e.prompt, "response": e.response}) + "\n" for e in POOL))
+    out = tmp_path / "k"
+    argv = ["kernel", "--model", str(tiny_llama[0]), "--data", str(data), "--max-length", "256",
+            "--max-response-tokens", "8", "--utility", "surrogate", "--surrogate-pairs", "24", "--neighbours",
+            "encoder", "--out", str(out)]
+    assert cli.main(argv) == 0
+    stdout = capsys.readouterr().out
+    assert "surrogate: 24 of 81 entries exact, held-out R2" in stdout
+    assert np.load(out / "exact.npy").sum() == 24

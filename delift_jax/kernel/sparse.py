@@ -40,9 +40,10 @@ def sparse_neighbours(model, tokenizer, seqs, targets, candidates, square: bool,
 
 
 def similarity_embeddings(model, tokenizer, seqs, targets, candidates, square: bool, config: KernelConfig,
-                          embeddings: tuple[np.ndarray, np.ndarray] | None, mesh) -> tuple[np.ndarray, np.ndarray]:
+                          embeddings: tuple[np.ndarray, np.ndarray] | None, mesh, progress: bool = False
+                          ) -> tuple[np.ndarray, np.ndarray]:
     """(target, candidate) embeddings of ``config.neighbours`` (or the given ``embeddings``, checked); one array
-    serves both sides of a square kernel."""
+    serves both sides of a square kernel. progress: a bar for the sentence encoder."""
     if embeddings is not None:
         target_emb, candidate_emb = (np.asarray(e) for e in embeddings)
         if target_emb.shape[0] != len(targets) or candidate_emb.shape[0] != len(candidates):
@@ -50,8 +51,8 @@ def similarity_embeddings(model, tokenizer, seqs, targets, candidates, square: b
                             f"{len(targets)} targets and {len(candidates)} candidates")
         return target_emb, candidate_emb
     if config.neighbours == "encoder":
-        target_emb = encoder_embeddings(targets)
-        return target_emb, target_emb if square else encoder_embeddings(candidates)
+        target_emb = encoder_embeddings(targets, progress=progress)
+        return target_emb, target_emb if square else encoder_embeddings(candidates, progress=progress)
     embed = lambda sequences: mean_pooled_embeddings(model, sequences, max_length=config.max_length,
                                                      batch_size=config.batch_size, mesh=mesh)
     target_emb = embed(seqs.no_example)

@@ -37,6 +37,7 @@ from delift_jax.kernel.coordination import log
 from delift_jax.kernel.estimate import choose_block_pairs, demonstration_bytes, seconds_per_pair
 from delift_jax.kernel.identity import kernel_identity
 from delift_jax.kernel.engine import PairScorer
+from delift_jax.kernel.packing import Item
 from delift_jax.kernel.normalize import apply_scale, fit_scale
 from delift_jax.kernel.outputs import KernelResult
 from delift_jax.kernel.plan import KernelPlan, plan_blocks
@@ -132,7 +133,8 @@ def _embeddings(job: _Job, store: KernelStore, seqs) -> tuple[np.ndarray, np.nda
             log(f"{exc}; computing the embeddings again")
     started = time.perf_counter()
     target_emb, candidate_emb = similarity_embeddings(job.model, job.tokenizer, seqs, job.targets, job.candidates,
-                                                      job.square, job.config, job.embeddings, job.mesh)
+                                                      job.square, job.config, job.embeddings, job.mesh,
+                                                      progress=job.progress)
     target_emb, candidate_emb = np.asarray(target_emb, np.float32), np.asarray(candidate_emb, np.float32)
     return target_emb, candidate_emb, {"embeddings": time.perf_counter() - started}
 
@@ -188,8 +190,12 @@ def _ensure_no_example(job: _Job, store: KernelStore, into: KernelStore, seqs, r
                 return
         except DamagedFileError as exc:
             log(f"{exc}; computing it again")
+    from tqdm.auto import tqdm
+
     started = time.perf_counter()
-    logps = PairScorer(job.model, job.config, mesh=job.mesh).score_sequences([seqs.no_example[i] for i in rows])
+    items = [Item(k, None, seqs.no_example[i].tokens, seqs.no_example[i].n_scored) for k, i in enumerate(rows)]
+    with tqdm(total=len(items), unit="target", desc="without an example", disable=not job.progress) as bar:
+        logps = PairScorer(job.model, job.config, mesh=job.mesh).logprobs(items, [], bar.update)
     logp = np.array([mean_log_prob(lp) for lp in logps], np.float64).reshape(-1)
     check_finite(logp, "no-example scores")
     into.save_checked_npz("no_example.npz", rows=np.asarray(rows, np.int64),
