@@ -54,8 +54,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_sparse
 
 CACHE = Path("/root/.cache/delift_jax")
 OBJECTIVES = ("fl", "fl2mi", "flcg")
+SAMPLE_OPTIONS: dict = {}  # experiments only
 BLOCKS = {"fl": ("K",), "fl2mi": ("Q",), "flcg": ("K", "P")}  # the kernels each objective reads
-REFINED = {"fl": ("K",), "fl2mi": ("Q",), "flcg": ("K",)}  # read by candidate: the picks' entries get refined
+BY = {"K": "column", "Q": "column", "P": "row"}  # methods/refine.py's refined_kernels: which entries of the picks
 
 
 def parse_args(argv=None):
@@ -72,6 +73,8 @@ def parse_args(argv=None):
     parser.add_argument("--role-fraction", type=float, default=0.25)
     parser.add_argument("--budget", type=float, default=0.3)
     parser.add_argument("--refine-rounds", type=int, default=3)
+    parser.add_argument("--within-pcts", type=float, nargs="*", default=[5],
+                        help="shares at which refinement also runs inside the budget (60%% sample + 40%% rounds)")
     parser.add_argument("--random-draws", type=int, default=20)
     parser.add_argument("--noise-kernels", default=str(CACHE / "bench_noise"))
     parser.add_argument("--ka-pool-per-source", type=int, default=24)
@@ -103,30 +106,63 @@ def contention(before: float, after: float) -> dict:
 # Surrogate kernels from a dense one.
 
 
-def surrogate_block(utility: np.ndarray, row_emb, col_emb, row_scalars, col_scalars, square: bool, pct: float,
-                    seed: int, net=None, dim: int = 32) -> dict:
-    """The surrogate of one dense block (rows x cols): sample pct% of its entries (at least 8), train, predict.
-    Returns raw (predictions, exact at the sample), exact mask, the run's scores and Spearman over unsampled."""
-    from delift_jax.kernel.config import MIN_SURROGATE_PAIRS
-    from delift_jax.kernel.embeddings import top_k_pairs
-    from delift_jax.kernel.surrogate import pair_features, sample_pairs
-    from delift_jax.kernel.surrogate_net import fit_surrogate, predict_layout, spearman
+class SurrogateBlock:
+    """A surrogate of one dense block (rows x cols) as the surrogate mode builds it: ``sample_pairs`` (``n_pairs``,
+    at least 8), ``pair_features`` on the encoder embeddings, ``fit_surrogate``; exact values come from the dense
+    block. ``add`` makes entries exact and trains the network again on every exact pair (as the store does)."""
 
-    n_rows, n_cols = utility.shape
-    n_pairs = max(MIN_SURROGATE_PAIRS, int(round(pct / 100 * n_rows * n_cols)))
-    near = top_k_pairs(row_emb, col_emb, min(16, n_cols))
-    sample = sample_pairs(n_rows, n_cols, n_pairs, near, diagonal=square, seed=seed)
-    features = pair_features(row_emb, col_emb, row_scalars, col_scalars, square=square, dim=dim)
-    rows, cols = sample.pairs[:, 0], sample.pairs[:, 1]
-    fitted = fit_surrogate(features, sample.pairs, utility[rows, cols], sample.held_out,
-                           *(() if net is None else (net,)))
-    predicted = predict_layout(fitted, n_rows, n_cols).astype(np.float64)
-    exact = np.zeros(utility.shape, bool)
-    exact[rows, cols] = True
-    raw = predicted.copy()
-    raw[exact] = utility[exact]
-    return {"raw": raw, "exact": exact, "scores": fitted.scores, "n_pairs": len(sample),
-            "spearman_unsampled": spearman(utility[~exact], predicted[~exact]) if (~exact).any() else 1.0}
+    def __init__(self, utility: np.ndarray, row_emb, col_emb, row_scalars, col_scalars, square: bool, n_pairs: int,
+                 seed: int, net=None, dim: int = 32):
+        from delift_jax.kernel.config import MIN_SURROGATE_PAIRS
+        from delift_jax.kernel.embeddings import top_k_pairs
+        from delift_jax.kernel.surrogate import pair_features, sample_pairs
+
+        self.utility, self.net = utility, net
+        n_rows, n_cols = utility.shape
+        near = top_k_pairs(row_emb, col_emb, min(16, n_cols))
+        sample = sample_pairs(n_rows, n_cols, max(MIN_SURROGATE_PAIRS, n_pairs), near, diagonal=square, seed=seed,
+                              **SAMPLE_OPTIONS)
+        self.features = pair_features(row_emb, col_emb, row_scalars, col_scalars, square=square, dim=dim)
+        self.exact = np.zeros(utility.shape, bool)
+        self.exact[sample.pairs[:, 0], sample.pairs[:, 1]] = True
+        self.sampled = self.exact.copy()
+        self.n_sample = len(sample)
+        held_rows = np.unique(sample.pairs[sample.held_out, 0])
+        self.held = np.zeros(utility.shape, bool)
+        self.held[sample.pairs[sample.held_out, 0], sample.pairs[sample.held_out, 1]] = True
+        if len(held_rows) and sample.held_out[np.isin(sample.pairs[:, 0], held_rows)].all():
+            self.held_rows = held_rows  # rows held out whole: refinement pairs in them stay out of training
+        else:
+            self.held_rows = np.zeros(0, np.int64)
+        self._fit()
+        self.first_scores, self.first_prediction = self.scores, self.prediction
+
+    def _fit(self) -> None:
+        from delift_jax.kernel.surrogate_net import fit_surrogate, predict_layout
+
+        pairs = np.argwhere(self.exact)
+        held = self.held[pairs[:, 0], pairs[:, 1]] | np.isin(pairs[:, 0], self.held_rows)
+        fitted = fit_surrogate(self.features, pairs, self.utility[pairs[:, 0], pairs[:, 1]], held,
+                               *(() if self.net is None else (self.net,)))
+        self.prediction = predict_layout(fitted, *self.utility.shape).astype(np.float64)
+        self.scores = fitted.scores
+
+    @property
+    def raw(self) -> np.ndarray:
+        raw = self.prediction.copy()
+        raw[self.exact] = self.utility[self.exact]
+        return raw
+
+    def add(self, pairs: np.ndarray) -> int:
+        self.exact[pairs[:, 0], pairs[:, 1]] = True
+        self._fit()
+        return int(len(pairs))
+
+    def spearman_unsampled(self) -> float:
+        from delift_jax.kernel.surrogate_net import spearman
+
+        unsampled = ~self.sampled
+        return spearman(self.utility[unsampled], self.first_prediction[unsampled]) if unsampled.any() else 1.0
 
 
 class Study:
@@ -145,6 +181,16 @@ class Study:
     def objective_raw(self, objective: str, raw_blocks: dict) -> dict:
         """The objective's raw kernels from row-major blocks (Q transposed to (pool, targets))."""
         return {name: (block.T if name == "Q" else block) for name, block in raw_blocks.items()}
+
+    def surrogates(self, objective: str, share: float, seed: int, **options) -> dict:
+        """A ``SurrogateBlock`` per kernel the objective reads, each sampling ``share`` of its entries."""
+        out = {}
+        for name, (rows, cols) in self.blocks(objective).items():
+            n_pairs = int(round(share * len(rows) * len(cols)))
+            out[name] = SurrogateBlock(self.cases.utility[np.ix_(rows, cols)], self.embeddings[rows],
+                                       self.embeddings[cols], self.scalars[rows], self.scalars[cols], name == "K",
+                                       n_pairs, seed, **options)
+        return out
 
 
 def objective_of(name: str, kernels: dict):
@@ -168,43 +214,45 @@ def dense_value(study: Study, objective: str, picks: np.ndarray) -> float:
                           np.asarray(picks)))
 
 
-def retention_case(study: Study, objective: str, pct: float, seed: int, budget: int, rounds: int,
-                   reference: float, **surrogate) -> dict:
-    """One (objective, pct, seed): retention before and after refinement, exact pairs used, scores."""
+def refine(study: Study, objective: str, blocks: dict, budget: int, rounds: int, caps: dict) -> tuple:
+    """methods/refine.py's loop on bench blocks: (final picks, rounds). Entries as ``refined_kernels`` picks them:
+    K's columns, Q's (targets store) columns, P's rows."""
     from delift_jax.methods.refine import refine_loop, refinement_pairs
 
-    blocks = study.blocks(objective)
-    dense = {name: study.cases.utility[np.ix_(r, c)] for name, (r, c) in blocks.items()}
-    built = {name: surrogate_block(dense[name], study.embeddings[r], study.embeddings[c], study.scalars[r],
-                                   study.scalars[c], name == "K", pct, seed, **surrogate)
-             for name, (r, c) in blocks.items()}
-    state = {name: {"raw": b["raw"].copy(), "exact": b["exact"].copy()} for name, b in built.items()}
-    select = lambda: greedy_picks(objective, study.objective_raw(objective, {n: s["raw"] for n, s in state.items()}),
+    select = lambda: greedy_picks(objective, study.objective_raw(objective, {n: b.raw for n, b in blocks.items()}),
                                   budget)
-    first = select()
-    cap = {name: max(1, b["n_pairs"] // 2) for name, b in built.items()}
+    wanted = lambda picks: {n: refinement_pairs(picks, blocks[n].raw, blocks[n].exact, None, caps[n], BY[n])
+                            for n in blocks}
+    add = lambda pairs: {n: blocks[n].add(p) for n, p in pairs.items()}
+    picks, history = refine_loop(select, lambda p: p, wanted, add, 0, rounds)
+    return picks, len(history)
 
-    def wanted(picks):
-        return {name: refinement_pairs(picks, state[name]["raw"], state[name]["exact"], None, cap[name])
-                for name in REFINED[objective]}
 
-    def add(pairs):
-        for name, p in pairs.items():
-            state[name]["raw"][p[:, 0], p[:, 1]] = dense[name][p[:, 0], p[:, 1]]
-            state[name]["exact"][p[:, 0], p[:, 1]] = True
-        return {name: int(len(p)) for name, p in pairs.items()}
-
-    refined, history = refine_loop(select, lambda picks: picks, wanted, add, 0, rounds)
-    total = sum(d.size for d in dense.values())
-    sampled = sum(b["n_pairs"] for b in built.values())
-    exact_after = sum(int(s["exact"].sum()) for s in state.values())
-    return {"retention": dense_value(study, objective, first) / reference,
-            "retention_refined": dense_value(study, objective, refined) / reference,
-            "exact_share_sample": sampled / total, "exact_share_refined": exact_after / total,
-            "rounds": len(history),
-            "held_out_r2": {n: b["scores"].get("held_out_r2") for n, b in built.items()},
-            "held_out_spearman": {n: b["scores"].get("held_out_spearman") for n, b in built.items()},
-            "spearman_unsampled": {n: b["spearman_unsampled"] for n, b in built.items()}}
+def retention_case(study: Study, objective: str, pct: float, seed: int, budget: int, rounds: int,
+                   reference: float, within: bool, **options) -> dict:
+    """One (objective, pct, seed). ``retention``: a sample of pct% of every kernel, no refinement.
+    ``retention_refined``: then the library's refinement (``rounds``, half the sample per round and kernel, the
+    network trained again each round), with the exact share it reached. ``retention_within`` (``within``): a 60%
+    sample, refinement filling the other 40% over the rounds: pct% exact pairs in all."""
+    blocks = study.surrogates(objective, pct / 100, seed, **options)
+    total = sum(b.utility.size for b in blocks.values())
+    first = greedy_picks(objective, study.objective_raw(objective, {n: b.raw for n, b in blocks.items()}), budget)
+    out = {"retention": dense_value(study, objective, first) / reference,
+           "exact_share_sample": sum(b.n_sample for b in blocks.values()) / total,
+           "held_out_r2": {n: b.first_scores.get("held_out_r2") for n, b in blocks.items()},
+           "held_out_spearman": {n: b.first_scores.get("held_out_spearman") for n, b in blocks.items()},
+           "spearman_unsampled": {n: b.spearman_unsampled() for n, b in blocks.items()}}
+    picks, n_rounds = refine(study, objective, blocks, budget, rounds,
+                             {n: max(1, b.n_sample // 2) for n, b in blocks.items()})
+    out.update(retention_refined=dense_value(study, objective, picks) / reference, rounds=n_rounds,
+               exact_share_refined=sum(int(b.exact.sum()) for b in blocks.values()) / total)
+    if within:
+        blocks = study.surrogates(objective, 0.6 * pct / 100, seed, **options)
+        caps = {n: max(1, int(0.4 * pct / 100 * b.utility.size) // max(rounds, 1)) for n, b in blocks.items()}
+        picks, _ = refine(study, objective, blocks, budget, rounds, caps)
+        out.update(retention_within=dense_value(study, objective, picks) / reference,
+                   exact_share_within=sum(int(b.exact.sum()) for b in blocks.values()) / total)
+    return out
 
 
 def retention_study(study: Study, args, label: str, objectives=OBJECTIVES) -> dict:
@@ -220,13 +268,15 @@ def retention_study(study: Study, args, label: str, objectives=OBJECTIVES) -> di
                                       for _ in range(args.random_draws)])) / reference
         out[objective] = {"random_subset": round(random_share, 4)}
         for pct in args.pcts:
-            runs = [retention_case(study, objective, pct, seed, budget, args.refine_rounds, reference)
-                    for seed in args.seeds]
+            runs = [retention_case(study, objective, pct, seed, budget, args.refine_rounds, reference,
+                                   pct in args.within_pcts) for seed in args.seeds]
             out[objective][_pct(pct)] = summarize(runs)
             s = out[objective][_pct(pct)]
+            within = (f", {s['retention_within']:.4f} with refinement inside {s['exact_share_within']:.1%}"
+                      if "retention_within" in s else "")
             print(f"{label} {objective:<6} {pct:>5.1f}% exact: retention {s['retention']:.4f} "
                   f"(min {s['retention_min']:.4f}), refined {s['retention_refined']:.4f} at "
-                  f"{s['exact_share_refined']:.1%} exact; held-out R2 {s['held_out_r2']}, Spearman "
+                  f"{s['exact_share_refined']:.1%} exact{within}; held-out R2 {s['held_out_r2']}, Spearman "
                   f"{s['held_out_spearman']}, unsampled Spearman {s['spearman_unsampled']}; random subset "
                   f"{random_share:.4f}", flush=True)
     return out
@@ -240,7 +290,10 @@ def summarize(runs: list[dict]) -> dict:
     mean = lambda key: round(float(np.mean([r[key] for r in runs])), 4)
     per_block = lambda key: {n: round(float(np.mean([r[key][n] for r in runs if r[key][n] is not None])), 4)
                              for n in runs[0][key]}
-    return {"retention": mean("retention"), "retention_min": round(min(r["retention"] for r in runs), 4),
+    within = ({"retention_within": mean("retention_within"), "exact_share_within": mean("exact_share_within"),
+               "retention_within_min": round(min(r["retention_within"] for r in runs), 4)}
+              if "retention_within" in runs[0] else {})
+    return {**within, "retention": mean("retention"), "retention_min": round(min(r["retention"] for r in runs), 4),
             "retention_refined": mean("retention_refined"), "exact_share_sample": mean("exact_share_sample"),
             "exact_share_refined": mean("exact_share_refined"), "rounds": mean("rounds"),
             "held_out_r2": per_block("held_out_r2"), "held_out_spearman": per_block("held_out_spearman"),
@@ -308,29 +361,24 @@ def known_answer_part(args, model, tokenizer) -> dict:
                                     for s in range(len(data.sources)) for _ in range(50)]))}
     plain, refined, r2 = [], [], []
     for seed in args.seeds:
-        built = surrogate_block(utility, target_emb, pool_emb, t_scalars, p_scalars, False, args.ka_pct, seed)
-        plain.append(precision(built["raw"]))
-        r2.append(built["scores"].get("held_out_r2"))
-        state = {"raw": built["raw"].copy(), "exact": built["exact"].copy()}
-        cap = max(1, built["n_pairs"] // 2)
+        block = SurrogateBlock(utility, target_emb, pool_emb, t_scalars, p_scalars, False,
+                               int(round(args.ka_pct / 100 * utility.size)), seed)
+        plain.append(precision(block.raw))
+        r2.append(block.first_scores.get("held_out_r2"))
 
         def select():
-            picks = [greedy_picks("fl2mi", {"Q": state["raw"][target_source == s].T}, k)
+            picks = [greedy_picks("fl2mi", {"Q": block.raw[target_source == s].T}, k)
                      for s in range(len(data.sources))]
             return np.unique(np.concatenate(picks))
 
-        def add(pairs):
-            p = pairs["Q"]
-            state["raw"][p[:, 0], p[:, 1]] = utility[p[:, 0], p[:, 1]]
-            state["exact"][p[:, 0], p[:, 1]] = True
-            return {"Q": len(p)}
-
         refine_loop(select, lambda picks: picks,
-                    lambda picks: {"Q": refinement_pairs(picks, state["raw"], state["exact"], None, cap)}, add, 0,
-                    args.refine_rounds)
-        refined.append(precision(state["raw"]))
+                    lambda picks: {"Q": refinement_pairs(picks, block.raw, block.exact, None,
+                                                         max(1, block.n_sample // 2))},
+                    lambda pairs: {"Q": block.add(pairs["Q"])}, 0, args.refine_rounds)
+        refined.append(precision(block.raw))
     out.update(surrogate=float(np.mean(plain)), surrogate_min=float(min(plain)), surrogate_refined=float(
-        np.mean(refined)), held_out_r2=float(np.mean(r2)), pct=args.ka_pct, seeds=len(args.seeds),
+        np.mean(refined)), held_out_r2=float(np.mean([v for v in r2 if v is not None] or [np.nan])),
+        pct=args.ka_pct, seeds=len(args.seeds),
         targets=len(targets), pool=len(data.pool))
     print(f"known answer (task, FL2MI at {k} picks of {len(data.pool)}): precision exact {out['exact']:.3f}, "
           f"surrogate {out['surrogate']:.3f} (refined {out['surrogate_refined']:.3f}) at {args.ka_pct:g}% exact "

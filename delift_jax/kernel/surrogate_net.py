@@ -72,7 +72,6 @@ class FittedSurrogate:
     graphdef: object
     params: object
     tables: tuple
-    square: bool
     x_mean: jax.Array
     x_std: jax.Array
     y_mean: float
@@ -114,14 +113,14 @@ def _train_steps(params, opt_state, x, y, x_held, y_held, *, graphdef, learning_
     return params, opt_state, losses[-1], _loss(graphdef, params, x_held, y_held)
 
 
-@functools.partial(jax.jit, static_argnames=("square",))
-def _standardized_features(tables, rows, columns, x_mean, x_std, *, square):
-    return (gather_features(tables, rows, columns, square) - x_mean) / x_std
+@jax.jit
+def _standardized_features(tables, rows, columns, x_mean, x_std):
+    return (gather_features(tables, rows, columns) - x_mean) / x_std
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "square"))
-def _predict_chunk(params, tables, rows, columns, x_mean, x_std, y_mean, y_std, *, graphdef, square):
-    x = (gather_features(tables, rows, columns, square) - x_mean) / x_std
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _predict_chunk(params, tables, rows, columns, x_mean, x_std, y_mean, y_std, *, graphdef):
+    x = (gather_features(tables, rows, columns) - x_mean) / x_std
     return nnx.merge(graphdef, params)(x) * y_std + y_mean
 
 
@@ -138,7 +137,7 @@ def fit_surrogate(features: PairFeatures, pairs: np.ndarray, values: np.ndarray,
         raise DataError(f"the surrogate needs at least 2 training pairs; got {int(train.sum())}")
     tables = features.tables()
     raw = np.asarray(_standardized_features(tables, jnp.asarray(pairs[:, 0]), jnp.asarray(pairs[:, 1]),
-                                            jnp.float32(0.0), jnp.float32(1.0), square=features.square))
+                                            jnp.float32(0.0), jnp.float32(1.0)))
     x_mean = raw[train].mean(axis=0)
     x_std = raw[train].std(axis=0)
     x_std = np.where(x_std > 1e-6, x_std, 1.0).astype(np.float32)
@@ -149,7 +148,7 @@ def fit_surrogate(features: PairFeatures, pairs: np.ndarray, values: np.ndarray,
     held_x, held_y = (x[held_out], y[held_out]) if has_held else (x[train], y[train])
     graphdef, params = _initial(x.shape[1], options)
     params, steps, best_loss = _train(graphdef, params, x[train], y[train], held_x, held_y, options, has_held)
-    fitted = FittedSurrogate(graphdef, params, tables, features.square, jnp.asarray(x_mean), jnp.asarray(x_std),
+    fitted = FittedSurrogate(graphdef, params, tables, jnp.asarray(x_mean), jnp.asarray(x_std),
                              y_mean, y_std, {})
     scores = {"n_train": int(train.sum()), "n_held_out": int(held_out.sum()), "steps": int(steps)}
     if has_held:
@@ -192,7 +191,7 @@ def predict(fitted: FittedSurrogate, pairs: np.ndarray, chunk: int = PREDICT_CHU
         padded[:len(part)] = part
         values = _predict_chunk(fitted.params, fitted.tables, jnp.asarray(padded[:, 0]), jnp.asarray(padded[:, 1]),
                                 fitted.x_mean, fitted.x_std, jnp.float32(fitted.y_mean), jnp.float32(fitted.y_std),
-                                graphdef=fitted.graphdef, square=fitted.square)
+                                graphdef=fitted.graphdef)
         out[start:start + len(part)] = np.asarray(values)[:len(part)]
     return out
 

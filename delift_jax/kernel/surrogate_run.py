@@ -9,9 +9,10 @@ Stages, each resumable (rerun the same command to continue):
 2. the exact sample (``sample_pairs``, a pure function of the store's identity) as the store's blocks, computed by
    ``compute_blocks`` exactly like an exact kernel's blocks; d(i | no example) of the sampled rows only
    (``no_example.npz``, with their row numbers).
-3. the network trained on the sample's exact U of the run's distance, its held-out R² and Spearman, and its
-   predictions in the layout (``surrogate_<distance>.npz``; another distance trains another network from the same
-   blocks, so one store serves both, as exact stores do).
+3. the network trained on every exact U of the run's distance the store holds (the sample, then the finished
+   refinement rounds), its held-out R² and Spearman, and its predictions in the layout (``surrogate_<distance>.npz``,
+   trained again only when the exact pairs or the distance change; one store serves both distances, as exact
+   stores do).
 4. the final arrays: the predictions overwritten by every exact value the store holds (sample pairs that lie in the
    layout, and every finished refinement round under ``exact/``), normalized as an exact kernel is, ``exact.npy``
    marking the exact entries; the manifest's ``summary.surrogate`` holds the held-out scores.
@@ -23,6 +24,7 @@ Refinement rounds (``kernel/surrogate_rounds.py``) add exact pairs in their own 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -298,43 +300,54 @@ def layout_slots(pairs: np.ndarray, layout: np.ndarray | None, n_candidates: int
 # The network and the final arrays.
 
 
-def _predictions(job: _Job, store: KernelStore, prepared: _Prepared, sample: ExactPairs,
+def _predictions(job: _Job, store: KernelStore, prepared: _Prepared, exact: ExactPairs,
                  no_example: dict) -> tuple[np.ndarray, dict]:
-    """The network's U in the layout and its scores, trained on the sample (stored per distance)."""
+    """The network's U in the layout and its scores, trained on every exact pair the store holds (the sample, then
+    each finished refinement round); stored with a hash of its training pairs and the distance, so it is trained
+    again only when either changes."""
     name = f"surrogate_{job.config.distance}.npz"
+    digest = np.frombuffer(hashlib.sha256(np.ascontiguousarray(exact.pairs, np.int32).tobytes()).digest(), np.uint8)
     if store.has(name):
         try:
             stored = store.load_checked_npz(name)
-            return stored["prediction"], json.loads(str(stored["scores"]))
+            if np.array_equal(stored["training_pairs_sha256"], digest):
+                return stored["prediction"], json.loads(str(stored["scores"]))
         except DamagedFileError as exc:
             log(f"{exc}; training the surrogate again")
     started = time.perf_counter()
     features = pair_features(prepared.target_emb, prepared.candidate_emb, length_scalars(job.targets),
                              length_scalars(job.candidates), square=job.square)
-    fitted = fit_surrogate(features, sample.pairs, exact_utility(sample, no_example, job.config.distance),
-                           _held_out_of(prepared, sample.pairs))
+    fitted = fit_surrogate(features, exact.pairs, exact_utility(exact, no_example, job.config.distance),
+                           _held_out_of(prepared, exact.pairs))
     trained = time.perf_counter()
     columns = prepared.layout if prepared.layout is not None else len(job.candidates)
     prediction = predict_layout(fitted, len(job.targets), columns)
     check_finite(prediction, "surrogate predictions")
     scores = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in fitted.scores.items()}
-    store.save_checked_npz(name, prediction=prediction, scores=np.array(json.dumps(scores)))
+    store.save_checked_npz(name, prediction=prediction, scores=np.array(json.dumps(scores)),
+                           training_pairs_sha256=digest)
     _add_seconds(store, training=trained - started, prediction=time.perf_counter() - trained)
     return prediction, scores
 
 
 def _held_out_of(prepared: _Prepared, pairs: np.ndarray) -> np.ndarray:
-    """The sample's held-out flags in the order of ``pairs`` (the plan's order, which the sample already has)."""
-    if not np.array_equal(pairs, prepared.plan.pairs):
+    """Held-out flags of the exact ``pairs`` (the sample first, in the plan's order, then refinement pairs): the
+    sample's own flags; a refinement pair is held out when its row is one of the sample's held-out rows (rows are
+    held out whole whenever the sample has 5 rows or more)."""
+    n_sample = prepared.plan.n_pairs
+    if not np.array_equal(pairs[:n_sample], prepared.plan.pairs):
         raise DataError("the stored sample blocks are not in the planned order; delete the store and rerun")
-    return prepared.held_out
+    sample_rows, held = prepared.plan.pairs[:, 0], prepared.held_out
+    held_rows = np.unique(sample_rows[held])
+    by_rows = len(held_rows) > 0 and held[np.isin(sample_rows, held_rows)].all()
+    extra = np.isin(pairs[n_sample:, 0], held_rows) if by_rows else np.zeros(len(pairs) - n_sample, bool)
+    return np.concatenate([held, extra])
 
 
 def _write(job: _Job, store: KernelStore, prepared: _Prepared, run_summary: dict, in_memory: bool) -> KernelResult:
     exact, no_example = exact_values(store, prepared.plan)
     n_sample = prepared.plan.n_pairs
-    sample = ExactPairs(exact.pairs[:n_sample], exact.rms[:n_sample], exact.logp[:n_sample])
-    prediction, scores = _predictions(job, store, prepared, sample, no_example)
+    prediction, scores = _predictions(job, store, prepared, exact, no_example)
     started = time.perf_counter()
     layout, config = prepared.layout, job.config
     utility = prediction.astype(np.float64)

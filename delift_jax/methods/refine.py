@@ -1,15 +1,16 @@
 """Exact where it matters: DELIFT's selection on surrogate kernels (``KernelConfig(utility="surrogate")``), refined.
 
 After a greedy on the surrogate kernels, the entries the objective reads for the picks are computed exactly, the
-greedy runs again on the updated kernels, and this repeats while the picks change, at most
-``KernelConfig.refine_rounds`` times. Which entries: the picks' columns of every kernel the objective reads by
-candidate — the pool kernel K for ``fl`` (instruction), ``flcg`` (continual), ``flmi`` and ``flmi_paper`` (task),
-and U(targets, pool) (Q's rows of the picks) for ``fl2mi`` and ``flmi_paper``. FL1MI's caps and FLCG's floors are
-row maxima over every row, not entries of the picks, and stay as the sample and the network give them.
+network is trained again on every exact pair (the kernel store does this when it is next assembled), the greedy
+runs again on the updated kernels, and this repeats while the picks change, at most ``KernelConfig.refine_rounds``
+times. Which entries: the picks' columns of the pool kernel K (``fl``, ``flcg``, ``flmi``, ``flmi_paper``) and of
+U(targets, pool) (``fl2mi``, ``flmi_paper``: Q's rows of the picks; ``flmi``: the picks' caps max_q Q[j, q]), and
+the picks' rows of U(pool, existing) (``flcg``: the picks' floors max_p P[j, p], which an example covering itself
+is measured against).
 
 A round adds at most ``KernelConfig.n_refine_pairs`` pairs per kernel, chosen by ``refinement_pairs``: first each
 row's best pick and each pick's best row under the current values (the entries a facility-location objective
-sums), then the next best, larger values first.
+sums; for rows, each pick's largest entries), then the next best, larger values first.
 
 Resumable: the rounds are logged in ``<kernel_dir>/refinement.json`` before they are computed; a rerun first
 finishes a logged round, then replays the loop from the stores (each greedy sees every finished round, so it
@@ -41,22 +42,31 @@ def refining() -> bool:
 
 
 def refinement_pairs(picks: np.ndarray, utility: np.ndarray, exact: np.ndarray, layout: np.ndarray | None,
-                     cap: int) -> np.ndarray:
-    """At most ``cap`` entries (row, pick) [m, 2] int32 of the picks' columns that are not exact, by priority: the
-    smaller of the entry's rank among its row's picks and among its column's rows (both by value, largest first),
-    then the larger value, then row and column. ``utility``/``exact``: dense [n, n_c], or sparse [n, k] with
-    ``layout`` [n, k] the columns of each row."""
+                     cap: int, by: str = "column") -> np.ndarray:
+    """At most ``cap`` entries (row, column) [m, 2] int32 of the picks' columns (``by="column"``) or rows
+    (``by="row"``) that are not exact, by priority: the entry's rank by value (largest first) among its row's
+    picked entries, or among its column's (``column``: the smaller of the two; ``row``: within its row), then the
+    larger value, then row and column. ``utility``/``exact``: dense [n, n_c], or sparse [n, k] with ``layout``
+    [n, k] the columns of each row."""
     picks = np.unique(np.asarray(picks, np.int64))
     utility, exact = np.asarray(utility), np.asarray(exact, bool)
-    if layout is None:
-        rows = np.repeat(np.arange(utility.shape[0]), len(picks))
-        columns = np.tile(picks, utility.shape[0])
-        values, done = utility[:, picks].ravel(), exact[:, picks].ravel()
+    n_rows = utility.shape[0]
+    if by == "row":
+        picks = picks[picks < n_rows]
+        width = utility.shape[1]
+        rows = np.repeat(picks, width)
+        slots = np.tile(np.arange(width), len(picks))
+        columns = slots if layout is None else np.asarray(layout)[rows, slots].astype(np.int64)
+    elif layout is None:
+        rows = np.repeat(np.arange(n_rows), len(picks))
+        slots = columns = np.tile(picks, n_rows)
     else:
         rows, slots = np.nonzero(np.isin(layout, picks))
         columns = np.asarray(layout)[rows, slots].astype(np.int64)
-        values, done = utility[rows, slots], exact[rows, slots]
-    rank = np.minimum(_group_rank(rows, values), _group_rank(columns, values))
+    values, done = utility[rows, slots], exact[rows, slots]
+    rank = _group_rank(rows, values)
+    if by == "column":
+        rank = np.minimum(rank, _group_rank(columns, values))
     order = np.lexsort((columns, rows, -values, rank))
     order = order[~done[order]][:max(int(cap), 0)]
     return np.stack([rows[order], columns[order]], axis=1).astype(np.int32)
@@ -75,21 +85,25 @@ def _group_rank(groups: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class RefinedKernel:
-    """A kernel store the refinement adds exact entries to: its name under the kernel directory and its rows and
-    columns (columns None: the square kernel of ``rows``)."""
+    """A kernel store the refinement adds exact entries to: its name under the kernel directory, its rows and
+    columns (columns None: the square kernel of ``rows``), and whether the picks index its columns or its rows."""
 
     name: str
     rows: list
     columns: list | None
+    by: str = "column"
 
 
-def refined_kernels(use_case: str, task_objective: str, pool, targets) -> list[RefinedKernel]:
-    """The stores whose picks' columns the use case's objective reads (see the module docstring)."""
+def refined_kernels(use_case: str, task_objective: str, pool, targets, existing) -> list[RefinedKernel]:
+    """The stores and entries the use case's objective reads for its picks (see the module docstring)."""
     pool_kernel = RefinedKernel("pool", list(pool), None)
-    target_kernel = RefinedKernel("targets", list(targets or ()), list(pool))
+    target_kernel = RefinedKernel("targets", list(targets or ()), list(pool))  # Q[j, :] = its column j
+    if use_case == "continual":  # K's columns; P's rows of the picks hold their floors max_p P[j, p]
+        return [pool_kernel, RefinedKernel("existing", list(pool), list(existing or ()), "row")]
     if use_case != "task":
         return [pool_kernel]
-    return {"fl2mi": [target_kernel], "flmi": [pool_kernel],
+    # flmi: K's columns and the picks' caps max_q Q[j, q] (Q[j, :] is column j of U(targets, pool)).
+    return {"fl2mi": [target_kernel], "flmi": [pool_kernel, target_kernel],
             "flmi_paper": [pool_kernel, target_kernel]}.get(task_objective, [pool_kernel])
 
 
@@ -133,7 +147,7 @@ def refined_selection(select, *, pool, budget, use_case="instruction", targets=N
     from delift_jax.kernel.surrogate_rounds import finish_round, plan_round, surrogate_job
 
     config = options.kernel_config
-    kernels = refined_kernels(use_case, getattr(options, "task_objective", "fl2mi"), pool, targets)
+    kernels = refined_kernels(use_case, getattr(options, "task_objective", "fl2mi"), pool, targets, existing)
     sparse = config.top_k is not None
     with _kernel_directory(options.kernel_dir) as kernel_dir:
         inner = dataclasses.replace(options, kernel_dir=kernel_dir)
@@ -153,7 +167,7 @@ def refined_selection(select, *, pool, budget, use_case="instruction", targets=N
                 _ACTIVE.reset(token)
 
         def wanted(picks):
-            return {k.name: refinement_pairs(picks, *store_state(kernel_dir / k.name), config.n_refine_pairs)
+            return {k.name: refinement_pairs(picks, *store_state(kernel_dir / k.name), config.n_refine_pairs, k.by)
                     for k in kernels}
 
         def add(pairs):
