@@ -152,7 +152,12 @@ class PairFeatures:
 
     @property
     def width(self) -> int:
-        return 4 * self.target_z.shape[1] + 2 + self.target_scalars.shape[1] + self.candidate_scalars.shape[1]
+        return 4 * self.target_z.shape[1] + self.base_width
+
+    @property
+    def base_width(self) -> int:
+        """The last features (cosine, self flag, scalars): the ridge baseline's (``surrogate_net``)."""
+        return 2 + self.target_scalars.shape[1] + self.candidate_scalars.shape[1]
 
     def tables(self) -> tuple:
         return tuple(jnp.asarray(a) for a in (self.target_z, self.candidate_z, self.target_unit,

@@ -1,9 +1,15 @@
-"""The surrogate's network: an NNX multilayer perceptron on pair features, trained by Optax with early stopping.
+"""The surrogate's network: a ridge baseline on a few pair features plus an NNX multilayer perceptron on all of them
+for what the baseline leaves, trained by Optax with early stopping.
 
-``fit_surrogate`` trains on the exact pairs not held out (features and targets standardized with the training
-pairs' statistics; AdamW, full batch, ``eval_every`` steps per jitted ``lax.scan``), keeps the parameters with the
-lowest held-out loss, stops after ``patience`` steps without improvement, and reports the held-out R² and Spearman
-correlation. ``predict`` evaluates it on any pairs in fixed-size jitted chunks. Everything is seeded: the same
+``fit_surrogate`` standardizes features and targets with the training pairs' statistics, fits the baseline in
+closed form (ridge regression of U on the cosine, the self flag and the length scalars: a robust model even from a
+hundred pairs), then trains the network on the residual (AdamW, full batch, ``eval_every`` steps per jitted
+``lax.scan``). The network's output layers start at zero, so step 0 is the baseline alone; the parameters with the
+lowest held-out loss are kept (step 0 included: a sample too small to teach the network anything gives the
+baseline), training stops after ``patience`` steps without improvement. Why the baseline: on a known-answer task
+kernel (32 targets x 96 pool examples, 154 exact pairs) the network alone overfit to a held-out R² of -1.9 and
+picked the target's source at a precision of 0.45, below the 0.83 of the bare cosine. It reports the held-out R²
+and Spearman correlation. ``predict`` evaluates it on any pairs in fixed-size jitted chunks. Everything is seeded: the same
 inputs give the same parameters and predictions bit for bit on one machine.
 """
 
@@ -21,6 +27,8 @@ from jax import lax
 
 from delift_jax.errors import DataError
 from delift_jax.kernel.surrogate import PREDICT_CHUNK, PairFeatures, gather_features
+
+BASE_PENALTY = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,9 +59,10 @@ class PairMLP(nnx.Module):
     features [m, d_in] -> U (standardized) [m]."""
 
     def __init__(self, d_in: int, hidden: int, depth: int, skip: bool, *, rngs: nnx.Rngs):
+        zeros = nnx.initializers.zeros_init()  # the untrained network adds nothing to the baseline
         self.layers = nnx.List([nnx.Linear(d_in if i == 0 else hidden, hidden, rngs=rngs) for i in range(depth)])
-        self.out = nnx.Linear(hidden, 1, rngs=rngs)
-        self.skip = nnx.Linear(d_in, 1, rngs=rngs) if skip else None
+        self.out = nnx.Linear(hidden, 1, kernel_init=zeros, rngs=rngs)
+        self.skip = nnx.Linear(d_in, 1, kernel_init=zeros, rngs=rngs) if skip else None
 
     def __call__(self, x_md):
         h_mh = x_md
@@ -76,6 +85,7 @@ class FittedSurrogate:
     x_std: jax.Array
     y_mean: float
     y_std: float
+    base_weights: jax.Array
     scores: dict
 
 
@@ -119,9 +129,23 @@ def _standardized_features(tables, rows, columns, x_mean, x_std):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def _predict_chunk(params, tables, rows, columns, x_mean, x_std, y_mean, y_std, *, graphdef):
+def _predict_chunk(params, tables, rows, columns, x_mean, x_std, y_mean, y_std, base_weights, *, graphdef):
     x = (gather_features(tables, rows, columns) - x_mean) / x_std
-    return nnx.merge(graphdef, params)(x) * y_std + y_mean
+    return (nnx.merge(graphdef, params)(x) + _baseline(x, base_weights)) * y_std + y_mean
+
+
+def _baseline(x_md, weights):
+    """The ridge baseline: the last ``len(weights) - 1`` features (cosine, self flag, scalars) and an intercept."""
+    n_base = weights.shape[0] - 1
+    return x_md[:, x_md.shape[1] - n_base:] @ weights[:n_base] + weights[n_base]
+
+
+def _ridge(x_base: np.ndarray, y: np.ndarray, penalty: float = 1.0) -> np.ndarray:
+    """Ridge regression weights (float32, intercept last, not penalized) of y on the standardized ``x_base``."""
+    design = np.concatenate([x_base.astype(np.float64), np.ones((len(x_base), 1))], axis=1)
+    reg = penalty * np.eye(design.shape[1])
+    reg[-1, -1] = 0.0
+    return np.linalg.solve(design.T @ design + reg, design.T @ y.astype(np.float64)).astype(np.float32)
 
 
 def fit_surrogate(features: PairFeatures, pairs: np.ndarray, values: np.ndarray, held_out: np.ndarray,
@@ -144,12 +168,14 @@ def fit_surrogate(features: PairFeatures, pairs: np.ndarray, values: np.ndarray,
     y_mean, y_std = float(values[train].mean()), float(values[train].std() or 1.0)
     x = ((raw - x_mean) / x_std).astype(np.float32)
     y = ((values - y_mean) / y_std).astype(np.float32)
+    base_weights = _ridge(x[train][:, x.shape[1] - features.base_width:], y[train], BASE_PENALTY)
+    y = y - np.asarray(_baseline(jnp.asarray(x), jnp.asarray(base_weights)))  # the network learns the residual
     has_held = bool(held_out.any())
     held_x, held_y = (x[held_out], y[held_out]) if has_held else (x[train], y[train])
     graphdef, params = _initial(x.shape[1], options)
     params, steps, best_loss = _train(graphdef, params, x[train], y[train], held_x, held_y, options, has_held)
     fitted = FittedSurrogate(graphdef, params, tables, jnp.asarray(x_mean), jnp.asarray(x_std),
-                             y_mean, y_std, {})
+                             y_mean, y_std, jnp.asarray(base_weights), {})
     scores = {"n_train": int(train.sum()), "n_held_out": int(held_out.sum()), "steps": int(steps)}
     if has_held:
         predicted = predict(fitted, pairs[held_out])
@@ -163,7 +189,8 @@ def _train(graphdef, params, x, y, held_x, held_y, options: NetOptions, has_held
     """(best parameters, steps taken to them, their held-out loss); without held-out pairs, every step runs."""
     opt_state = _optimizer(options.learning_rate, options.weight_decay).init(params)
     arrays = tuple(jnp.asarray(a) for a in (x, y, held_x, held_y))
-    best, best_steps, best_loss, steps = params, 0, np.inf, 0
+    initial = float(_loss(graphdef, params, arrays[2], arrays[3])) if has_held else np.inf
+    best, best_steps, best_loss, steps = params, 0, initial, 0
     while steps < options.max_steps:
         n_steps = min(options.eval_every, options.max_steps - steps)
         params, opt_state, _, held_loss = _train_steps(params, opt_state, *arrays, graphdef=graphdef,
@@ -191,7 +218,7 @@ def predict(fitted: FittedSurrogate, pairs: np.ndarray, chunk: int = PREDICT_CHU
         padded[:len(part)] = part
         values = _predict_chunk(fitted.params, fitted.tables, jnp.asarray(padded[:, 0]), jnp.asarray(padded[:, 1]),
                                 fitted.x_mean, fitted.x_std, jnp.float32(fitted.y_mean), jnp.float32(fitted.y_std),
-                                graphdef=fitted.graphdef)
+                                fitted.base_weights, graphdef=fitted.graphdef)
         out[start:start + len(part)] = np.asarray(values)[:len(part)]
     return out
 
