@@ -167,7 +167,7 @@ def test_sample_is_stratified_fixed_size_distinct_and_seeded():
     keys = sample.pairs[:, 0] * 300 + sample.pairs[:, 1]
     assert len(sample) == 1000 and len(np.unique(keys)) == 1000
     counts = np.bincount(sample.stratum, minlength=3)
-    assert counts[0] == 80 and counts[1] == 500 and counts[2] == 420  # 8% diagonal, half neighbours, the rest
+    assert counts[0] == 250 and counts[1] == 500 and counts[2] == 250  # a quarter diagonal, half neighbours, the rest
     assert np.all(sample.pairs[sample.stratum == 0, 0] == sample.pairs[sample.stratum == 0, 1])
     neighbour = sample.pairs[sample.stratum == 1]
     assert all(j in near[i] for i, j in neighbour)
@@ -183,6 +183,7 @@ def test_sample_is_stratified_fixed_size_distinct_and_seeded():
 
 
 def test_network_learns_a_utility_that_its_features_determine():
+    """U = 2 cos + 3 [i = j]: the ridge baseline alone can hold it (the network must not spoil it)."""
     rng = np.random.default_rng(1)
     centres = rng.normal(size=(6, 32))
     labels = rng.integers(6, size=150)
@@ -195,12 +196,23 @@ def test_network_learns_a_utility_that_its_features_determine():
                              length_scalars([Example("a", "b")] * 150), square=True)
     fitted = fit_surrogate(features, sample.pairs, utility[sample.pairs[:, 0], sample.pairs[:, 1]],
                            sample.held_out)
-    assert fitted.scores["held_out_r2"] > 0.9 and fitted.scores["held_out_spearman"] > 0.8
+    assert fitted.scores["held_out_r2"] > 0.999 and fitted.scores["held_out_spearman"] > 0.999
     everything = np.argwhere(np.ones((150, 150), bool))
     predicted = predict(fitted, everything)
-    assert r2_score(utility.ravel(), predicted) > 0.9
+    assert r2_score(utility.ravel(), predicted) > 0.999
     again = fit_surrogate(features, sample.pairs, utility[sample.pairs[:, 0], sample.pairs[:, 1]], sample.held_out)
     np.testing.assert_array_equal(predict(again, everything), predicted)  # seeded: bit-identical
+
+
+def test_network_falls_back_to_the_baseline_on_noise():
+    """Pure noise: early stopping keeps step 0 (the ridge baseline), so the network adds nothing."""
+    rng = np.random.default_rng(2)
+    embeddings = rng.normal(size=(60, 16))
+    scalars = length_scalars([Example("a", "b")] * 60)
+    features = pair_features(embeddings, embeddings, scalars, scalars, square=True)
+    sample = sample_pairs(60, 60, 400, np.argsort(rng.random((60, 60)), axis=1)[:, :8], diagonal=True, seed=0)
+    fitted = fit_surrogate(features, sample.pairs, rng.normal(size=len(sample)), sample.held_out)
+    assert fitted.scores["steps"] == 0
 
 
 def test_scores():
@@ -215,7 +227,8 @@ def test_scores():
 # Wiring: the use cases, the commands.
 
 
-@pytest.mark.parametrize("use_case, top_k, refined", [("task", None, "targets"), ("continual", 2, "pool")])
+@pytest.mark.parametrize("use_case, top_k, refined", [("task", None, {"targets"}),
+                                                      ("continual", 2, {"pool", "existing"})])
 def test_selection_on_surrogate_kernels_in_each_use_case(tiny_llama, tmp_path, use_case, top_k, refined):
     from delift_jax.methods.delift import DeliftOptions, delift_selection
 
@@ -226,7 +239,7 @@ def test_selection_on_surrogate_kernels_in_each_use_case(tiny_llama, tmp_path, u
                                  options=DeliftOptions(kernel_config=config, kernel_dir=tmp_path), **others)
     assert len(selection.indices) == 2 and set(selection.indices) <= set(range(6))
     info = selection.info["surrogate"]
-    assert set(info["kernels"]) == {refined} and info["refinement_rounds"] <= 1
+    assert set(info["kernels"]) == refined and info["refinement_rounds"] <= 1  # FLCG: K's columns, P's rows
     stores = ["targets"] if use_case == "task" else ["pool", "existing"]  # fl2mi reads no pool kernel
     for name in stores:
         manifest = json.loads((tmp_path / name / "manifest.json").read_text())
