@@ -17,7 +17,7 @@ NEIGHBOURS = ("model", "encoder")
 UTILITIES = ("exact", "surrogate")
 DEFAULT_SURROGATE_PAIRS = 2000
 MIN_SURROGATE_PAIRS = 8
-SURROGATE_VERSION = 1  # the sample design, features and network: a store made by another version is refused
+SURROGATE_VERSION = 1  # the exact sample's design: a store sampled by another version is refused
 # Settings of the surrogate mode only: in the exact mode they stay at these values and out of the fingerprint, so
 # an exact store's identity is what it was before the surrogate existed.
 SURROGATE_FIELDS = {"utility": "exact", "surrogate_pairs": None, "refine_rounds": 3, "refine_pairs": None}

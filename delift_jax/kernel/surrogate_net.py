@@ -29,6 +29,7 @@ from delift_jax.errors import DataError
 from delift_jax.kernel.surrogate import PREDICT_CHUNK, PairFeatures, gather_features
 
 BASE_PENALTY = 1.0
+NETWORK_VERSION = 2  # features, baseline and network: stored predictions of another version are trained again
 
 
 @dataclasses.dataclass(frozen=True)

@@ -47,7 +47,7 @@ from delift_jax.kernel.sparse import similarity_embeddings
 from delift_jax.kernel.embeddings import top_k_pairs
 from delift_jax.kernel.store import DamagedFileError, KernelStore
 from delift_jax.kernel.surrogate import length_scalars, pair_features, sample_pairs
-from delift_jax.kernel.surrogate_net import fit_surrogate, predict_layout
+from delift_jax.kernel.surrogate_net import NETWORK_VERSION, fit_surrogate, predict_layout
 from delift_jax.scoring import mean_log_prob, rms_distance
 
 NEAR_K = 16  # dense mode: each sampled row's nearest candidates the sample draws its neighbour pairs from
@@ -303,10 +303,12 @@ def layout_slots(pairs: np.ndarray, layout: np.ndarray | None, n_candidates: int
 def _predictions(job: _Job, store: KernelStore, prepared: _Prepared, exact: ExactPairs,
                  no_example: dict) -> tuple[np.ndarray, dict]:
     """The network's U in the layout and its scores, trained on every exact pair the store holds (the sample, then
-    each finished refinement round); stored with a hash of its training pairs and the distance, so it is trained
-    again only when either changes."""
+    each finished refinement round); stored per distance with a hash of its training pairs and the network's
+    version, so it is trained again only when one of them changes."""
     name = f"surrogate_{job.config.distance}.npz"
-    digest = np.frombuffer(hashlib.sha256(np.ascontiguousarray(exact.pairs, np.int32).tobytes()).digest(), np.uint8)
+    digest = hashlib.sha256(f"network {NETWORK_VERSION}|".encode())
+    digest.update(np.ascontiguousarray(exact.pairs, np.int32).tobytes())
+    digest = np.frombuffer(digest.digest(), np.uint8)
     if store.has(name):
         try:
             stored = store.load_checked_npz(name)
