@@ -246,10 +246,29 @@ def time_to_selection(model, tokenizer, examples, config, dense_timing, args, ob
             "projected": projected}
 
 
+def shortest_examples(data: str, n: int) -> list:
+    """The ``n`` shortest examples (prompt + response characters, then prompt) of a built-in dataset."""
+    from delift_jax.data import load_builtin
+
+    return sorted(load_builtin(data), key=lambda e: (len(e.prompt) + len(e.response), e.prompt))[:n]
+
+
+def dense_kernel(model, tokenizer, data: str, n: int, out, max_length: int = 1024, max_response_tokens: int = 16,
+                 distance: str | None = None):
+    """(examples, config, result, seconds) of the dense square kernel of the ``n`` shortest examples of ``data``
+    in the resumable store ``out`` (also used by scripts/bench_surrogate.py, so both share one store)."""
+    from delift_jax.kernel import KernelConfig, utility_kernel
+
+    examples = shortest_examples(data, n)
+    config = KernelConfig(max_length=max_length, max_response_tokens=max_response_tokens, batch_size=16,
+                          **({"distance": distance} if distance else {}))
+    start = time.perf_counter()
+    dense = utility_kernel(model, tokenizer, examples, config=config, out_dir=out, progress=True)
+    return examples, config, dense, time.perf_counter() - start
+
+
 def main():
     args = parse_args()
-    from delift_jax.data import load_builtin
-    from delift_jax.kernel import KernelConfig, utility_kernel
     from delift_jax.kernel.embeddings import encoder_embeddings, mean_pooled_embeddings
     from delift_jax.kernel.pairs import build_pair_sequences
     from delift_jax.methods.base import budget_count
@@ -257,14 +276,9 @@ def main():
     from delift_jax.models import load_model
     from delift_jax.select import make_objective
 
-    examples = sorted(load_builtin(args.data), key=lambda e: (len(e.prompt) + len(e.response), e.prompt))
-    examples = examples[:args.examples]
     model, tokenizer, _ = load_model()
-    config = KernelConfig(max_length=args.max_length, max_response_tokens=args.max_response_tokens, batch_size=16,
-                          **({"distance": args.distance} if args.distance else {}))
-    start = time.perf_counter()
-    dense = utility_kernel(model, tokenizer, examples, config=config, out_dir=args.out, progress=True)
-    dense_seconds = time.perf_counter() - start
+    examples, config, dense, dense_seconds = dense_kernel(model, tokenizer, args.data, args.examples, args.out,
+                                                          args.max_length, args.max_response_tokens, args.distance)
     computed = dense.summary.get("pairs_computed_now")
     utility = np.asarray(dense.utility, np.float64)
     n = len(examples)

@@ -6,7 +6,7 @@ import argparse
 import sys
 import warnings
 
-from delift_jax.kernel.config import DISTANCES, NORMALIZATIONS, KernelConfig
+from delift_jax.kernel.config import DISTANCES, NORMALIZATIONS, UTILITIES, KernelConfig
 from delift_jax.data.sources import add_data_arguments
 from delift_jax.host_devices import add_host_devices_argument
 from delift_jax.models.loading import DEFAULT_MODEL
@@ -41,6 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--neighbours", choices=("model", "encoder"), default="model",
                         help="sparse mode's similarity: the scoring model's mean-pooled states (default) or the "
                              "built-in sentence encoder")
+    parser.add_argument("--utility", choices=UTILITIES, default="exact",
+                        help="exact (default: every pair computed) or surrogate (exact pairs on a fixed sample, a "
+                             "small network predicts the rest; dense or with --top-k)")
+    parser.add_argument("--surrogate-pairs", type=int, default=None, metavar="N",
+                        help="--utility surrogate: exact pairs in the sample (default 2,000)")
     parser.add_argument("--max-pairs", type=int, default=1_000_000,
                         help="refuse to start a plan with more pairs than this (default 1,000,000)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
@@ -75,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     config = KernelConfig(**distance, normalization=args.normalization,
                           exclude_diagonal=args.exclude_diagonal, max_length=args.max_length,
                           max_response_tokens=args.max_response_tokens, batch_size=args.batch_size,
-                          block_pairs=args.block_pairs, top_k=args.top_k, neighbours=args.neighbours)
+                          block_pairs=args.block_pairs, top_k=args.top_k, neighbours=args.neighbours,
+                          **surrogate_options(args))
     pool = load_examples(args.data, limit=args.limit, **data_options(args))
     targets = load_examples(args.targets, limit=args.limit, **data_options(args)) if args.targets else pool
     candidates = pool if args.targets else None
@@ -95,10 +101,27 @@ def run(args: argparse.Namespace) -> int:
     shape = result.kernel.shape
     layout = f"sparse top-{shape[1]}" if result.indices is not None else "dense"
     summary = result.summary
+    if result.exact is not None:
+        scores = summary["surrogate"]
+        layout += (f", surrogate: {scores['exact_entries']:,} of {scores['entries']:,} entries exact, held-out "
+                   f"R2 {scores.get('held_out_r2', float('nan')):.3f}, Spearman "
+                   f"{scores.get('held_out_spearman', float('nan')):.3f}")
     print(f"kernel {shape[0]} x {result.n_candidates} ({layout}) written to {args.out}: U in "
           f"[{summary['utility_min']:.4f}, {summary['utility_max']:.4f}], {summary['pairs_computed_now']} pairs "
           f"computed now in {summary['seconds_computing_pairs']:.1f} s")
     return 0
+
+
+def surrogate_options(args: argparse.Namespace) -> dict:
+    """KernelConfig's surrogate fields from ``--utility``/``--surrogate-pairs``; the pair count without
+    ``--utility surrogate`` is a one-line error (checked before anything loads)."""
+    from delift_jax.errors import UsageError
+
+    if args.utility != "surrogate":
+        if args.surrogate_pairs is not None:
+            raise UsageError("--surrogate-pairs applies to --utility surrogate only; add --utility surrogate")
+        return {}
+    return {"utility": "surrogate", "surrogate_pairs": args.surrogate_pairs}
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

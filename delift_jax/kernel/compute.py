@@ -102,6 +102,9 @@ def _check_inputs(targets, candidates, square: bool, config: KernelConfig) -> No
 
 
 def _run(job: _Job, store: KernelStore, in_memory: bool) -> KernelResult | None:
+    if job.config.utility == "surrogate":  # exact sample + network: kernel/surrogate_run.py
+        from delift_jax.kernel.surrogate_run import run_surrogate
+        return run_surrogate(job, store, in_memory)
     since = time.time()  # failure reports of other processes older than this belong to an earlier run
     seqs, n_truncated_targets = _sequences(job)
     identity = kernel_identity(job.model, job.tokenizer, job.targets, job.candidates, job.square, seqs, job.config)

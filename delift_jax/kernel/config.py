@@ -14,6 +14,14 @@ DISTANCES = ("rms", "pmi")
 
 NEIGHBOURS = ("model", "encoder")
 
+UTILITIES = ("exact", "surrogate")
+DEFAULT_SURROGATE_PAIRS = 2000
+MIN_SURROGATE_PAIRS = 8
+SURROGATE_VERSION = 1  # the exact sample's design: a store sampled by another version is refused
+# Settings of the surrogate mode only: in the exact mode they stay at these values and out of the fingerprint, so
+# an exact store's identity is what it was before the surrogate existed.
+SURROGATE_FIELDS = {"utility": "exact", "surrogate_pairs": None, "refine_rounds": 3, "refine_pairs": None}
+
 
 @dataclasses.dataclass(frozen=True)
 class KernelConfig:
@@ -38,7 +46,16 @@ class KernelConfig:
         minute of work per block (``estimate.choose_block_pairs``), fixed for the store when it is created.
     top_k: sparse mode: for each target only its top_k most similar candidates get a utility (None: dense).
     neighbours: the sparse mode's similarity: "model" (mean-pooled final hidden states of the scoring model) or
-        "encoder" (the built-in sentence encoder, all-MiniLM-L6-v2, on prompt + response).
+        "encoder" (the built-in sentence encoder, all-MiniLM-L6-v2, on prompt + response). In the surrogate mode
+        the same embeddings are also the surrogate's features (dense or sparse).
+    utility: ``exact`` (the default: every pair the kernel holds is computed) or ``surrogate`` (exact U on a
+        stratified sample of ``surrogate_pairs`` pairs, a small network trained on them predicts the rest;
+        ``kernel/surrogate.py``, README "Which kernel when").
+    surrogate_pairs: the surrogate mode's exact sample, a fixed number of pairs (None: 2,000; not a fraction of n).
+    refine_rounds: DELIFT's selection on a surrogate kernel: at most this many rounds of computing the picks'
+        entries exactly and selecting again (0: none); ``methods/refine.py``.
+    refine_pairs: the most exact pairs one refinement round adds per kernel (None: half of ``surrogate_pairs``);
+        the entries most likely to decide the objective first.
     """
 
     templates: Templates = DEFAULT_TEMPLATES
@@ -53,6 +70,10 @@ class KernelConfig:
     top_k: int | None = None
     tokens_per_call: int | None = None
     neighbours: str = "model"
+    utility: str = "exact"
+    surrogate_pairs: int | None = None
+    refine_rounds: int = 3
+    refine_pairs: int | None = None
 
     def __post_init__(self):
         if self.distance not in DISTANCES:
@@ -74,15 +95,49 @@ class KernelConfig:
             raise DataError(f"neighbours {self.neighbours!r} is unknown; choose one of {', '.join(NEIGHBOURS)}")
         if self.top_k is not None and self.top_k < 1:
             raise DataError(f"top_k={self.top_k} must be at least 1 (or None for a dense kernel)")
+        self._check_surrogate()
+
+    def _check_surrogate(self) -> None:
+        if self.utility not in UTILITIES:
+            raise DataError(f"utility {self.utility!r} is unknown; choose one of {', '.join(UTILITIES)}")
+        if self.utility == "exact":
+            given = [f for f, default in SURROGATE_FIELDS.items() if getattr(self, f) != default]
+            if given:
+                raise DataError(f"{', '.join(given)} apply to the surrogate utility only; add utility=\"surrogate\" "
+                                "(--utility surrogate) or leave them out")
+            return
+        if self.surrogate_pairs is not None and self.surrogate_pairs < MIN_SURROGATE_PAIRS:
+            raise DataError(f"surrogate_pairs={self.surrogate_pairs} is too small; use at least "
+                            f"{MIN_SURROGATE_PAIRS} exact pairs")
+        if self.refine_rounds < 0:
+            raise DataError(f"refine_rounds={self.refine_rounds} must be 0 (no refinement) or more")
+        if self.refine_pairs is not None and self.refine_pairs < 1:
+            raise DataError(f"refine_pairs={self.refine_pairs} must be at least 1 (or None for half the sample)")
+
+    @property
+    def n_surrogate_pairs(self) -> int:
+        """The surrogate's exact sample size (``surrogate_pairs`` or its default)."""
+        return DEFAULT_SURROGATE_PAIRS if self.surrogate_pairs is None else int(self.surrogate_pairs)
+
+    @property
+    def n_refine_pairs(self) -> int:
+        """The most exact pairs one refinement round adds per kernel."""
+        return max(1, self.n_surrogate_pairs // 2) if self.refine_pairs is None else int(self.refine_pairs)
 
     def compute_fingerprint(self, extra: dict | None = None) -> str:
         """Hash of every setting that changes the stored numbers (not distance/normalization: those are applied
         when the blocks are assembled, so one store serves every choice of them)."""
         fields = dataclasses.asdict(self)
         # In the sparse mode exclude_diagonal changes which pairs are planned (the neighbours skip the diagonal).
-        for name in ("distance", "normalization") + (("exclude_diagonal",) if self.top_k is None else ()):
+        # Dense exact stores compute every pair whatever exclude_diagonal says; a surrogate's sample depends on it.
+        for name in ("distance", "normalization") + (("exclude_diagonal",) if self.top_k is None
+                                                      and self.utility == "exact" else ()):
             fields.pop(name)
-        if self.top_k is None or self.neighbours == "model":  # default or unused: fingerprints of older stores hold
-            fields.pop("neighbours")
+        if (self.top_k is None and self.utility == "exact") or self.neighbours == "model":
+            fields.pop("neighbours")  # default or unused: fingerprints of older stores hold none
+        for name in SURROGATE_FIELDS if self.utility == "exact" else ("refine_rounds", "refine_pairs"):
+            fields.pop(name)  # refinement adds exact entries to a store; it does not change its numbers
+        if self.utility == "surrogate":
+            fields.update(surrogate_pairs=self.n_surrogate_pairs, surrogate_version=SURROGATE_VERSION)
         fields.update(extra or {})
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()

@@ -57,6 +57,7 @@ def kernel_identity(model, tokenizer, targets: Sequence[Example], candidates: Se
         "compute_fingerprint": config.compute_fingerprint({"dtype": str(model.dtype)}),
         "n_targets": len(targets), "n_candidates": len(candidates), "square": square,
         "mode": "dense" if config.top_k is None else "sparse", "top_k": config.top_k,
+        **({"utility": "surrogate"} if config.utility == "surrogate" else {}),  # exact stores keep their identity
     }
 
 

@@ -25,7 +25,8 @@ from delift_jax.kernel.store import FILES_KEY, DamagedFileError, KernelStore
 @dataclasses.dataclass
 class KernelResult:
     """kernel: normalized (dense ``[n_t, n_c]``, or sparse values ``[n_t, k]`` with ``indices``);
-    utility: raw U in the same layout; distance_*: the chosen distance without / with the example."""
+    utility: raw U in the same layout; distance_*: the chosen distance without / with the example (surrogate
+    mode: NaN where not computed); exact: surrogate mode only, True where an entry is exact (None: all are)."""
 
     kernel: np.ndarray
     utility: np.ndarray
@@ -35,6 +36,7 @@ class KernelResult:
     n_candidates: int
     directory: Path | None
     summary: dict
+    exact: np.ndarray | None = None
 
 
 def write_outputs(store: KernelStore, plan: KernelPlan, config: KernelConfig, run_summary: dict,

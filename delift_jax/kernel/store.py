@@ -43,7 +43,7 @@ from delift_jax.kernel.locks import FileLock
 FORMAT_VERSION = 3  # 2: the token ids joined the identity; 3: checksummed blocks, block size chosen from the plan
 # Manifest fields that identify what the store holds; everything else (status, summary) may change.
 IDENTITY_FIELDS = ("format_version", "model_fingerprint", "data_sha256", "tokens_sha256", "compute_fingerprint",
-                   "n_targets", "n_candidates", "square", "mode", "top_k", "n_blocks", "n_pairs")
+                   "n_targets", "n_candidates", "square", "mode", "top_k", "n_blocks", "n_pairs", "utility")
 CHECKSUM_KEY = "checksum"
 # Manifest fields that follow from the identity (so an existing store may be given them when it is reopened).
 DERIVED_FIELDS = ("targets_sha256", "candidates_sha256")
@@ -155,8 +155,7 @@ class KernelStore:
         existing = self.read_manifest()
         if existing is None:
             return
-        if "mode" in manifest and (existing.get("mode"), existing.get("top_k")) != (manifest["mode"],
-                                                                                  manifest.get("top_k")):
+        if "mode" in manifest and _mode_of(existing) != _mode_of(manifest):
             raise KernelStoreMismatchError(
                 f"{self.directory} holds a {_mode_name(existing)} kernel and this run asks for a "
                 f"{_mode_name(manifest)} one; use another --out directory (or the store's own mode to resume it)")
@@ -316,5 +315,11 @@ class KernelStore:
         return records
 
 
+def _mode_of(manifest: dict) -> tuple:
+    """(layout, top-k, utility); a manifest without ``utility`` is an exact store."""
+    return manifest.get("mode"), manifest.get("top_k"), manifest.get("utility", "exact")
+
+
 def _mode_name(manifest: dict) -> str:
-    return f"sparse (top-{manifest.get('top_k')})" if manifest.get("mode") == "sparse" else "dense"
+    layout = f"sparse (top-{manifest.get('top_k')})" if manifest.get("mode") == "sparse" else "dense"
+    return f"surrogate {layout}" if manifest.get("utility") == "surrogate" else layout

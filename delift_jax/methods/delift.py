@@ -39,6 +39,7 @@ from delift_jax.kernel import KernelConfig, utility_kernel
 from delift_jax.kernel.normalize import ROW_NORMALIZATIONS
 from delift_jax.methods.base import (MethodOptions, MethodSelection, budget_count, check_at_least, check_choice,
                                      check_inputs, need_model)
+from delift_jax.methods.refine import refined_selection, refining
 from delift_jax.methods.submodular import (DEFAULT_TASK_OBJECTIVE, OPTIMIZERS, SCALES, TASK_OBJECTIVES, common_scale,
                                           select_on_kernels)
 from delift_jax.progress import show_progress
@@ -185,6 +186,9 @@ def select_from_raw(raw: dict[str, np.ndarray], use_case: str, k: int, options: 
 
 def delift_selection(*, pool, budget, use_case="instruction", targets=None, existing=None, model=None,
                      tokenizer=None, seed: int = 0, options: DeliftOptions = DeliftOptions()) -> MethodSelection:
+    if options.kernel_config.utility == "surrogate" and not refining():  # exact where it matters: methods/refine.py
+        return refined_selection(delift_selection, pool=pool, budget=budget, use_case=use_case, targets=targets,
+                                 existing=existing, model=model, tokenizer=tokenizer, seed=seed, options=options)
     check_inputs("delift", pool, use_case, targets, existing)
     need_model("delift", model, tokenizer)
     k = budget_count(budget, len(pool), "delift")

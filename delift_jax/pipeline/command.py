@@ -21,7 +21,7 @@ from pathlib import Path
 from delift_jax.budget import parse_budget
 from delift_jax.data.sources import add_data_arguments
 from delift_jax.errors import DataError, NonFiniteError
-from delift_jax.kernel.config import DISTANCES, KernelConfig
+from delift_jax.kernel.config import DISTANCES, UTILITIES, KernelConfig
 from delift_jax.methods.submodular import SCALES
 from delift_jax.models.loading import DEFAULT_MODEL
 from delift_jax.pipeline.config import RunConfig, RunInputs, check_methods, load_run_file, parse_split
@@ -49,6 +49,8 @@ CONFIG_FLAGS = {
     "exclude_diagonal": ((("method_options", "delift", "exclude_diagonal"),), bool),
     "task_objective": ((("method_options", "delift", "task_objective"),), str),
     "kernel_scale": ((("method_options", "delift", "scale"),), str),
+    "utility": ((("kernel", "utility"),), str), "surrogate_pairs": ((("kernel", "surrogate_pairs"),), int),
+    "refine_rounds": ((("kernel", "refine_rounds"),), int), "refine_pairs": ((("kernel", "refine_pairs"),), int),
 }
 # flag (argparse dest) -> RunInputs field
 INPUT_FLAGS = {"model": "model", "data": "data", "target": "target", "existing": "existing",
@@ -107,6 +109,18 @@ def _add_stage_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--top-k", type=int, metavar="K",
                        help="sparse mode: score only each example's K most similar candidates (n*K pairs instead of "
                             "n^2; default: dense)")
+    group.add_argument("--utility", choices=UTILITIES,
+                       help="DELIFT's kernels: exact (default) or surrogate (exact pairs on a fixed sample, a small "
+                            "network predicts the rest, then the picks' entries are computed exactly; README 'Which "
+                            "kernel when')")
+    group.add_argument("--surrogate-pairs", type=int, metavar="N",
+                       help="--utility surrogate: exact pairs in each kernel's sample (default 2,000)")
+    group.add_argument("--refine-rounds", type=int, metavar="R",
+                       help="--utility surrogate: rounds of computing the picks' entries exactly and selecting "
+                            "again while the picks change (default 3; 0: none)")
+    group.add_argument("--refine-pairs", type=int, metavar="N",
+                       help="--utility surrogate: most exact pairs one refinement round adds per kernel (default "
+                            "half of --surrogate-pairs)")
     group.add_argument("--optimizer", choices=("lazy", "naive", "stochastic"), help="DELIFT's greedy (default lazy)")
     group.add_argument("--exclude-diagonal", action="store_true", default=None,
                        help="leave each example's own cell out of DELIFT's pool kernel")

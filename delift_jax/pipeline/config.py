@@ -13,7 +13,8 @@ split: (train, validation, test) fractions of the evaluation source, default (0.
     test part is the held-out evaluation set; the pool is not split (every pool example is a candidate).
 limit / target_limit / existing_limit: keep the first N examples of each input (None: all).
 kernel: ``KernelConfig`` of DELIFT's utility kernels (default: the authors' settings but the distance, pmi;
-    ``distance="rms"`` is the paper's; on CPUs cap ``max_response_tokens``). train: ``TrainConfig`` of each
+    ``distance="rms"`` is the paper's; on CPUs cap ``max_response_tokens``; ``utility="surrogate"``: exact pairs on a
+    sample, a network for the rest, the picks' entries refined, ``methods/refine.py``). train: ``TrainConfig`` of each
     fine-tuning run (default LoRA, one epoch).
 generation: ``GenerationConfig`` of the evaluation (default greedy, 128 new tokens). metrics: evaluation metrics
     (default rouge, nll; see ``delift_jax.evaluate.pipeline.VALID_METRICS``). nll_max_length: longest scored
@@ -51,6 +52,7 @@ from delift_jax.errors import DataError
 from delift_jax.evaluate.generate import GenerationConfig
 from delift_jax.evaluate.pipeline import parse_metrics
 from delift_jax.kernel import KernelConfig
+from delift_jax.kernel.config import SURROGATE_FIELDS
 from delift_jax.methods import METHODS, USE_CASES, canonical_name, get_method, method_options
 from delift_jax.models.loading import DEFAULT_MODEL
 from delift_jax.options import build_options, jsonable, options_dict
@@ -157,6 +159,9 @@ class RunConfig:
         out = {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
         if self.kernel.templates == DEFAULT_TEMPLATES:
             out["kernel"].pop("templates")
+        if self.kernel.utility == "exact":  # an exact run's settings read as they did before the surrogate existed
+            for name in SURROGATE_FIELDS:
+                out["kernel"].pop(name)
         out["train"] = self.train.to_dict()
         return out
 
