@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 
 from delift_jax.data.records import Example
 from delift_jax.errors import DataError
-from delift_jax.kernel.blocks import BlockScores, Coordination, check_finite, compute_blocks
+from delift_jax.kernel.blocks import Coordination, check_finite, compute_blocks
 from delift_jax.kernel.config import KernelConfig
 from delift_jax.kernel.coordination import log, wait_for
 from delift_jax.kernel.engine import PairScorer
@@ -29,8 +29,8 @@ from delift_jax.kernel.estimate import (RunEstimate, choose_block_pairs, demonst
                                         seconds_per_pair, sparse_advice)
 from delift_jax.kernel.identity import (data_fingerprint, kernel_identity, mesh_change, mesh_record, model_fingerprint,
                                        tokens_fingerprint)
+from delift_jax.kernel.job import Job, block_scorer, pair_sequences
 from delift_jax.kernel.outputs import KernelResult, write_outputs
-from delift_jax.kernel.pairs import build_pair_sequences, full_sequences_for
 from delift_jax.kernel.plan import KernelPlan, plan_blocks, plan_kernel, plan_pairs
 from delift_jax.kernel.sparse import effective_top_k, sparse_neighbours
 from delift_jax.kernel.store import DamagedFileError, KernelStore
@@ -39,23 +39,6 @@ from delift_jax.sharding import current_mesh
 
 __all__ = ["KernelResult", "utility_kernel", "model_fingerprint", "data_fingerprint", "tokens_fingerprint",
            "plan_pairs", "plan_blocks"]
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class _Job:
-    """What one kernel run computes and how (the arguments of ``utility_kernel``, checked)."""
-
-    model: object
-    tokenizer: object
-    targets: list
-    candidates: list
-    square: bool
-    config: KernelConfig
-    mesh: Mesh
-    embeddings: tuple | None
-    max_pairs: int | None
-    progress: bool
-    wait_timeout_s: float
 
 
 def utility_kernel(model, tokenizer, targets: Sequence[Example], candidates: Sequence[Example] | None = None,
@@ -79,7 +62,7 @@ def utility_kernel(model, tokenizer, targets: Sequence[Example], candidates: Seq
     square = candidates is None
     candidate_list = list(targets) if square else list(candidates)
     _check_inputs(targets, candidate_list, square, config)
-    job = _Job(model, tokenizer, list(targets), candidate_list, square,
+    job = Job(model, tokenizer, list(targets), candidate_list, square,
                effective_top_k(config, len(candidate_list), square), mesh or current_mesh(), embeddings, max_pairs,
                progress, wait_timeout_s)
     if out_dir is not None:
@@ -101,12 +84,12 @@ def _check_inputs(targets, candidates, square: bool, config: KernelConfig) -> No
         raise DataError("exclude_diagonal applies to square kernels only (a pool against itself)")
 
 
-def _run(job: _Job, store: KernelStore, in_memory: bool) -> KernelResult | None:
+def _run(job: Job, store: KernelStore, in_memory: bool) -> KernelResult | None:
     if job.config.utility == "surrogate":  # exact sample + network: kernel/surrogate_run.py
         from delift_jax.kernel.surrogate_run import run_surrogate
         return run_surrogate(job, store, in_memory)
     since = time.time()  # failure reports of other processes older than this belong to an earlier run
-    seqs, n_truncated_targets = _sequences(job)
+    seqs, n_truncated_targets = pair_sequences(job)
     identity = kernel_identity(job.model, job.tokenizer, job.targets, job.candidates, job.square, seqs, job.config)
     process, n_processes = jax.process_index(), jax.process_count()
     plan = (_prepare_store if process == 0 else _join_store)(job, store, seqs, identity, since)
@@ -117,7 +100,7 @@ def _run(job: _Job, store: KernelStore, in_memory: bool) -> KernelResult | None:
         log(advice, job.progress)
     coordination = Coordination(process, n_processes, wait_for_others=process == 0, timeout_s=job.wait_timeout_s,
                                 since=since)
-    stats = compute_blocks(plan, _block_scorer(job, seqs), store, coordination=coordination, progress=job.progress)
+    stats = compute_blocks(plan, block_scorer(job, seqs), store, coordination=coordination, progress=job.progress)
     if stats.n_truncated:
         log(f"{stats.n_truncated} pairs exceeded max_length={job.config.max_length}: their contexts (demonstration "
             "first) were truncated from the left; scored tokens were kept")
@@ -131,19 +114,7 @@ def _run(job: _Job, store: KernelStore, in_memory: bool) -> KernelResult | None:
         return write_outputs(store, plan, job.config, summary, in_memory=in_memory)
 
 
-def _sequences(job: _Job):
-    seqs = build_pair_sequences(job.tokenizer, job.targets, job.candidates, job.config)
-    if seqs.n_empty_responses:
-        warnings.warn(f"{seqs.n_empty_responses} responses tokenize to nothing; only their final EOS is scored",
-                      stacklevel=4)
-    n_truncated = int(sum(s.context_dropped > 0 for s in seqs.no_example))
-    if n_truncated:
-        warnings.warn(f"{n_truncated} targets exceed max_length={job.config.max_length} without an example; "
-                      "their contexts are truncated from the left (scored tokens are kept)", stacklevel=4)
-    return seqs, n_truncated
-
-
-def _prepare_store(job: _Job, store: KernelStore, seqs, identity: dict, since: float) -> KernelPlan:
+def _prepare_store(job: Job, store: KernelStore, seqs, identity: dict, since: float) -> KernelPlan:
     """Process 0 (or any independent process): under the store lock, check the store, obtain the neighbours, plan,
     create or reopen the store and score the targets without an example."""
     fresh = not store.directory.exists()
@@ -156,7 +127,7 @@ def _prepare_store(job: _Job, store: KernelStore, seqs, identity: dict, since: f
             raise
 
 
-def _prepare_locked(job: _Job, store: KernelStore, seqs, identity: dict) -> KernelPlan:
+def _prepare_locked(job: Job, store: KernelStore, seqs, identity: dict) -> KernelPlan:
     store.check_identity(identity)  # before anything stored (the sparse neighbours) is read back
     removed = store.remove_orphans()  # with or without a manifest: a crash may have hit its first write
     if removed:
@@ -174,7 +145,7 @@ def _prepare_locked(job: _Job, store: KernelStore, seqs, identity: dict) -> Kern
     return plan
 
 
-def _join_store(job: _Job, store: KernelStore, seqs, identity: dict, since: float) -> KernelPlan:
+def _join_store(job: Job, store: KernelStore, seqs, identity: dict, since: float) -> KernelPlan:
     """Another process under ``jax.distributed``: plan from process 0's store (its neighbours, its block size)."""
     store.check_identity(identity)
     sparse = job.config.top_k is not None
@@ -192,7 +163,7 @@ def _join_store(job: _Job, store: KernelStore, seqs, identity: dict, since: floa
     return plan
 
 
-def _check_mesh(job: _Job, store: KernelStore, plan: KernelPlan) -> None:
+def _check_mesh(job: Job, store: KernelStore, plan: KernelPlan) -> None:
     """A store started on another mesh: a warning where the results are the same, refused where blocks are left to
     compute with another tensor-parallel rounding (``identity.mesh_change``)."""
     work_left = not store.has("no_example.npz") or len(store.finished_blocks()) < plan.n_blocks
@@ -201,7 +172,7 @@ def _check_mesh(job: _Job, store: KernelStore, plan: KernelPlan) -> None:
         warnings.warn(line, stacklevel=5)
 
 
-def _neighbours(job: _Job, store: KernelStore, seqs) -> np.ndarray:
+def _neighbours(job: Job, store: KernelStore, seqs) -> np.ndarray:
     """Top-k candidates per target. A resumed run reuses the stored ones, so its pairs cannot drift."""
     if store.read_manifest() is not None and store.has("neighbours.npy"):
         return store.load_npy("neighbours.npy")
@@ -211,7 +182,7 @@ def _neighbours(job: _Job, store: KernelStore, seqs) -> np.ndarray:
                              job.embeddings, job.mesh)
 
 
-def _block_pairs(job: _Job, store: KernelStore, seqs, neighbours: np.ndarray | None) -> int:
+def _block_pairs(job: Job, store: KernelStore, seqs, neighbours: np.ndarray | None) -> int:
     """The configured block size, else the store's (fixed when it was created), else about a minute of work."""
     if job.config.block_pairs is not None:
         return job.config.block_pairs
@@ -230,7 +201,7 @@ def _check_max_pairs(plan: KernelPlan, max_pairs: int | None) -> None:
                         "sparse mode (--top-k) or raise --max-pairs")
 
 
-def _ensure_no_example(job: _Job, store: KernelStore, seqs) -> None:
+def _ensure_no_example(job: Job, store: KernelStore, seqs) -> None:
     """d(i | no example) of every target, stored once (recomputed if its file is damaged)."""
     if store.has("no_example.npz"):
         try:
@@ -244,21 +215,6 @@ def _ensure_no_example(job: _Job, store: KernelStore, seqs) -> None:
     check_finite(logp, "no-example scores")
     store.save_checked_npz("no_example.npz", rms=np.array([rms_distance(np.exp(lp)) for lp in logps]), logp=logp,
                            n_scored=np.array([s.n_scored for s in seqs.no_example]))
-
-
-def _block_scorer(job: _Job, seqs):
-    """Score one block's pairs: the prefix-reuse engine, plus the pairs that need their own full sequence."""
-    engine: list[PairScorer] = []  # built on the first block: a resumed, finished run never needs it
-
-    def score(pairs: np.ndarray, on_progress) -> BlockScores:
-        if not engine:
-            engine.append(PairScorer(job.model, job.config, mesh=job.mesh))
-        full = full_sequences_for(job.tokenizer, job.targets, job.candidates, pairs, seqs, job.config)
-        rms, logp = engine[0].score(pairs, seqs, full, on_progress=on_progress)
-        return BlockScores(rms, logp, n_full=len(full),
-                           n_truncated=int(sum(seq.context_dropped > 0 for seq in full.values())))
-
-    return score
 
 
 def _plan_message(estimate: RunEstimate, plan: KernelPlan, store: KernelStore, process: int,

@@ -15,7 +15,7 @@ import numpy as np
 
 from delift_jax.errors import DataError
 from delift_jax.kernel.blocks import compute_blocks
-from delift_jax.kernel.compute import _block_scorer, _Job, _sequences
+from delift_jax.kernel.job import Job, block_scorer, pair_sequences
 from delift_jax.kernel.coordination import log
 from delift_jax.kernel.identity import kernel_identity
 from delift_jax.kernel.plan import KernelPlan
@@ -24,18 +24,18 @@ from delift_jax.kernel.surrogate_run import (ROUNDS_DIR, _add_seconds, _ensure_n
                                              pairs_plan)
 
 
-def surrogate_job(model, tokenizer, targets, candidates, config, *, mesh=None, progress: bool = False) -> _Job:
+def surrogate_job(model, tokenizer, targets, candidates, config, *, mesh=None, progress: bool = False) -> Job:
     """The job ``utility_kernel`` runs for these arguments (candidates None: the square kernel of ``targets``)."""
     from delift_jax.kernel.sparse import effective_top_k
     from delift_jax.sharding import current_mesh
 
     square = candidates is None
     columns = list(targets) if square else list(candidates)
-    return _Job(model, tokenizer, list(targets), columns, square, effective_top_k(config, len(columns), square),
+    return Job(model, tokenizer, list(targets), columns, square, effective_top_k(config, len(columns), square),
                 mesh or current_mesh(), None, None, progress, 24 * 3600.0)
 
 
-def add_exact_pairs(job: _Job, store: KernelStore, pairs: np.ndarray) -> int:
+def add_exact_pairs(job: Job, store: KernelStore, pairs: np.ndarray) -> int:
     """Compute the exact U of ``pairs`` (target, candidate) into a refinement round of the surrogate ``store``;
     pairs it already holds exactly are skipped. Returns the pairs computed now; the round counts from the next
     ``utility_kernel`` call on the store."""
@@ -43,11 +43,11 @@ def add_exact_pairs(job: _Job, store: KernelStore, pairs: np.ndarray) -> int:
     return 0 if name is None else finish_round(job, store, name)
 
 
-def plan_round(job: _Job, store: KernelStore, pairs: np.ndarray) -> str | None:
+def plan_round(job: Job, store: KernelStore, pairs: np.ndarray) -> str | None:
     """Create the sub-store of a refinement round for the ``pairs`` not yet exact (its pairs and block grid, no
     pair computed); returns its name (the same pairs give the same name: a planned round resumes), None when every
     pair is already exact."""
-    seqs, _ = _sequences(job)
+    seqs, _ = pair_sequences(job)
     identity = kernel_identity(job.model, job.tokenizer, job.targets, job.candidates, job.square, seqs, job.config)
     with store.exclusive(on_wait=log):
         manifest = store.read_manifest()
@@ -72,20 +72,20 @@ def plan_round(job: _Job, store: KernelStore, pairs: np.ndarray) -> str | None:
     return sub.directory.name
 
 
-def finish_round(job: _Job, store: KernelStore, name: str) -> int:
+def finish_round(job: Job, store: KernelStore, name: str) -> int:
     """Compute a planned round (d(i | no example) of its rows not scored before, then its blocks) and mark it
     finished; returns the pairs computed now (0 when it was finished already)."""
     sub = KernelStore(store.directory / ROUNDS_DIR / name)
     if (sub.read_manifest() or {}).get("complete") is True:
         return 0
-    seqs, _ = _sequences(job)
+    seqs, _ = pair_sequences(job)
     plan = _round_plan(sub, len(job.targets), len(job.candidates), job.square)
     with store.exclusive(on_wait=log):
         _, no_example = exact_values(store, _sample_plan(store, job))
         rows = np.unique(plan.pairs[:, 0])
         _ensure_no_example(job, store, sub, seqs, rows[~np.isfinite(no_example["logp"][rows])])
     log(f"refinement: {plan.n_pairs:,} exact pairs in {store.directory} ({name})", job.progress)
-    stats = compute_blocks(plan, _block_scorer(job, seqs), sub, progress=job.progress)
+    stats = compute_blocks(plan, block_scorer(job, seqs), sub, progress=job.progress)
     with store.exclusive(on_wait=log):
         sub.update_manifest(complete=True)
         _add_seconds(store, refinement_pairs=stats.seconds)
@@ -96,7 +96,7 @@ def round_finished(store: KernelStore, name: str) -> bool:
     return (KernelStore(store.directory / ROUNDS_DIR / name).read_manifest() or {}).get("complete") is True
 
 
-def _sample_plan(store: KernelStore, job: _Job) -> KernelPlan:
+def _sample_plan(store: KernelStore, job: Job) -> KernelPlan:
     """The sample's plan, from its stored blocks (their pairs, in block order)."""
     manifest = store.read_manifest()
     pairs = [store.read_block(b)["pairs"] for b in range(int(manifest["n_blocks"]))]

@@ -34,7 +34,7 @@ import numpy as np
 
 from delift_jax.errors import DataError
 from delift_jax.kernel.blocks import check_finite, compute_blocks
-from delift_jax.kernel.compute import _block_scorer, _Job, _sequences
+from delift_jax.kernel.job import Job, block_scorer, pair_sequences
 from delift_jax.kernel.coordination import log
 from delift_jax.kernel.estimate import choose_block_pairs, demonstration_bytes, seconds_per_pair
 from delift_jax.kernel.identity import kernel_identity
@@ -63,11 +63,11 @@ class _Prepared:
     candidate_emb: np.ndarray
 
 
-def run_surrogate(job: _Job, store: KernelStore, in_memory: bool) -> KernelResult:
+def run_surrogate(job: Job, store: KernelStore, in_memory: bool) -> KernelResult:
     """``utility_kernel`` in the surrogate mode (see the module docstring)."""
     if jax.process_count() > 1:
         raise DataError("the surrogate utility runs in one process; start it without --coordinator")
-    seqs, n_truncated_targets = _sequences(job)
+    seqs, n_truncated_targets = pair_sequences(job)
     identity = kernel_identity(job.model, job.tokenizer, job.targets, job.candidates, job.square, seqs, job.config)
     fresh = not store.directory.exists()
     with store.exclusive(on_wait=log):
@@ -77,7 +77,7 @@ def run_surrogate(job: _Job, store: KernelStore, in_memory: bool) -> KernelResul
             if fresh:
                 store.remove_if_unused()
             raise
-    stats = compute_blocks(prepared.plan, _block_scorer(job, seqs), store, progress=job.progress)
+    stats = compute_blocks(prepared.plan, block_scorer(job, seqs), store, progress=job.progress)
     with store.exclusive(on_wait=log):
         _add_seconds(store, exact_pairs=stats.seconds)
         summary = {"pairs_computed_now": stats.pairs_computed, "seconds_computing_pairs": round(stats.seconds, 3),
@@ -87,7 +87,7 @@ def run_surrogate(job: _Job, store: KernelStore, in_memory: bool) -> KernelResul
         return _write(job, store, prepared, summary, in_memory)
 
 
-def _prepare(job: _Job, store: KernelStore, seqs, identity: dict) -> _Prepared:
+def _prepare(job: Job, store: KernelStore, seqs, identity: dict) -> _Prepared:
     store.check_identity(identity)
     if store.read_manifest() is not None:
         removed = store.remove_orphans()
@@ -125,7 +125,7 @@ def _prepare(job: _Job, store: KernelStore, seqs, identity: dict) -> _Prepared:
     return _Prepared(plan, sample.held_out, layout, target_emb, candidate_emb)
 
 
-def _embeddings(job: _Job, store: KernelStore, seqs) -> tuple[np.ndarray, np.ndarray, dict]:
+def _embeddings(job: Job, store: KernelStore, seqs) -> tuple[np.ndarray, np.ndarray, dict]:
     """The stored embeddings when the store has them (a resumed run), else computed now; and their seconds."""
     if store.read_manifest() is not None and store.has("embeddings.npz"):
         try:
@@ -160,7 +160,7 @@ def pairs_plan(pairs: np.ndarray, n_targets: int, n_candidates: int, square: boo
                       pairs=pairs, blocks=blocks, slots=slots, neighbours=None)
 
 
-def _block_pairs(job: _Job, store: KernelStore, seqs, pairs: np.ndarray) -> int:
+def _block_pairs(job: Job, store: KernelStore, seqs, pairs: np.ndarray) -> int:
     if job.config.block_pairs is not None:
         return job.config.block_pairs
     existing = store.read_manifest()
@@ -171,7 +171,7 @@ def _block_pairs(job: _Job, store: KernelStore, seqs, pairs: np.ndarray) -> int:
                               demonstration_bytes(job.model, seqs, job.config))
 
 
-def _log_plan(job: _Job, store: KernelStore, plan: KernelPlan, rows: np.ndarray, layout) -> None:
+def _log_plan(job: Job, store: KernelStore, plan: KernelPlan, rows: np.ndarray, layout) -> None:
     entries = len(job.targets) * (layout.shape[1] if layout is not None else len(job.candidates))
     finished = len(store.finished_blocks())
     log(f"surrogate kernel plan: {plan.n_pairs:,} exact pairs on {len(rows):,} rows ({plan.n_pairs / entries:.1%} of "
@@ -184,7 +184,7 @@ def _log_plan(job: _Job, store: KernelStore, plan: KernelPlan, rows: np.ndarray,
 # d(i | no example) for some rows.
 
 
-def _ensure_no_example(job: _Job, store: KernelStore, into: KernelStore, seqs, rows: np.ndarray) -> None:
+def _ensure_no_example(job: Job, store: KernelStore, into: KernelStore, seqs, rows: np.ndarray) -> None:
     """Score the targets ``rows`` without an example into ``into``/no_example.npz (kept if it verifies)."""
     if into.has("no_example.npz"):
         try:
@@ -300,7 +300,7 @@ def layout_slots(pairs: np.ndarray, layout: np.ndarray | None, n_candidates: int
 # The network and the final arrays.
 
 
-def _predictions(job: _Job, store: KernelStore, prepared: _Prepared, exact: ExactPairs,
+def _predictions(job: Job, store: KernelStore, prepared: _Prepared, exact: ExactPairs,
                  no_example: dict) -> tuple[np.ndarray, dict]:
     """The network's U in the layout and its scores, trained on every exact pair the store holds (the sample, then
     each finished refinement round); stored per distance with a hash of its training pairs and the network's
@@ -346,7 +346,7 @@ def _held_out_of(prepared: _Prepared, pairs: np.ndarray) -> np.ndarray:
     return np.concatenate([held, extra])
 
 
-def _write(job: _Job, store: KernelStore, prepared: _Prepared, run_summary: dict, in_memory: bool) -> KernelResult:
+def _write(job: Job, store: KernelStore, prepared: _Prepared, run_summary: dict, in_memory: bool) -> KernelResult:
     exact, no_example = exact_values(store, prepared.plan)
     n_sample = prepared.plan.n_pairs
     prediction, scores = _predictions(job, store, prepared, exact, no_example)
@@ -385,7 +385,7 @@ def _write(job: _Job, store: KernelStore, prepared: _Prepared, run_summary: dict
                         summary=summary, exact=is_exact)
 
 
-def _diagonal(job: _Job, layout, shape) -> np.ndarray | None:
+def _diagonal(job: Job, layout, shape) -> np.ndarray | None:
     if not job.square:
         return None
     if layout is None:

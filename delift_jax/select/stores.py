@@ -235,6 +235,10 @@ def derived_distance(source: KernelSource) -> str | None:
         return recorded if isinstance(recorded, str) else None
     published = np.asarray(load_npy(source, DISTANCE_FILE, f"{source.what} distances"))
     no_example = read_checked_npz(source.path / NO_EXAMPLE_FILE)
+    if "rows" in no_example:  # a surrogate store scores only its sampled rows without an example (NaN elsewhere)
+        rows = np.asarray(no_example["rows"])
+        if published.ndim == 1 and rows.size and rows.max() < len(published):  # else: no match, reported below
+            published = published[rows]
     matches = [DISTANCE_OF[key] for key in DISTANCE_OF
                if key in no_example and np.array_equal(published, no_example[key])]
     if not matches:
