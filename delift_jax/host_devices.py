@@ -1,9 +1,9 @@
 """How many XLA devices a CPU-only process splits its cores into: decided before JAX starts its backend.
 
 One XLA CPU device keeps about 1.7 of 2 cores busy on the packed kernel engine; two devices, each running its own
-fixed-shape units, keep 1.93 busy: 1.72x the authors' PyTorch procedure per pair against 1.56x (README, "Tests and
-benchmarks"), and the kernel is bit-identical because every unit has the same shape on any device count. A command
-that offers ``--host-devices`` (``delift kernel``) therefore splits the CPU by default, unless
+fixed-shape units, keep 1.93 busy: 1.72x the authors' PyTorch procedure per pair against 1.56x
+(docs/benchmarks.md), and the kernel is bit-identical because every unit has the same shape on any device count. A
+command that offers ``--host-devices`` (``delift kernel``) therefore splits the CPU by default, unless
 
 * an accelerator may be present (a PJRT plugin or libtpu is installed and JAX_PLATFORMS does not say ``cpu``):
   there the CPU is not what computes, so nothing changes;

@@ -15,7 +15,7 @@ measures the subset as the kernel sees it, without training noise: ``icl_nll`` p
 
     python scripts/bench_quality.py --examples 150 --seeds 0 1 2 --out runs/bench_quality
     python scripts/bench_quality.py --data truthfulqa --examples 150 --split 0.7,0.1,0.2 --max-new-tokens 32 \
-        --distance rms  # README (measured with the paper's rms, the default then)
+        --distance rms  # docs/evidence.md (measured with the paper's rms, the default then)
 
 ``--distance`` (default: the package default, pmi) is passed to ``delift run``.
 
@@ -55,7 +55,7 @@ def main():
                         help="also the ICL condition: base model with K nearest subset examples (0: off)")
     parser.add_argument("--progress", action="store_true", help="progress bars for kernels, training, generation")
     parser.add_argument("--distance", choices=("rms", "pmi"), default=None,
-                        help="DELIFT's kernel distance (default: the package default, pmi; README figures: rms)")
+                        help="DELIFT's kernel distance (default: the package default, pmi; docs/evidence.md figures: rms)")
     parser.add_argument("--plant-noise", type=float, default=0.0, metavar="F",
                         help="corrupt this fraction of the selection pool (default 0: the data as it is)")
     parser.add_argument("--out", default="runs/bench_quality")

@@ -31,7 +31,7 @@ FLCG and duplicates FL with pmi, ``delift_pmi``); the other variants have explic
 paper's distance, ``*_flmi_rms``: the authors' objective and distance, ...). In the per-method results the names
 ``delift_rms`` / ``delift_pmi`` of the task case are FL1MI (``flmi``, η = 1), as in earlier runs' saved results.
 
-    python scripts/bench_recovery.py --seeds 0 1 2                  # the README figures
+    python scripts/bench_recovery.py --seeds 0 1 2                  # the docs/evidence.md figures
     python scripts/bench_recovery.py --seeds 0 --only-kernels       # precompute the kernel stores
 """
 

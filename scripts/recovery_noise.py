@@ -300,6 +300,16 @@ def summary(results: list) -> tuple[list, dict]:
         continual[method] = row
         lines.append(f"| {method} | {row['0.1']['novel']:.2f} | {row['0.1']['low']:.2f} | {row['0.3']['novel']:.2f}"
                      f" | {row['0.3']['low']:.2f} |")
+    lines += ["", "Kernel statistics of the raw utility U[i, j] (row i predicted with demonstration j), mean over "
+              "seeds: the diagonal, the row mean over clean columns (how much demonstrations help the example), the "
+              "column mean over clean rows (how much the example helps clean ones) and the row maximum off the "
+              "diagonal", "", "| distance | kind | diagonal | row mean | column mean | row max off-diagonal |",
+              "|---|---|---|---|---|---|"]
+    for distance in DISTANCES:
+        for kind in (CLEAN,) + NOISE_KINDS:
+            cells = [np.mean([r["stats"][distance][kind][stat] for r in results]) for stat in (
+                "diag", "row_mean_clean_columns", "column_mean_clean_rows", "row_max_off_diagonal")]
+            lines.append(f"| {distance} | {kind} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
     nll = [r.get("nll", {}) for r in results]
     nll_rows = {}
     if all(nll):

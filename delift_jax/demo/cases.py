@@ -26,7 +26,7 @@ import numpy as np
 
 TASK_SOURCES = ("asdiv", "boolq", "nq-open", "commonsenseqa")
 # Sentence-length responses: a corrupted response is something the model cannot predict, which is what pulled the
-# authors' form towards it (README, "Does it work?").
+# authors' form towards it (docs/noise.md).
 INSTRUCTION_SOURCES = ("truthfulqa", "fanoutqa-multihop", "mmlu", "nq-open")
 CONTINUAL_SOURCES = ("truthfulqa", "asdiv")  # seen, new
 DEMO_KERNEL = dict(max_length=512, max_response_tokens=16)

@@ -82,7 +82,7 @@ def summary_lines(case, seconds: float) -> list[str]:
               f"| model | NLL of {case.nll_of} |", "|---|---|"]
     lines += [f"| {name} | {value:.3f} |" for name, value in case.nll.items()]
     lines += ["", "One seed, a few test examples and a few LoRA steps: NLL differences of a few hundredths are within "
-              "noise. scripts/bench_recovery.py measures this over seeds and sources (README, 'Does it work?').",
+              "noise. scripts/bench_recovery.py measures this over seeds and sources (docs/noise.md).",
               f"demo time: {seconds:.0f} s"]
     return lines
 

@@ -29,7 +29,7 @@ class KernelConfig:
 
     distance: ``pmi`` (the default: U = mean_t log p(i | j) - mean_t log p(i | none), the conditional pointwise
         mutual information), chosen on the evidence of ``scripts/bench_recovery.py`` (3 seeds x 4 built-in targets:
-        task precision at 10% with fl2mi 1.00 +- 0.00 against 0.67 +- 0.24 for rms; README "Does it work?"), or
+        task precision at 10% with fl2mi 1.00 +- 0.00 against 0.67 +- 0.24 for rms; docs/evidence.md), or
         ``rms`` (U = d_rms(i | none) - d_rms(i | j), d_rms = sqrt(mean_t (1 - p_t)^2): the paper's metric;
         ``distance="rms"``, ``--distance rms``). Both are stored in every kernel store; the choice is applied when
         the blocks are assembled.
@@ -50,7 +50,7 @@ class KernelConfig:
         the same embeddings are also the surrogate's features (dense or sparse).
     utility: ``exact`` (the default: every pair the kernel holds is computed) or ``surrogate`` (exact U on a
         stratified sample of ``surrogate_pairs`` pairs, a small network trained on them predicts the rest;
-        ``kernel/surrogate.py``, README "Which kernel when").
+        ``kernel/surrogate.py``, docs/surrogate.md).
     surrogate_pairs: the surrogate mode's exact sample, a fixed number of pairs (None: 2,000; not a fraction of n).
     refine_rounds: DELIFT's selection on a surrogate kernel: at most this many rounds of computing the picks'
         entries exactly and selecting again (0: none); ``methods/refine.py``.

@@ -116,7 +116,7 @@ def estimate_run(model, seqs, pairs: np.ndarray, config, mesh) -> RunEstimate:
 
 # Dense kernels above this many pairs (2,000 x 2,000) get the sparse mode recommended in their plan message: n² pairs
 # are then days on a CPU and hours on an accelerator, while n·k pairs at k = 16 kept 0.97 of the dense FL objective
-# (scripts/bench_sparse.py, README).
+# (scripts/bench_sparse.py, docs/benchmarks.md).
 SPARSE_ADVICE_PAIRS = 4_000_000
 SPARSE_ADVICE_K = 16
 

@@ -4,7 +4,7 @@ store's ``data_sha256``, so ``delift select`` can tell that K and Q share their 
 started on.
 
 The mesh. Results do not depend on the mesh's ``data`` size (every unit of work has the same shape whatever the
-device count, and results are gathered, never summed across devices: README, "bit-identical"), so a store resumed on
+device count, and results are gathered, never summed across devices: docs/design.md, "bit-identical"), so a store resumed on
 another data size holds the same numbers: one warning line says so. The ``model`` size changes the order of the
 tensor-parallel partial sums (utilities equal to ~1e-5, not bit for bit), so blocks still to compute on another
 model size would mix two roundings in one kernel: refused in one line, unless nothing is left to compute (then the

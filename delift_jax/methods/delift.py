@@ -14,7 +14,7 @@ and continual, ``minmax`` for task). ``row_rank`` replaces each pool row's utili
 together, by their percentile ranks in that row (``kernel.normalize.row_normalize``): every covered example then
 weighs the same in facility location, where under one global scale the examples the model predicts worst — the
 corrupted ones, whose own diagonal is the largest utility of all — outweighed the rest, so DELIFT preferred them
-(README, "Does it work?"). ``row_minmax`` is the per-row min-max. ``minmax`` is the authors': one common map
+(docs/noise.md). ``row_minmax`` is the per-row min-max. ``minmax`` is the authors': one common map
 (U − lo)/(hi − lo) with lo, hi over the union of K, Q and P. Why common and not per kernel: FL1MI compares
 max K against η·max Q and FLCG subtracts ν·max P from max K, so K, Q and P must be in the same units; min-maxing
 each separately maps different raw utilities to the same number and changes which pool example counts as
@@ -46,7 +46,7 @@ from delift_jax.progress import show_progress
 
 
 # The kernel form (scale, exclude_diagonal) a use case gets when DeliftOptions leaves it open (None): chosen on the
-# known-answer benchmarks (scripts/bench_recovery.py, README "Does it work?"). The authors' form is
+# known-answer benchmarks (scripts/bench_recovery.py, docs/evidence.md, docs/noise.md). The authors' form is
 # AUTHORS_KERNEL_FORM: one global min-max over K, Q and P with K's diagonal kept.
 AUTHORS_KERNEL_FORM = ("minmax", False)
 KERNEL_FORMS = {"instruction": ("row_rank", False), "task": AUTHORS_KERNEL_FORM, "continual": ("row_rank", False)}

@@ -9,7 +9,7 @@ Orientation (DESIGN §1.3): rows are covered elements, columns candidates.
                authors' code): Σ_i min(max_{j∈A} K[i, j], η · max_q Q[i, q]). ``flmi_paper`` (the paper's text):
                Σ_i max_{j∈A} K[i, j] + η Σ_{j∈A} max_q Q[j, q]. Why fl2mi: over 3 seeds × 4 targets of
                ``scripts/bench_recovery.py`` it picked the target's source at 10% with precision 0.67 (rms; 1.00
-               with pmi) against FL1MI's 0.33 (base share 0.25); FL1MI's caps saturate (README, "Does it work?").
+               with pmi) against FL1MI's 0.33 (base share 0.25); FL1MI's caps saturate (docs/evidence.md).
 * continual:   FL conditional gain with P (n x n_existing), P[i, p] = the value of existing example p for pool
                example i:  f(A | P) = Σ_i max(max_{j∈A} K[i, j] − ν · max_p P[i, p], 0).
 

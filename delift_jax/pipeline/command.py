@@ -111,8 +111,7 @@ def _add_stage_arguments(parser: argparse.ArgumentParser) -> None:
                             "n^2; default: dense)")
     group.add_argument("--utility", choices=UTILITIES,
                        help="DELIFT's kernels: exact (default) or surrogate (exact pairs on a fixed sample, a small "
-                            "network predicts the rest, then the picks' entries are computed exactly; README 'Which "
-                            "kernel when')")
+                            "network predicts the rest, then the picks' entries are computed exactly; docs/surrogate.md')")
     group.add_argument("--surrogate-pairs", type=int, metavar="N",
                        help="--utility surrogate: exact pairs in each kernel's sample (default 2,000)")
     group.add_argument("--refine-rounds", type=int, metavar="R",
@@ -127,10 +126,10 @@ def _add_stage_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--kernel-scale", choices=SCALES,
                        help="how DELIFT maps utilities to its kernels (default: the use case's, chosen on evidence: "
                             "row_rank for instruction and continual, minmax for task; minmax with the diagonal kept "
-                            "is the authors' form; see the README's 'Does it work?')")
+                            "is the authors' form; see docs/evidence.md)")
     group.add_argument("--task-objective", choices=("flmi", "fl2mi", "flmi_paper"),
                        help="DELIFT's task-specific objective (default fl2mi, chosen on evidence; flmi is the "
-                            "authors' code; see the README's 'Does it work?')")
+                            "authors' code; see docs/evidence.md)")
     group = parser.add_argument_group("fine-tuning")
     group.add_argument("--train-method", choices=("lora", "full"), help="default lora")
     group.add_argument("--epochs", type=int, help="passes over the subset (default 1)")
