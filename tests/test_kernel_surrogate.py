@@ -56,6 +56,19 @@ def test_surrogate_store_records_exact_entries(tiny_llama, exact_kernel, tmp_pat
     np.testing.assert_array_equal(raw, result.utility.astype(np.float32))
 
 
+def test_surrogate_seed_draws_another_sample_and_another_store(tiny_llama, tmp_path):
+    _, _, model, tokenizer = tiny_llama
+    pool, config = POOL[:6], dataclasses.replace(SURROGATE, surrogate_pairs=10)
+    first = utility_kernel(model, tokenizer, pool, config=config, out_dir=tmp_path / "k")
+    other = utility_kernel(model, tokenizer, pool, config=dataclasses.replace(config, surrogate_seed=1))
+    assert first.exact.sum() == other.exact.sum() == 10 and not np.array_equal(first.exact, other.exact)
+    again = utility_kernel(model, tokenizer, pool, config=dataclasses.replace(config, surrogate_seed=0))
+    np.testing.assert_array_equal(again.exact, first.exact)
+    with pytest.raises(KernelStoreMismatchError):  # a store keeps the seed it was sampled with
+        utility_kernel(model, tokenizer, pool, config=dataclasses.replace(config, surrogate_seed=1),
+                       out_dir=tmp_path / "k")
+
+
 def test_refinement_round_adds_exact_entries_and_a_rerun_repeats_it(tiny_llama, exact_kernel, tmp_path):
     from delift_jax.methods.delift import DeliftOptions, delift_selection
 
@@ -126,6 +139,8 @@ def test_surrogate_store_resumes_bit_identically(tiny_llama, tmp_path):
     (dict(refine_rounds=1), "refine_rounds apply to the surrogate utility only"),
     (dict(utility="surrogate", surrogate_pairs=3), "surrogate_pairs=3 is too small"),
     (dict(utility="surrogate", refine_rounds=-1), "refine_rounds=-1 must be 0"),
+    (dict(surrogate_seed=1), "surrogate_seed apply to the surrogate utility only"),
+    (dict(utility="surrogate", surrogate_seed=-1), "surrogate_seed=-1 must be 0 or more"),
     (dict(utility="surrogate", refine_pairs=0), "refine_pairs=0 must be at least 1"),
     (dict(utility="approximate"), "utility 'approximate' is unknown"),
 ])
@@ -137,6 +152,7 @@ def test_bad_surrogate_settings_are_one_line_errors(config, message):
 
 @pytest.mark.parametrize("argv, message", [
     (["kernel", "--data", "ifbench", "--surrogate-pairs", "100"], "--surrogate-pairs applies to --utility surrogate"),
+    (["kernel", "--data", "ifbench", "--surrogate-seed", "1"], "--surrogate-seed applies to --utility surrogate"),
     (["kernel", "--data", "ifbench", "--utility", "surrogate", "--surrogate-pairs", "2"],
      "--surrogate-pairs 2 must be at least 8"),
     (["run", "--use-case", "instruction", "--data", "ifbench", "--surrogate-pairs", "100"],
@@ -215,6 +231,24 @@ def test_network_falls_back_to_the_baseline_on_noise():
     assert fitted.scores["steps"] == 0
 
 
+def test_refine_loop_stops_when_the_picks_repeat_also_after_a_resume():
+    from delift_jax.methods.refine import refine_loop
+
+    course = iter([[0, 1], [0, 2], [0, 2]])  # the greedy's picks after 0, 1, 2 rounds
+    rounds = []
+    add = lambda pairs: rounds.append(pairs) or {"K": 1}
+    wanted = lambda picks: {"K": np.array([[0, p] for p in picks])}
+    picks, history = refine_loop(lambda: next(course), np.asarray, wanted, add, 0, 5)
+    assert picks == [0, 2] and len(rounds) == 2 and [h["picks_changed"] for h in history] == [1, 0]
+    # Interrupted after its second round: the resumed loop compares its first picks with the ones that round was
+    # chosen for, and stops there as the uninterrupted loop did.
+    rounds.clear()
+    picks, history = refine_loop(lambda: [0, 2], np.asarray, wanted, add, 2, 5, previous=np.array([2, 0]))
+    assert picks == [0, 2] and rounds == [] and history == []
+    picks, history = refine_loop(lambda: [0, 2], np.asarray, wanted, add, 2, 5)  # without them: one more round
+    assert len(rounds) == 1
+
+
 def test_scores():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
@@ -227,16 +261,18 @@ def test_scores():
 # Wiring: the use cases, the commands.
 
 
-@pytest.mark.parametrize("use_case, top_k, refined", [("task", None, {"targets"}),
-                                                      ("continual", 2, {"pool", "existing"})])
-def test_selection_on_surrogate_kernels_in_each_use_case(tiny_llama, tmp_path, use_case, top_k, refined):
+@pytest.mark.parametrize("use_case, top_k, refined, exclude", [("task", None, {"targets"}, None),
+                                                               ("continual", 2, {"pool", "existing"}, None),
+                                                               ("continual", 2, {"pool", "existing"}, True)])
+def test_selection_on_surrogate_kernels_in_each_use_case(tiny_llama, tmp_path, use_case, top_k, refined, exclude):
     from delift_jax.methods.delift import DeliftOptions, delift_selection
 
     _, _, model, tokenizer = tiny_llama
     config = dataclasses.replace(SURROGATE, surrogate_pairs=10, top_k=top_k, refine_rounds=1)
     others = {"targets": POOL[6:]} if use_case == "task" else {"existing": POOL[6:]}
+    options = DeliftOptions(kernel_config=config, kernel_dir=tmp_path, exclude_diagonal=exclude)
     selection = delift_selection(pool=POOL[:6], budget=2, use_case=use_case, model=model, tokenizer=tokenizer,
-                                 options=DeliftOptions(kernel_config=config, kernel_dir=tmp_path), **others)
+                                 options=options, **others)  # a round's stores match the selection's (excluded too)
     assert len(selection.indices) == 2 and set(selection.indices) <= set(range(6))
     info = selection.info["surrogate"]
     assert set(info["kernels"]) == refined and info["refinement_rounds"] <= 1  # FLCG: K's columns, P's rows
@@ -256,16 +292,19 @@ def test_run_flags_reach_the_kernel_config(tmp_path):
     command.add_arguments(parser)
     args = parser.parse_args(["--use-case", "instruction", "--data", "ifbench", "--utility", "surrogate",
                               "--surrogate-pairs", "500", "--refine-rounds", "2", "--refine-pairs", "64",
-                              "--top-k", "16", "--out", str(tmp_path)])
+                              "--top-k", "16", "--surrogate-seed", "7", "--out", str(tmp_path)])
     config, _ = command.resolve_run(args)
     assert (config.kernel.utility, config.kernel.surrogate_pairs, config.kernel.refine_rounds,
-            config.kernel.refine_pairs, config.kernel.top_k) == ("surrogate", 500, 2, 64, 16)
+            config.kernel.refine_pairs, config.kernel.top_k, config.kernel.surrogate_seed) == (
+                "surrogate", 500, 2, 64, 16, 7)
     assert config.to_dict()["kernel"]["utility"] == "surrogate"
     exact, _ = command.resolve_run(parser.parse_args(["--use-case", "instruction", "--data", "ifbench"]))
-    assert not {"utility", "surrogate_pairs", "refine_rounds", "refine_pairs"} & set(exact.to_dict()["kernel"])
+    assert not {"utility", "surrogate_pairs", "surrogate_seed", "refine_rounds", "refine_pairs"} & set(
+        exact.to_dict()["kernel"])
 
 
-def test_kernel_command_writes_a_surrogate_store(tiny_llama, tmp_path, capsys):
+@pytest.mark.parametrize("top_k", [None, 4])
+def test_kernel_command_writes_a_surrogate_store(tiny_llama, tmp_path, capsys, top_k):
     from delift_jax import cli
 
     data = tmp_path / "pool.jsonl"
@@ -273,12 +312,18 @@ def test_kernel_command_writes_a_surrogate_store(tiny_llama, tmp_path, capsys):
     out = tmp_path / "k"
     argv = ["kernel", "--model", str(tiny_llama[0]), "--data", str(data), "--max-length", "256",
             "--max-response-tokens", "8", "--utility", "surrogate", "--surrogate-pairs", "24", "--neighbours",
-            "encoder", "--out", str(out)]
+            "encoder", "--out", str(out)] + ([] if top_k is None else ["--top-k", str(top_k)])
     assert cli.main(argv) == 0
     stdout = capsys.readouterr().out
-    assert "surrogate: 24 of 81 entries exact, held-out R2" in stdout
+    entries = 81 if top_k is None else 9 * top_k
+    assert f"surrogate: 24 of {entries} entries exact, held-out R2" in stdout
     assert np.load(out / "exact.npy").sum() == 24
+    manifest = json.loads((out / "manifest.json").read_text())
+    published = {"exact.npy", "distance_no_example.npy", "distance_with_example.npy"} | (
+        {"kernel.npy", "utility_raw.npy"} if top_k is None else {"kernel_indices.npy", "kernel_values.npy", "utility_raw_values.npy"})
+    assert published <= set(manifest["files"])  # checksummed, so delift select verifies what it reads
     assert cli.main(["select", "--kernel", str(out), "--objective", "fl", "--budget", "3", "--out",
                      str(tmp_path / "sel")]) == 0  # delift select reads a surrogate store like an exact one
+    assert "records no checksums" not in capsys.readouterr().err
     picks = np.load(tmp_path / "sel" / "picks.npy")
     assert len(picks) == 3 and len(set(picks.tolist())) == 3

@@ -41,6 +41,18 @@ def test_sparse_task_objectives_with_every_pair_select_like_dense(tiny_llama, ta
     np.testing.assert_allclose(sparse.info["objective_value"], dense.info["objective_value"], rtol=1e-5)
 
 
+@pytest.mark.parametrize("use_case, task_objective", [("task", "flmi"), ("continual", "fl2mi")])
+def test_sparse_with_the_diagonal_excluded_in_every_kernel_set(tiny_llama, tmp_path, use_case, task_objective):
+    """The pool kernel's neighbours skip the diagonal; Q and P, which have none, are computed as usual."""
+    selection = run(tiny_llama, use_case, 2, exclude_diagonal=True, task_objective=task_objective,
+                    kernel_dir=tmp_path)
+    assert len(selection.indices) == BUDGET and selection.info["exclude_diagonal"] is True
+    neighbours = np.load(tmp_path / "pool" / "kernel_indices.npy")
+    assert not (neighbours == np.arange(len(POOL))[:, None]).any()
+    other = "targets" if use_case == "task" else "existing"
+    assert (tmp_path / other / "kernel_indices.npy").is_file()
+
+
 @pytest.mark.parametrize("use_case", ["task", "continual"])
 def test_sparse_objective_uses_the_sparse_row_maxima(tiny_llama, use_case):
     """The authors' common min-max (continual defaults to row ranks, tested against dense below)."""

@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "small network predicts the rest; dense or with --top-k)")
     parser.add_argument("--surrogate-pairs", type=int, default=None, metavar="N",
                         help="--utility surrogate: exact pairs in the sample (default 2,000)")
+    parser.add_argument("--surrogate-seed", type=int, default=None, metavar="S",
+                        help="--utility surrogate: seed of the sample and the network (default 0)")
     parser.add_argument("--max-pairs", type=int, default=1_000_000,
                         help="refuse to start a plan with more pairs than this (default 1,000,000)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
@@ -113,15 +115,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def surrogate_options(args: argparse.Namespace) -> dict:
-    """KernelConfig's surrogate fields from ``--utility``/``--surrogate-pairs``; the pair count without
-    ``--utility surrogate`` is a one-line error (checked before anything loads)."""
+    """KernelConfig's surrogate fields from ``--utility``/``--surrogate-pairs``/``--surrogate-seed``; either of the
+    last two without ``--utility surrogate`` is a one-line error (checked before anything loads)."""
     from delift_jax.errors import UsageError
 
     if args.utility != "surrogate":
-        if args.surrogate_pairs is not None:
-            raise UsageError("--surrogate-pairs applies to --utility surrogate only; add --utility surrogate")
+        for flag in ("surrogate_pairs", "surrogate_seed"):
+            if getattr(args, flag) is not None:
+                raise UsageError(f"--{flag.replace('_', '-')} applies to --utility surrogate only; add --utility "
+                                 "surrogate")
         return {}
-    return {"utility": "surrogate", "surrogate_pairs": args.surrogate_pairs}
+    seed = {} if args.surrogate_seed is None else {"surrogate_seed": args.surrogate_seed}
+    return {"utility": "surrogate", "surrogate_pairs": args.surrogate_pairs, **seed}
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -20,7 +20,8 @@ MIN_SURROGATE_PAIRS = 8
 SURROGATE_VERSION = 1  # the exact sample's design: a store sampled by another version is refused
 # Settings of the surrogate mode only: in the exact mode they stay at these values and out of the fingerprint, so
 # an exact store's identity is what it was before the surrogate existed.
-SURROGATE_FIELDS = {"utility": "exact", "surrogate_pairs": None, "refine_rounds": 3, "refine_pairs": None}
+SURROGATE_FIELDS = {"utility": "exact", "surrogate_pairs": None, "surrogate_seed": 0, "refine_rounds": 3,
+                    "refine_pairs": None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +53,7 @@ class KernelConfig:
         stratified sample of ``surrogate_pairs`` pairs, a small network trained on them predicts the rest;
         ``kernel/surrogate.py``, docs/surrogate.md).
     surrogate_pairs: the surrogate mode's exact sample, a fixed number of pairs (None: 2,000; not a fraction of n).
+    surrogate_seed: the sample's rows and pairs and the network's initialization (default 0).
     refine_rounds: DELIFT's selection on a surrogate kernel: at most this many rounds of computing the picks'
         entries exactly and selecting again (0: none); ``methods/refine.py``.
     refine_pairs: the most exact pairs one refinement round adds per kernel (None: half of ``surrogate_pairs``);
@@ -72,6 +74,7 @@ class KernelConfig:
     neighbours: str = "model"
     utility: str = "exact"
     surrogate_pairs: int | None = None
+    surrogate_seed: int = 0
     refine_rounds: int = 3
     refine_pairs: int | None = None
 
@@ -109,6 +112,8 @@ class KernelConfig:
         if self.surrogate_pairs is not None and self.surrogate_pairs < MIN_SURROGATE_PAIRS:
             raise DataError(f"surrogate_pairs={self.surrogate_pairs} is too small; use at least "
                             f"{MIN_SURROGATE_PAIRS} exact pairs")
+        if self.surrogate_seed < 0:
+            raise DataError(f"surrogate_seed={self.surrogate_seed} must be 0 or more")
         if self.refine_rounds < 0:
             raise DataError(f"refine_rounds={self.refine_rounds} must be 0 (no refinement) or more")
         if self.refine_pairs is not None and self.refine_pairs < 1:
@@ -137,6 +142,8 @@ class KernelConfig:
             fields.pop("neighbours")  # default or unused: fingerprints of older stores hold none
         for name in SURROGATE_FIELDS if self.utility == "exact" else ("refine_rounds", "refine_pairs"):
             fields.pop(name)  # refinement adds exact entries to a store; it does not change its numbers
+        if self.utility == "surrogate" and self.surrogate_seed == 0:
+            fields.pop("surrogate_seed")  # the default: fingerprints of stores made before the seed hold none
         if self.utility == "surrogate":
             fields.update(surrogate_pairs=self.n_surrogate_pairs, surrogate_version=SURROGATE_VERSION)
         fields.update(extra or {})

@@ -3,8 +3,7 @@ the picks' entries), each round in its own resumable sub-store ``exact/<hash of 
 
 ``plan_round`` creates a round's sub-store (its pairs, its block grid) for the pairs not yet exact; ``finish_round``
 scores d(i | no example) of its rows not scored before and its blocks (``compute_blocks``, as any kernel's), then
-marks it finished; ``add_exact_pairs`` does both. The same pairs give the same round, so an interrupted round
-resumes where it stopped.
+marks it finished. The same pairs give the same round, so an interrupted round resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -33,14 +32,6 @@ def surrogate_job(model, tokenizer, targets, candidates, config, *, mesh=None, p
     columns = list(targets) if square else list(candidates)
     return Job(model, tokenizer, list(targets), columns, square, effective_top_k(config, len(columns), square),
                 mesh or current_mesh(), None, None, progress, 24 * 3600.0)
-
-
-def add_exact_pairs(job: Job, store: KernelStore, pairs: np.ndarray) -> int:
-    """Compute the exact U of ``pairs`` (target, candidate) into a refinement round of the surrogate ``store``;
-    pairs it already holds exactly are skipped. Returns the pairs computed now; the round counts from the next
-    ``utility_kernel`` call on the store."""
-    name = plan_round(job, store, pairs)
-    return 0 if name is None else finish_round(job, store, name)
 
 
 def plan_round(job: Job, store: KernelStore, pairs: np.ndarray) -> str | None:
@@ -90,10 +81,6 @@ def finish_round(job: Job, store: KernelStore, name: str) -> int:
         sub.update_manifest(complete=True)
         _add_seconds(store, refinement_pairs=stats.seconds)
     return stats.pairs_computed
-
-
-def round_finished(store: KernelStore, name: str) -> bool:
-    return (KernelStore(store.directory / ROUNDS_DIR / name).read_manifest() or {}).get("complete") is True
 
 
 def _sample_plan(store: KernelStore, job: Job) -> KernelPlan:

@@ -47,7 +47,7 @@ from delift_jax.kernel.sparse import similarity_embeddings
 from delift_jax.kernel.embeddings import top_k_pairs
 from delift_jax.kernel.store import DamagedFileError, KernelStore
 from delift_jax.kernel.surrogate import length_scalars, pair_features, sample_pairs
-from delift_jax.kernel.surrogate_net import NETWORK_VERSION, fit_surrogate, predict_layout
+from delift_jax.kernel.surrogate_net import NETWORK_VERSION, NetOptions, fit_surrogate, predict_layout
 from delift_jax.scoring import mean_log_prob, rms_distance
 
 NEAR_K = 16  # dense mode: each sampled row's nearest candidates the sample draws its neighbour pairs from
@@ -104,7 +104,7 @@ def _prepare(job: Job, store: KernelStore, seqs, identity: dict) -> _Prepared:
     near = layout if sparse else top_k_pairs(target_emb, candidate_emb, min(NEAR_K, n_c))
     seconds["neighbours"] = time.perf_counter() - started
     sample = sample_pairs(n_t, n_c, config.n_surrogate_pairs, near,
-                          diagonal=job.square and not config.exclude_diagonal, seed=0,
+                          diagonal=job.square and not config.exclude_diagonal, seed=config.surrogate_seed,
                           neighbour_share=0.75 if sparse else 0.5)
     if job.max_pairs is not None and len(sample) > job.max_pairs:
         raise DataError(f"the surrogate's exact sample has {len(sample):,} pairs, more than --max-pairs "
@@ -185,7 +185,10 @@ def _log_plan(job: Job, store: KernelStore, plan: KernelPlan, rows: np.ndarray, 
 
 
 def _ensure_no_example(job: Job, store: KernelStore, into: KernelStore, seqs, rows: np.ndarray) -> None:
-    """Score the targets ``rows`` without an example into ``into``/no_example.npz (kept if it verifies)."""
+    """Score the targets ``rows`` without an example into ``into``/no_example.npz (kept if it verifies). No rows (a
+    refinement round on rows scored before): nothing to score and no file (``exact_values`` reads none)."""
+    if len(rows) == 0 and into is not store:
+        return
     if into.has("no_example.npz"):
         try:
             if np.array_equal(into.load_checked_npz("no_example.npz")["rows"], rows):
@@ -320,7 +323,7 @@ def _predictions(job: Job, store: KernelStore, prepared: _Prepared, exact: Exact
     features = pair_features(prepared.target_emb, prepared.candidate_emb, length_scalars(job.targets),
                              length_scalars(job.candidates), square=job.square)
     fitted = fit_surrogate(features, exact.pairs, exact_utility(exact, no_example, job.config.distance),
-                           _held_out_of(prepared, exact.pairs))
+                           _held_out_of(prepared, exact.pairs), NetOptions(seed=job.config.surrogate_seed))
     trained = time.perf_counter()
     columns = prepared.layout if prepared.layout is not None else len(job.candidates)
     prediction = predict_layout(fitted, len(job.targets), columns)
@@ -394,7 +397,9 @@ def _diagonal(job: Job, layout, shape) -> np.ndarray | None:
 
 
 def _publish(store: KernelStore, arrays: dict[str, np.ndarray]) -> None:
-    """Stage every final array, mark the store incomplete, rename them into place (as ``outputs.write_outputs``)."""
+    """Stage every final array, mark the store incomplete, rename them into place and record their size and SHA-256
+    in the manifest beside the records already there (the neighbours', as ``outputs.write_outputs``): ``delift
+    select`` verifies every array it reads against them."""
     staged: dict[str, Path] = {}
     try:
         for name, array in arrays.items():
@@ -402,8 +407,9 @@ def _publish(store: KernelStore, arrays: dict[str, np.ndarray]) -> None:
             with open(staged[name], "wb") as handle:
                 np.save(handle, np.asarray(array), allow_pickle=False)
         store.update_manifest(complete=False)
-        store.publish(staged)
+        records = store.publish(staged)
     except BaseException:
         for tmp in staged.values():
             tmp.unlink(missing_ok=True)
         raise
+    store.record_files(records)

@@ -97,11 +97,10 @@ def raw_utilities(model, tokenizer, pool, use_case: str, targets=None, existing=
     instead, with Q left as U(targets, pool) (rows targets); ``sparse_kernels`` turns them into the objective's
     kernels. The pool kernel's neighbours skip the diagonal when ``kernel_config.exclude_diagonal`` is set."""
     sparse = kernel_config.top_k is not None
-    config = dataclasses.replace(kernel_config, exclude_diagonal=sparse and kernel_config.exclude_diagonal,
-                                 normalization="none")
     store = (lambda name: Path(kernel_dir) / name) if kernel_dir is not None else (lambda name: None)
 
     def run(rows, columns, name):
+        config = store_config(kernel_config, kernel_config.exclude_diagonal, square=columns is None)
         result = utility_kernel(model, tokenizer, rows, columns, config, out_dir=store(name), max_pairs=max_pairs,
                                 progress=progress)
         if result is None:  # a non-zero process under jax.distributed: process 0 assembles and selects
@@ -184,11 +183,22 @@ def select_from_raw(raw: dict[str, np.ndarray], use_case: str, k: int, options: 
     return picks, gains, info, kernels
 
 
+def store_config(kernel_config: KernelConfig, exclude_diagonal: bool, square: bool = True) -> KernelConfig:
+    """The configuration a kernel store of a run is computed with: raw utilities (the scale is applied at
+    selection), and the diagonal left out of the neighbours only for the sparse pool kernel (a dense store holds
+    it; Q and P have none)."""
+    sparse = kernel_config.top_k is not None
+    return dataclasses.replace(kernel_config, exclude_diagonal=sparse and square and bool(exclude_diagonal),
+                               normalization="none")
+
+
 def delift_selection(*, pool, budget, use_case="instruction", targets=None, existing=None, model=None,
                      tokenizer=None, seed: int = 0, options: DeliftOptions = DeliftOptions()) -> MethodSelection:
     if options.kernel_config.utility == "surrogate" and not refining():  # exact where it matters: methods/refine.py
+        stores = store_config(options.kernel_config, resolved_kernel_form(options, use_case)[1])
         return refined_selection(delift_selection, pool=pool, budget=budget, use_case=use_case, targets=targets,
-                                 existing=existing, model=model, tokenizer=tokenizer, seed=seed, options=options)
+                                 existing=existing, model=model, tokenizer=tokenizer, seed=seed, options=options,
+                                 store_config=stores)
     check_inputs("delift", pool, use_case, targets, existing)
     need_model("delift", model, tokenizer)
     k = budget_count(budget, len(pool), "delift")

@@ -117,17 +117,20 @@ def store_state(directory: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | N
 
 def refine_loop(select: Callable[[], object], picks_of: Callable[[object], np.ndarray],
                 wanted: Callable[[np.ndarray], dict], add: Callable[[dict], dict], rounds_done: int,
-                max_rounds: int) -> tuple[object, list[dict]]:
+                max_rounds: int, previous: np.ndarray | None = None) -> tuple[object, list[dict]]:
     """The loop, on callables: ``select()`` -> a selection; ``picks_of(selection)``; ``wanted(picks)`` -> {kernel:
     pairs}; ``add(wanted)`` logs and computes a round, returning {kernel: pairs computed}. Stops when the picks
     repeat, nothing is wanted, or ``max_rounds`` rounds are done (counting ``rounds_done`` of earlier runs).
-    Returns (last selection, one record per round added here)."""
-    history, previous = [], None
+    ``previous``: a resumed loop's picks before its last round (the stop test compares against them, as the
+    uninterrupted run did). Returns (last selection, one record per round added here)."""
+    history = []
+    previous = None if previous is None else np.sort(np.asarray(previous))
     while True:
         selection = select()
         picks = np.sort(np.asarray(picks_of(selection)))
         if previous is not None:
-            history[-1]["picks_changed"] = int(len(np.setdiff1d(picks, previous)))
+            if history:
+                history[-1]["picks_changed"] = int(len(np.setdiff1d(picks, previous)))
             if np.array_equal(picks, previous):
                 return selection, history
         if rounds_done + len(history) >= max_rounds:
@@ -140,22 +143,22 @@ def refine_loop(select: Callable[[], object], picks_of: Callable[[object], np.nd
 
 
 def refined_selection(select, *, pool, budget, use_case="instruction", targets=None, existing=None, model=None,
-                      tokenizer=None, seed: int = 0, options):
+                      tokenizer=None, seed: int = 0, options, store_config):
     """``select`` (``delift_selection``) on surrogate kernels with the refinement loop (see the module docstring);
-    the selection's info gains ``surrogate``: each kernel's held-out scores and the rounds."""
+    ``store_config``: the ``KernelConfig`` ``select`` computes its pool kernel store with (``methods.delift.
+    store_config``; Q and P, which have no diagonal, keep none excluded): a round must match each store's identity. The selection's info gains ``surrogate``: each kernel's held-out scores and the rounds."""
     from delift_jax.kernel.store import KernelStore
     from delift_jax.kernel.surrogate_rounds import finish_round, plan_round, surrogate_job
 
     config = options.kernel_config
     kernels = refined_kernels(use_case, getattr(options, "task_objective", "fl2mi"), pool, targets, existing)
-    sparse = config.top_k is not None
     with _kernel_directory(options.kernel_dir) as kernel_dir:
         inner = dataclasses.replace(options, kernel_dir=kernel_dir)
         log = _RoundLog(kernel_dir / LOG_FILE, _loop_key(use_case, budget, seed, options))
-        jobs = {k.name: surrogate_job(model, tokenizer, k.rows, k.columns, dataclasses.replace(
-                    config, normalization="none", exclude_diagonal=sparse and k.columns is None
-                    and bool(getattr(options, "exclude_diagonal", False))), progress=_progress(options))
-                for k in kernels}
+        configs = {k.name: dataclasses.replace(store_config, exclude_diagonal=store_config.exclude_diagonal
+                                               and k.columns is None) for k in kernels}
+        jobs = {k.name: surrogate_job(model, tokenizer, k.rows, k.columns, configs[k.name],
+                                      progress=_progress(options)) for k in kernels}
         store = lambda name: KernelStore(kernel_dir / name)
 
         def run_select():
@@ -166,13 +169,16 @@ def refined_selection(select, *, pool, budget, use_case="instruction", targets=N
             finally:
                 _ACTIVE.reset(token)
 
+        asked = []  # the picks each round's pairs were chosen for (logged with the round)
+
         def wanted(picks):
+            asked.append(picks)
             return {k.name: refinement_pairs(picks, *store_state(kernel_dir / k.name), config.n_refine_pairs, k.by)
                     for k in kernels}
 
         def add(pairs):
             names = {name: plan_round(jobs[name], store(name), p) for name, p in pairs.items()}
-            log.append({name: n for name, n in names.items() if n is not None})
+            log.append({name: n for name, n in names.items() if n is not None}, asked[-1])
             return {name: finish_round(jobs[name], store(name), n) for name, n in names.items() if n is not None}
 
         for name, round_name in (log.rounds[-1] if log.rounds else {}).items():  # an interrupted round first
@@ -181,7 +187,7 @@ def refined_selection(select, *, pool, budget, use_case="instruction", targets=N
             selection, history = run_select(), []
         else:
             selection, history = refine_loop(run_select, lambda s: s.indices, wanted, add, len(log.rounds),
-                                             config.refine_rounds)
+                                             config.refine_rounds, log.last_picks)
             log.finish()
         _describe(selection, kernels, kernel_dir, log, history)
     return selection
@@ -226,18 +232,26 @@ def _loop_key(use_case: str, budget, seed: int, options) -> str:
 
 class _RoundLog:
     """``refinement.json``: the selection settings it belongs to, the rounds planned so far (each {kernel: round
-    name}, written before the round runs) and whether the loop finished. Another selection on the same stores
-    (other settings) starts a new log; the exact entries of earlier rounds stay in the stores."""
+    name}, written before the round runs) with the picks each was chosen for, and whether the loop finished.
+    Another selection on the same stores (other settings) starts a new log; the exact entries of earlier rounds
+    stay in the stores."""
 
     def __init__(self, path: Path, key: str):
         self.path, self.key = path, key
         stored = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         same = stored.get("key") == key
         self.rounds = list(stored.get("rounds", [])) if same else []
+        self.picks = list(stored.get("picks", [])) if same else []
         self.done = bool(stored.get("done")) if same else False
 
-    def append(self, names: dict) -> None:
+    @property
+    def last_picks(self) -> np.ndarray | None:
+        """The picks the last logged round was chosen for (None: no round, or a log written before picks were)."""
+        return np.asarray(self.picks[-1], np.int64) if self.rounds and len(self.picks) == len(self.rounds) else None
+
+    def append(self, names: dict, picks: np.ndarray) -> None:
         self.rounds.append(names)
+        self.picks.append([int(p) for p in picks])
         self._save()
 
     def finish(self) -> None:
@@ -245,4 +259,4 @@ class _RoundLog:
         self._save()
 
     def _save(self) -> None:
-        atomic_save_json(self.path, {"key": self.key, "rounds": self.rounds, "done": self.done})
+        atomic_save_json(self.path, {"key": self.key, "rounds": self.rounds, "picks": self.picks, "done": self.done})

@@ -50,6 +50,7 @@ CONFIG_FLAGS = {
     "task_objective": ((("method_options", "delift", "task_objective"),), str),
     "kernel_scale": ((("method_options", "delift", "scale"),), str),
     "utility": ((("kernel", "utility"),), str), "surrogate_pairs": ((("kernel", "surrogate_pairs"),), int),
+    "surrogate_seed": ((("kernel", "surrogate_seed"),), int),
     "refine_rounds": ((("kernel", "refine_rounds"),), int), "refine_pairs": ((("kernel", "refine_pairs"),), int),
 }
 # flag (argparse dest) -> RunInputs field
@@ -111,9 +112,11 @@ def _add_stage_arguments(parser: argparse.ArgumentParser) -> None:
                             "n^2; default: dense)")
     group.add_argument("--utility", choices=UTILITIES,
                        help="DELIFT's kernels: exact (default) or surrogate (exact pairs on a fixed sample, a small "
-                            "network predicts the rest, then the picks' entries are computed exactly; docs/surrogate.md')")
+                            "network predicts the rest, then the picks' entries are computed exactly; docs/surrogate.md)")
     group.add_argument("--surrogate-pairs", type=int, metavar="N",
                        help="--utility surrogate: exact pairs in each kernel's sample (default 2,000)")
+    group.add_argument("--surrogate-seed", type=int, metavar="S",
+                       help="--utility surrogate: seed of each kernel's sample and network (default 0)")
     group.add_argument("--refine-rounds", type=int, metavar="R",
                        help="--utility surrogate: rounds of computing the picks' entries exactly and selecting "
                             "again while the picks change (default 3; 0: none)")
