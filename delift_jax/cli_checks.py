@@ -35,7 +35,8 @@ COUNT_MINIMUMS: dict[str, int] = {
     "block_pairs": 1, "top_k": 1, "max_pairs": 1, "num_processes": 1, "process_id": 0, "devices": 1,
     "epochs": 1, "max_steps": 1, "train_steps": 1, "warmup_steps": 0, "save_every": 1, "keep": 1,
     "lora_rank": 1, "k": 1, "icl": 0,
-    "surrogate_pairs": 8, "surrogate_seed": 0, "refine_rounds": 0, "refine_pairs": 1,  # kernel.config.MIN_SURROGATE_PAIRS
+    "surrogate_pairs": 8,  # kernel.config.MIN_SURROGATE_PAIRS
+    "surrogate_seed": 0, "refine_rounds": 0, "refine_pairs": 1,
 }
 
 # Real-valued options whose library check comes only after the model has loaded (or never): argparse dest ->

@@ -320,7 +320,8 @@ def test_kernel_command_writes_a_surrogate_store(tiny_llama, tmp_path, capsys, t
     assert np.load(out / "exact.npy").sum() == 24
     manifest = json.loads((out / "manifest.json").read_text())
     published = {"exact.npy", "distance_no_example.npy", "distance_with_example.npy"} | (
-        {"kernel.npy", "utility_raw.npy"} if top_k is None else {"kernel_indices.npy", "kernel_values.npy", "utility_raw_values.npy"})
+        {"kernel.npy", "utility_raw.npy"} if top_k is None
+        else {"kernel_indices.npy", "kernel_values.npy", "utility_raw_values.npy"})
     assert published <= set(manifest["files"])  # checksummed, so delift select verifies what it reads
     assert cli.main(["select", "--kernel", str(out), "--objective", "fl", "--budget", "3", "--out",
                      str(tmp_path / "sel")]) == 0  # delift select reads a surrogate store like an exact one

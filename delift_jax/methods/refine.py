@@ -146,7 +146,8 @@ def refined_selection(select, *, pool, budget, use_case="instruction", targets=N
                       tokenizer=None, seed: int = 0, options, store_config):
     """``select`` (``delift_selection``) on surrogate kernels with the refinement loop (see the module docstring);
     ``store_config``: the ``KernelConfig`` ``select`` computes its pool kernel store with (``methods.delift.
-    store_config``; Q and P, which have no diagonal, keep none excluded): a round must match each store's identity. The selection's info gains ``surrogate``: each kernel's held-out scores and the rounds."""
+    store_config``; Q and P, which have no diagonal, keep none excluded): a round must match each store's identity.
+    The selection's info gains ``surrogate``: each kernel's held-out scores and the rounds."""
     from delift_jax.kernel.store import KernelStore
     from delift_jax.kernel.surrogate_rounds import finish_round, plan_round, surrogate_job
 

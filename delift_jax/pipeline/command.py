@@ -112,7 +112,8 @@ def _add_stage_arguments(parser: argparse.ArgumentParser) -> None:
                             "n^2; default: dense)")
     group.add_argument("--utility", choices=UTILITIES,
                        help="DELIFT's kernels: exact (default) or surrogate (exact pairs on a fixed sample, a small "
-                            "network predicts the rest, then the picks' entries are computed exactly; docs/surrogate.md)")
+                            "network predicts the rest, then the picks' entries are computed exactly; "
+                            "docs/surrogate.md)")
     group.add_argument("--surrogate-pairs", type=int, metavar="N",
                        help="--utility surrogate: exact pairs in each kernel's sample (default 2,000)")
     group.add_argument("--surrogate-seed", type=int, metavar="S",
