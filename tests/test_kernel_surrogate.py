@@ -91,6 +91,16 @@ def test_refinement_round_adds_exact_entries_and_a_rerun_repeats_it(tiny_llama, 
     np.testing.assert_array_equal(again.indices, selection.indices)
     assert again.info["surrogate"]["rounds_this_run"] == []
     np.testing.assert_array_equal(np.load(tmp_path / "pool" / "exact.npy"), exact)
+    # A finished round's block lost or damaged: the next run of the store computes it again, same numbers.
+    blocks = sorted((tmp_path / "pool" / "exact").glob("*/blocks/block_*.npz"))
+    blocks[0].unlink()
+    if len(blocks) > 1:
+        blocks[1].write_bytes(blocks[1].read_bytes()[:-7] + b"damaged")
+    healed = delift_selection(pool=POOL, budget=3, model=model, tokenizer=tokenizer, options=options)
+    np.testing.assert_array_equal(healed.indices, selection.indices)
+    assert all(block.is_file() for block in blocks)
+    np.testing.assert_array_equal(np.load(tmp_path / "pool" / "exact.npy"), exact)
+    np.testing.assert_array_equal(np.load(tmp_path / "pool" / "utility_raw.npy"), utility)
 
 
 def test_a_store_of_one_mode_is_refused_by_the_other(tiny_llama, tmp_path):

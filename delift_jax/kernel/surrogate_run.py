@@ -78,6 +78,11 @@ def run_surrogate(job: Job, store: KernelStore, in_memory: bool) -> KernelResult
                 store.remove_if_unused()
             raise
     stats = compute_blocks(prepared.plan, block_scorer(job, seqs), store, progress=job.progress)
+    for sub in finished_rounds(store):  # a finished round's missing or damaged block is computed again
+        plan = _round_plan(sub, len(job.targets), len(job.candidates), job.square)
+        if len(sub.verified_blocks(log)) < plan.n_blocks:  # a damaged block is reported and removed here
+            log(f"refinement round {sub.directory.name}: computing its missing blocks again", job.progress)
+            compute_blocks(plan, block_scorer(job, seqs), sub, progress=job.progress)
     with store.exclusive(on_wait=log):
         _add_seconds(store, exact_pairs=stats.seconds)
         summary = {"pairs_computed_now": stats.pairs_computed, "seconds_computing_pairs": round(stats.seconds, 3),
