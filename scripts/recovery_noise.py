@@ -53,7 +53,11 @@ def noise_kernel(model, tokenizer, seed: int, args, loader=None, compute: bool =
 
     path = raw_path(args.noise_cache, seed)
     if path.is_file():
-        return dict(np.load(path, allow_pickle=False))
+        raw = dict(np.load(path, allow_pickle=False))
+        if "information" not in raw:  # stores from before the quality term: 2 passes per example, no kernel
+            raw["information"] = information_of(model, tokenizer, mixture_of(seed, args, loader).examples, args)
+            np.savez(path, **raw)
+        return raw
     if not compute:
         return None
     examples = mixture_of(seed, args, loader).examples
@@ -66,10 +70,19 @@ def noise_kernel(model, tokenizer, seed: int, args, loader=None, compute: bool =
     seconds = time.perf_counter() - start
     pmi = utility_kernel(model, tokenizer, examples, None, dataclasses.replace(config, distance="pmi"), out_dir=store)
     raw = {"U_rms": np.asarray(rms.utility, np.float64), "U_pmi": np.asarray(pmi.utility, np.float64),
-           "seconds": np.float64(seconds)}
+           "seconds": np.float64(seconds), "information": information_of(model, tokenizer, examples, args)}
     np.savez(path, **raw)
     log(f"seed {seed} noise kernel {raw['U_rms'].shape} in {seconds:.0f} s")
     return raw
+
+
+def information_of(model, tokenizer, examples, args) -> np.ndarray:
+    """Prompt information (nats) of every example of the draw, scored as the kernel scores responses."""
+    from delift_jax.scoring import ScoringConfig
+    from delift_jax.scoring.prompt_information import prompt_information
+
+    return prompt_information(model, tokenizer, examples, ScoringConfig(
+        max_length=args.max_length, max_response_tokens=args.max_response_tokens))
 
 
 def add_arguments(parser) -> None:
@@ -90,28 +103,33 @@ SCALE_VARIANTS = (("minmax", False), ("minmax", True), ("row_rank", False), ("ro
 NUS = (0.5, 1.0, 1.5, 2.0)
 
 
-def variant_name(objective: str, distance: str, scale: str, exclude_diagonal: bool, nu: float | None = None) -> str:
+def variant_name(objective: str, distance: str, scale: str, exclude_diagonal: bool, nu: float | None = None,
+                 quality: bool = False) -> str:
     return f"{objective}_{distance}_{scale}{'_exdiag' if exclude_diagonal else ''}" + (
-        f"_nu{nu:g}" if nu is not None else "")
+        "_quality" if quality else "") + (f"_nu{nu:g}" if nu is not None else "")
 
 
 def default_variant(use_case: str) -> str:
     """The package defaults under this script's variant names (``*_delift`` keys)."""
     from delift_jax.kernel import KernelConfig
-    from delift_jax.methods.delift import DeliftOptions, resolved_kernel_form
+    from delift_jax.methods.delift import DeliftOptions, resolved_kernel_form, resolved_quality
 
     options = DeliftOptions()
     scale, exclude = resolved_kernel_form(options, use_case)
     objective, nu = ("fl", None) if use_case == "instruction" else ("flcg", options.nu)
-    return variant_name(objective, KernelConfig().distance, scale, exclude, nu)
+    quality = resolved_quality(options, use_case) == "prompt_information"
+    return variant_name(objective, KernelConfig().distance, scale, exclude, nu, quality)
 
 
-def delift_picks(raw: dict, use_case: str, k: int, scale: str, exclude_diagonal: bool, nu: float = 1.0):
-    """The package's selection on raw utilities (``methods.delift.select_from_raw``): one greedy's k picks."""
-    from delift_jax.methods.delift import DeliftOptions, select_from_raw
+def delift_picks(raw: dict, use_case: str, k: int, scale: str, exclude_diagonal: bool, nu: float = 1.0,
+                 information: np.ndarray | None = None):
+    """The package's selection on raw utilities (``methods.delift.select_from_raw``): one greedy's k picks, the
+    candidates weighted by their prompt information's ranks where ``information`` is given."""
+    from delift_jax.methods.delift import DeliftOptions, quality_weights, select_from_raw
 
     options = DeliftOptions(scale=scale, exclude_diagonal=exclude_diagonal, nu=nu, optimizer="naive")
-    picks, _, _, _ = select_from_raw(raw, use_case, k, options)
+    weights = None if information is None else quality_weights(information)
+    picks, _, _, _ = select_from_raw(raw, use_case, k, options, weights=weights)
     return np.asarray(picks, np.int64)
 
 
@@ -136,6 +154,8 @@ def instruction_selection(raw: dict, mixture: NoisyMixture, seed: int) -> dict:
             for scale, exclude in SCALE_VARIANTS:
                 picks[variant_name("fl", distance, scale, exclude)] = delift_picks({"K": u}, "instruction", k_max,
                                                                                     scale, exclude)
+            picks[variant_name("fl", distance, "row_rank", False, quality=True)] = delift_picks(
+                {"K": u}, "instruction", k_max, "row_rank", False, information=raw["information"][pool])
         for method, chosen in picks.items():
             for fraction in BUDGETS:
                 prefix = chosen[:int(fraction * len(pool))]
@@ -179,6 +199,9 @@ def continual_selection(raw: dict, mixture: NoisyMixture, seed: int, clean_per_s
                 for nu in NUS:
                     picks[variant_name("flcg", distance, scale, exclude, nu)] = delift_picks(
                         kernels, "continual", k_max, scale, exclude, nu)
+            for nu in NUS:
+                picks[variant_name("flcg", distance, "row_rank", False, nu, quality=True)] = delift_picks(
+                    kernels, "continual", k_max, "row_rank", False, nu, information=raw["information"][split.pool])
         for method, chosen in picks.items():
             for fraction in BUDGETS:
                 prefix = chosen[:max(1, int(fraction * len(pool)))]
@@ -253,7 +276,8 @@ def noise_train_methods() -> tuple:
     """The package default first, then the authors' form with each distance, row ranks with each distance (those
     not already the default), DELIFT (SE) and Random."""
     default = default_variant("instruction")
-    variants = [v for v in ("fl_rms_minmax", "fl_pmi_minmax", "fl_rms_row_rank", "fl_pmi_row_rank") if v != default]
+    variants = [v for v in ("fl_rms_minmax", "fl_pmi_minmax", "fl_rms_row_rank", "fl_pmi_row_rank",
+                            "fl_pmi_row_rank_quality") if v != default]
     return (default, *variants, "delift_se", "random")
 
 

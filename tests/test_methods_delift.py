@@ -46,7 +46,8 @@ def test_delift_equals_selection_on_the_kernel(tiny_llama, raw, use_case):
     """The authors' form (one global min-max, diagonal kept) asked for explicitly."""
     _, _, model, tok = tiny_llama
     sel = select("delift", pool=POOL, budget=BUDGET, use_case=use_case, targets=TARGETS, existing=EXISTING,
-                 model=model, tokenizer=tok, seed=0, kernel_config=CONFIG, task_objective="flmi", scale="minmax")
+                 model=model, tokenizer=tok, seed=0, kernel_config=CONFIG, task_objective="flmi", scale="minmax",
+                 quality="none")
     assert len(sel.indices) == BUDGET and len(set(sel.indices.tolist())) == BUDGET
     assert sel.indices.min() >= 0 and sel.indices.max() < len(POOL)
     np.testing.assert_array_equal(sel.indices, _direct(use_case, raw))
@@ -89,17 +90,35 @@ def _row_ranks(*kernels):
     return np.split(ranks, np.cumsum([k.shape[1] for k in kernels])[:-1], axis=1)
 
 
+def _prompt_information(model, tok, examples):
+    """Reference: Σ log p(response | prompt) − Σ log p(response | empty prompt) from the per-example means."""
+    from delift_jax.scoring import ScoringConfig, score_examples
+
+    config = ScoringConfig(max_length=CONFIG.max_length, max_response_tokens=CONFIG.max_response_tokens)
+    total = lambda table: table.mean_logp * table.n_scored
+    return total(score_examples(model, tok, examples, config)) - total(
+        score_examples(model, tok, [Example("", e.response) for e in examples], config))
+
+
 @pytest.mark.parametrize("use_case", ["instruction", "continual"])
 def test_default_kernel_form_is_row_rank(tiny_llama, raw, use_case):
-    """instruction and continual default to per-row percentile ranks over K (and P), the diagonal kept."""
+    """instruction and continual default to per-row percentile ranks over K (and P), the diagonal kept; the
+    instruction case weights each candidate column by the percentile rank of its prompt information."""
+    from scipy.stats import rankdata
+
     _, _, model, tok = tiny_llama
     sel = select("delift", pool=POOL, budget=BUDGET, use_case=use_case, existing=EXISTING, model=model,
                  tokenizer=tok, seed=0, kernel_config=CONFIG)
     assert sel.info["scale"] == "row_rank" and sel.info["exclude_diagonal"] is False
+    assert sel.info["quality"] == ("prompt_information" if use_case == "instruction" else "none")
     if use_case == "instruction":
+        information = _prompt_information(model, tok, POOL)
+        np.testing.assert_allclose(sel.arrays["prompt_information"], information, rtol=1e-5, atol=1e-5)
         (k,) = _row_ranks(raw["K"])
+        k = k * (rankdata(information) / len(POOL))[None, :]
         objective = facility_location(k.astype(np.float32))
     else:
+        assert "prompt_information" not in sel.arrays
         k, p = _row_ranks(raw["K"], raw["P"])
         objective = fl_conditional_gain(k.astype(np.float32), p.astype(np.float32), 1.0)
         np.testing.assert_allclose(sel.arrays["kernel_P"], p, atol=1e-6)
@@ -108,6 +127,41 @@ def test_default_kernel_form_is_row_rank(tiny_llama, raw, use_case):
     with pytest.raises(DataError, match="task case"):
         select("delift", pool=POOL, budget=BUDGET, use_case="task", targets=TARGETS, model=model, tokenizer=tok,
                kernel_config=CONFIG, scale="row_rank")
+
+
+def test_quality_none_is_the_unweighted_kernel(tiny_llama, raw):
+    _, _, model, tok = tiny_llama
+    sel = select("delift", pool=POOL, budget=BUDGET, model=model, tokenizer=tok, seed=0, kernel_config=CONFIG,
+                 quality="none")
+    (k,) = _row_ranks(raw["K"])
+    assert sel.info["quality"] == "none" and "prompt_information" not in sel.arrays
+    np.testing.assert_allclose(sel.arrays["kernel_K"], k, atol=1e-6)
+    np.testing.assert_array_equal(sel.indices, np.asarray(maximize(facility_location(k.astype(np.float32)),
+                                                                   BUDGET).picks))
+    with pytest.raises(DataError, match="quality"):
+        select("delift", pool=POOL, budget=BUDGET, model=model, tokenizer=tok, kernel_config=CONFIG,
+               quality="length")
+
+
+def test_quality_weights_and_weighted_candidates():
+    from scipy.stats import rankdata
+
+    from delift_jax.methods.delift import quality_weights, weighted_candidates
+    from delift_jax.select import SparseKernel
+
+    information = np.array([3.0, -1.0, 3.0, 10.0, 0.5])
+    weights = quality_weights(information)
+    np.testing.assert_allclose(weights, rankdata(information) / 5)  # ties share their average rank
+    assert weights[3] == 1.0 and weights[1] == 0.2
+    with pytest.raises(DataError, match="finite"):
+        quality_weights(np.array([1.0, np.nan]))
+    kernel = np.arange(25, dtype=np.float32).reshape(5, 5)
+    np.testing.assert_allclose(weighted_candidates(kernel, weights), kernel * weights[None, :], rtol=1e-6)
+    indices = np.array([[1, 3], [0, 4], [2, 3], [3, 1], [4, 0]], np.int32)
+    values = np.ones((5, 2), np.float32)
+    sparse = weighted_candidates(SparseKernel(indices, values, 5), weights)
+    np.testing.assert_allclose(np.asarray(sparse.values), weights[indices], rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(sparse.indices), indices)
 
 
 def test_row_normalizations_with_ties_and_an_ignored_diagonal():

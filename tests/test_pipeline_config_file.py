@@ -81,6 +81,15 @@ def test_flags_override_the_file(tmp_path):
     assert config.train.max_steps == 2 and inputs.data == "nq-open" and inputs.dedupe is True
 
 
+def test_quality_flag_reaches_delift_options():
+    config, _ = command.resolve_run(parse(["--use-case", "instruction", "--data", "ifbench", "--quality", "none"]))
+    assert config.method_options["delift"]["quality"] == "none"
+    default, _ = command.resolve_run(parse(["--use-case", "instruction", "--data", "ifbench"]))
+    assert "quality" not in default.method_options.get("delift", {})
+    with pytest.raises(SystemExit):  # argparse refuses another choice with its one-line usage error
+        parse(["--use-case", "instruction", "--data", "ifbench", "--quality", "length"])
+
+
 def test_without_a_file_the_flags_give_the_old_defaults():
     config, inputs = command.resolve_run(parse(["--use-case", "task", "--data", "ifbench", "--target", "nq-open"]))
     assert config == RunConfig(use_case="task", nll_max_length=1024)

@@ -50,6 +50,13 @@ from delift_jax.progress import show_progress
 # AUTHORS_KERNEL_FORM: one global min-max over K, Q and P with K's diagonal kept.
 AUTHORS_KERNEL_FORM = ("minmax", False)
 KERNEL_FORMS = {"instruction": ("row_rank", False), "task": AUTHORS_KERNEL_FORM, "continual": ("row_rank", False)}
+# Candidate quality a use case gets when DeliftOptions.quality is None. "prompt_information": each candidate column
+# of K is weighted by the percentile rank, in the pool, of the example's prompt information
+# (``scoring.prompt_information``), so a pick covers others with quality_j · K[i, j]; "none": the authors' K.
+# Chosen on the planted-noise pools (docs/noise.md): instruction low-quality share 0.31/0.26 -> 0.06/0.13 (set A),
+# 0.33/0.27 -> 0.08/0.09 (set B). Not for continual (it cost novelty: 0.92 -> 0.50-0.58 at 10%) nor task.
+QUALITY_FORMS = ("prompt_information", "none")
+QUALITY_DEFAULTS = {"instruction": "prompt_information", "task": "none", "continual": "none"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +68,8 @@ class DeliftOptions(MethodOptions):
     and P); exclude_diagonal: None (the use case's: kept) | True: leave K's diagonal out of the statistics and of
     the objective; task_objective: fl2mi (default, chosen on evidence; needs no pool kernel) |
     flmi (FL1MI, the authors' code) | flmi_paper (the paper's text), see ``methods.submodular``; eta (η, task),
-    nu (ν, continual); optimizer: lazy | naive | stochastic;
+    nu (ν, continual); optimizer: lazy | naive | stochastic; quality: None (the use case's ``QUALITY_DEFAULTS``:
+    prompt_information for instruction, none otherwise) | prompt_information | none (the authors');
     kernel_dir: crash-safe stores ``<dir>/pool``, ``<dir>/targets``, ``<dir>/existing`` (rerun to resume);
     max_pairs: stop each kernel after this many pairs (resume later); progress: progress bars (default: when
     stderr is a terminal)."""
@@ -73,6 +81,7 @@ class DeliftOptions(MethodOptions):
     eta: float = 1.0
     nu: float = 1.0
     optimizer: str = "lazy"
+    quality: str | None = None
     kernel_dir: str | Path | None = None
     max_pairs: int | None = None
     progress: bool | None = None
@@ -84,6 +93,8 @@ class DeliftOptions(MethodOptions):
             check_choice("delift", "scale", self.scale, SCALES)
         check_choice("delift", "optimizer", self.optimizer, OPTIMIZERS)
         check_choice("delift", "task_objective", self.task_objective, TASK_OBJECTIVES)
+        if self.quality is not None:
+            check_choice("delift", "quality", self.quality, QUALITY_FORMS)
         check_at_least("delift", "max_pairs", self.max_pairs)
 
 
@@ -169,18 +180,61 @@ def resolved_kernel_form(options: DeliftOptions, use_case: str) -> tuple[str, bo
     return scale, bool(exclude)
 
 
+def resolved_quality(options: DeliftOptions, use_case: str) -> str:
+    """The candidate quality of a run: the options' where set, else the use case's ``QUALITY_DEFAULTS``."""
+    return options.quality if options.quality is not None else QUALITY_DEFAULTS.get(use_case, "none")
+
+
+def quality_weights(information: np.ndarray) -> np.ndarray:
+    """Each pool example's percentile rank of its prompt information, in (0, 1] (ties share their average rank):
+    scale-free, so one weight means the same on every pool and scoring model."""
+    values = np.asarray(information, np.float64)
+    if values.ndim != 1 or not np.all(np.isfinite(values)):
+        raise DataError("prompt information must be one finite value per pool example")
+    ordered = np.sort(values)
+    # 1-based ranks lo+1 .. hi of the entries equal to each value: their average is the value's rank.
+    ranks = (np.searchsorted(ordered, values, "left") + np.searchsorted(ordered, values, "right") + 1) / 2.0
+    return ranks / len(values)
+
+
+def weighted_candidates(kernel, weights: np.ndarray):
+    """K with each candidate column j multiplied by weights[j] (dense (n_pool, n_pool) or a ``SparseKernel``):
+    facility location then credits pick j with weights[j] · K[i, j] and stays monotone submodular."""
+    from delift_jax.select import SparseKernel
+
+    weights = np.asarray(weights, np.float32)
+    if isinstance(kernel, SparseKernel):
+        return SparseKernel(kernel.indices, np.asarray(kernel.values, np.float32) * weights[np.asarray(
+            kernel.indices)], kernel.n_candidates)
+    return (np.asarray(kernel) * weights[None, :]).astype(np.asarray(kernel).dtype)
+
+
 def select_from_raw(raw: dict[str, np.ndarray], use_case: str, k: int, options: DeliftOptions = DeliftOptions(),
-                    seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict, dict]:
+                    seed: int = 0, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict, dict]:
     """(picks, gains, info, kernels) of DELIFT's selection from dense raw utilities {"K", "Q" (task), "P"
-    (continual)} (the pool kernel may be absent for FL2MI): the run's kernel form, then the use case's
-    objective."""
+    (continual)} (the pool kernel may be absent for FL2MI): the run's kernel form, K's candidate columns weighted
+    by ``weights`` where given (``quality_weights``), then the use case's objective."""
     scale, exclude = resolved_kernel_form(options, use_case)
     kernels = scaled_kernels(raw, scale, exclude)
+    if weights is not None and "K" in kernels:
+        kernels["K"] = weighted_candidates(kernels["K"], weights)
     picks, gains, info = select_on_kernels(use_case, k, kernels.get("K"), kernels.get("Q"), kernels.get("P"),
                                            eta=options.eta, nu=options.nu, optimizer=options.optimizer, seed=seed,
                                            task_objective=options.task_objective)
     info.update({"scale": scale, "exclude_diagonal": exclude})
     return picks, gains, info, kernels
+
+
+def pool_information(model, tokenizer, pool, options: DeliftOptions) -> np.ndarray:
+    """Prompt information of every pool example (``scoring.prompt_information``; 2 forward passes each), scored
+    as the kernel scores responses (its max_length and max_response_tokens)."""
+    from delift_jax.scoring import ScoringConfig
+    from delift_jax.scoring.prompt_information import prompt_information
+
+    config = options.kernel_config
+    return prompt_information(model, tokenizer, list(pool), ScoringConfig(
+        max_length=config.max_length, max_response_tokens=config.max_response_tokens),
+        progress=show_progress(options.progress))
 
 
 def store_config(kernel_config: KernelConfig, exclude_diagonal: bool, square: bool = True) -> KernelConfig:
@@ -213,20 +267,27 @@ def delift_selection(*, pool, budget, use_case="instruction", targets=None, exis
     raw = raw_utilities(model, tokenizer, pool, use_case, targets, existing, kernel_config=kernel_config,
                         kernel_dir=options.kernel_dir, max_pairs=options.max_pairs,
                         progress=show_progress(options.progress), pool_kernel=not query_only)
+    quality = resolved_quality(options, use_case) if not query_only else "none"
+    information = pool_information(model, tokenizer, pool, options) if quality == "prompt_information" else None
+    weights = None if information is None else quality_weights(information)
     if sparse:
         kernels = sparse_kernels(raw, len(pool), len(targets or ()), len(existing or ()), scale,
                                  dense_query=query_only)
+        if weights is not None and "K" in kernels:
+            kernels["K"] = weighted_candidates(kernels["K"], weights)
         raw, indices = {name: v for name, (v, _) in raw.items()}, {name: i for name, (_, i) in raw.items()}
         picks, gains, info = select_on_kernels(use_case, k, kernels.get("K"), kernels.get("Q"), kernels.get("P"),
                                                eta=options.eta, nu=options.nu, optimizer=options.optimizer,
                                                seed=seed, task_objective=options.task_objective)
     else:
-        picks, gains, info, kernels = select_from_raw(raw, use_case, k, options, seed)
+        picks, gains, info, kernels = select_from_raw(raw, use_case, k, options, seed, weights)
     info.update({"method": "delift", "budget": k, "use_case": use_case, "seed": int(seed), "scale": scale,
-                 "exclude_diagonal": exclude, "fine_tune": True,
+                 "exclude_diagonal": exclude, "quality": quality, "fine_tune": True,
                  "utility_range": [float(min(u.min() for u in raw.values())),
                                    float(max(u.max() for u in raw.values()))]})
     arrays = {f"utility_{name}": u for name, u in raw.items()}
+    if information is not None:
+        arrays["prompt_information"] = information
     if sparse:  # row-major top-k: utility_X / kernel_K hold values, indices_X their columns
         info["top_k"] = int(options.kernel_config.top_k)
         arrays.update({f"indices_{name}": i for name, i in indices.items()})

@@ -49,6 +49,7 @@ CONFIG_FLAGS = {
     "exclude_diagonal": ((("method_options", "delift", "exclude_diagonal"),), bool),
     "task_objective": ((("method_options", "delift", "task_objective"),), str),
     "kernel_scale": ((("method_options", "delift", "scale"),), str),
+    "quality": ((("method_options", "delift", "quality"),), str),
     "utility": ((("kernel", "utility"),), str), "surrogate_pairs": ((("kernel", "surrogate_pairs"),), int),
     "surrogate_seed": ((("kernel", "surrogate_seed"),), int),
     "refine_rounds": ((("kernel", "refine_rounds"),), int), "refine_pairs": ((("kernel", "refine_pairs"),), int),
@@ -131,6 +132,10 @@ def _add_stage_arguments(parser: argparse.ArgumentParser) -> None:
                        help="how DELIFT maps utilities to its kernels (default: the use case's, chosen on evidence: "
                             "row_rank for instruction and continual, minmax for task; minmax with the diagonal kept "
                             "is the authors' form; see docs/evidence.md)")
+    group.add_argument("--quality", choices=("prompt_information", "none"),
+                       help="weight DELIFT's candidates by how much each prompt tells about its response (default: "
+                            "prompt_information for instruction, none for task and continual, chosen on planted "
+                            "noise; none is the authors' form; see docs/noise.md)")
     group.add_argument("--task-objective", choices=("flmi", "fl2mi", "flmi_paper"),
                        help="DELIFT's task-specific objective (default fl2mi, chosen on evidence; flmi is the "
                             "authors' code; see docs/evidence.md)")
