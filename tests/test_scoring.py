@@ -98,3 +98,22 @@ def test_response_cap_scores_prefix_without_eos():
 def test_length_ladder():
     assert length_ladder(300) == (32, 48, 64, 96, 128, 192, 256, 300)
     assert length_ladder(64) == (32, 48, 64)
+
+
+def test_prompt_information_matches_plain_torch(tiny):
+    """Σ log p(response | prompt) − Σ log p(response | empty query) over the same capped response tokens, against
+    the plain torch reference."""
+    from delift_jax.data.records import Example
+    from delift_jax.scoring.prompt_information import prompt_information
+
+    torch_model, model, tokenizer = tiny
+    config = ScoringConfig(max_length=512, max_response_tokens=5, batch_size=4)
+    expected = []
+    for example in EXAMPLES:
+        _, with_prompt, n = reference_distances(torch_model, tokenizer, example, None, 5)
+        _, alone, n_alone = reference_distances(torch_model, tokenizer, Example("", example.response), None, 5)
+        assert n == n_alone
+        expected.append(n * (with_prompt - alone))
+    np.testing.assert_allclose(prompt_information(model, tokenizer, EXAMPLES, config), expected, atol=1e-4)
+    with pytest.raises(DataError, match="no examples"):
+        prompt_information(model, tokenizer, [], config)

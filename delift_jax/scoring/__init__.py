@@ -1,5 +1,6 @@
-"""Teacher-forced response scoring (teacher_forced.py: the probability the model gives each scored response token)
-and the ``delift score`` command that prints it per example (command.py)."""
+"""Teacher-forced response scoring (teacher_forced.py: the probability the model gives each scored response token),
+how much each prompt tells the model about its response (prompt_information.py: DELIFT's instruction quality
+term) and the ``delift score`` command that prints scores per example (command.py)."""
 
 from delift_jax.scoring.teacher_forced import (
     ScoreTable,
