@@ -27,9 +27,11 @@ kernels score at most ``--max-response-tokens`` response tokens. Kernels go to r
 
 The last line is one JSON object (means over seeds; ``*_std`` the standard deviations). Its ``*_delift`` keys are
 the package defaults (``default_methods``: task fl2mi at η = 1 with the pmi distance, ``fl2mi_pmi_eta1``; continual
-FLCG and duplicates FL with pmi, ``delift_pmi``); the other variants have explicit names (``*_fl2mi_rms``: the
-paper's distance, ``*_flmi_rms``: the authors' objective and distance, ...). In the per-method results the names
-``delift_rms`` / ``delift_pmi`` of the task case are FL1MI (``flmi``, η = 1), as in earlier runs' saved results.
+FLCG on row ranks, ``flcg_pmi_row_rank_nu1``; duplicates FL on row ranks with the quality term,
+``fl_pmi_row_rank_quality``); the other variants have explicit names (``*_fl2mi_rms``: the paper's distance,
+``*_flmi_rms``: the authors' objective and distance, ``*_minmax``: the authors' min-max form, ...). In the per-method
+results the names ``delift_rms`` / ``delift_pmi`` are FL1MI (``flmi``, η = 1) in the task case and the authors'
+min-max form in the continual and duplicate cases, as in earlier runs' saved results.
 
     python scripts/bench_recovery.py --seeds 0 1 2                  # the docs/evidence.md figures
     python scripts/bench_recovery.py --seeds 0 --only-kernels       # precompute the kernel stores
@@ -175,14 +177,26 @@ def kernel_jobs(seed: int, args, sizes: Sizes, loader=None) -> list:
 
 def default_methods() -> dict:
     """The package defaults under this script's method names: ``task``: DELIFT's default task objective and η with
-    KernelConfig's default distance (``fl2mi_pmi_eta1``); ``continual`` (FLCG) and ``dup`` (FL): that distance
-    (``delift_pmi``)."""
+    KernelConfig's default distance (``fl2mi_pmi_eta1``); ``continual`` (FLCG) and ``dup`` (FL): the kernel form
+    and quality term of ``methods.delift`` for those use cases, named as in the planted-noise case
+    (``flcg_pmi_row_rank_nu1``, ``fl_pmi_row_rank_quality``). ``delift_rms`` / ``delift_pmi`` in the continual and
+    duplicate cases are the authors' form (one min-max over the kernels, diagonal kept)."""
     from delift_jax.kernel import KernelConfig
     from delift_jax.methods.delift import DeliftOptions
 
     options, distance = DeliftOptions(), KernelConfig().distance
-    return {"task": f"{options.task_objective}_{distance}_eta{options.eta:g}", "continual": f"delift_{distance}",
-            "dup": f"delift_{distance}"}
+    return {"task": f"{options.task_objective}_{distance}_eta{options.eta:g}",
+            "continual": recovery_noise.default_variant("continual"),
+            "dup": recovery_noise.default_variant("instruction")}
+
+
+def default_form(use_case: str) -> tuple[str, bool, bool]:
+    """(scale, diagonal excluded, quality term on) of the package's DELIFT for ``use_case``."""
+    from delift_jax.methods.delift import DeliftOptions, resolved_kernel_form, resolved_quality
+
+    options = DeliftOptions()
+    scale, exclude = resolved_kernel_form(options, use_case)
+    return scale, exclude, resolved_quality(options, use_case) == "prompt_information"
 
 
 def compute_kernels(model, tokenizer, seed: int, args, sizes: Sizes, loader=None, jobs_wanted=None,
@@ -358,6 +372,11 @@ def continual_split(data: SourceMixture, t: int):
 
 
 def continual_selection(raw: dict, data: SourceMixture, seed: int, fraction: float = 0.5) -> dict:
+    """Novel share of each method's picks per rotation: the authors' form (``delift_<distance>``, one min-max) and
+    the package default (``default_methods()["continual"]``)."""
+    from delift_jax.kernel import KernelConfig
+    from delift_jax.methods.delift import DeliftOptions
+
     out = {"novel": {}, "picks": {}}
     for t, name in enumerate(data.sources):
         existing, new, novel = continual_split(data, t)
@@ -371,6 +390,11 @@ def continual_selection(raw: dict, data: SourceMixture, seed: int, fraction: flo
             u = raw["task_pool"][f"U_{distance}"]
             scaled = common_minmax({"K": u[np.ix_(new, new)], "P": u[np.ix_(new, existing)]})
             picks[f"delift_{distance}"] = greedy("flcg", k, scaled["K"], private=scaled["P"])
+        scale, exclude, _ = default_form("continual")  # no quality term by default (no prompt information here)
+        u = raw["task_pool"][f"U_{KernelConfig().distance}"]
+        picks[default_methods()["continual"]] = recovery_noise.delift_picks(
+            {"K": u[np.ix_(new, new)], "P": u[np.ix_(new, existing)]}, "continual", k, scale, exclude,
+            DeliftOptions().nu)
         for method, chosen in picks.items():
             out["novel"].setdefault(method, {})[name] = float(np.mean(novel[chosen]))
             out["picks"].setdefault(method, {})[name] = [int(new[i]) for i in chosen]
@@ -378,12 +402,17 @@ def continual_selection(raw: dict, data: SourceMixture, seed: int, fraction: flo
 
 
 def dup_selection(raw: dict, dups: DupData, seed: int, encoder) -> dict:
-    """Distinct bases among the picks and held-out coverage at k = dup_bases and at 50%."""
+    """Distinct bases among the picks and held-out coverage at k = dup_bases and at 50%: the authors' form
+    (``delift_<distance>``, one min-max), its variants, and the package default (``default_methods()["dup"]``:
+    row ranks and, where the raw store holds the pool's prompt information, the quality term)."""
+    from delift_jax.kernel import KernelConfig
+
     u = raw["dup_pool"]
     n = len(dups.pool)
     n_bases = len(np.unique(dups.base_of))
     emb_pool = unit_rows(encoder.encode([e.prompt + e.response for e in dups.pool]))
     emb_held = unit_rows(encoder.encode([e.prompt + e.response for e in dups.held_out]))
+    scale, exclude, quality = default_form("instruction")
     out = {"distinct": {}, "coverage": {}}
     for label, k in (("k=bases", n_bases), ("50%", budget_k(0.5, n))):
         picks = {"random": registry_picks("random", dups.pool, k, seed * 1000 + 900),
@@ -392,10 +421,24 @@ def dup_selection(raw: dict, dups: DupData, seed: int, encoder) -> dict:
             for variant, kw in (("", {}), ("_exdiag", {"ignore_diagonal_of": "K"}), ("_clip", {"clip": True})):
                 scaled = common_minmax({"K": u[f"U_{distance}"]}, **kw)
                 picks[f"delift_{distance}{variant}"] = greedy("fl", k, scaled["K"])
+        if not quality or "information" in u:
+            picks[default_methods()["dup"]] = recovery_noise.delift_picks(
+                {"K": u[f"U_{KernelConfig().distance}"]}, "instruction", k, scale, exclude,
+                information=u["information"] if quality else None)
         for method, chosen in picks.items():
             out["distinct"].setdefault(method, {})[label] = len(set(dups.base_of[chosen].tolist())) / len(chosen)
             out["coverage"].setdefault(method, {})[label] = float(np.mean(np.max(emb_held @ emb_pool[chosen].T, 1)))
     return out
+
+
+def with_dup_information(model, tokenizer, raw: dict, dups: DupData, seed: int, args) -> dict:
+    """Add the duplicate pool's prompt information (2 passes per example) to its raw store, once."""
+    entry = raw.get("dup_pool")
+    if entry is None or "information" in entry:
+        return raw
+    entry["information"] = recovery_noise.information_of(model, tokenizer, dups.pool, args)
+    np.savez(raw_path(Path(args.cache), seed, "dup_pool"), **entry)
+    return raw
 
 
 def unit_rows(x) -> np.ndarray:
@@ -409,6 +452,7 @@ def dup_only(model, tokenizer, encoder, seed: int, args, sizes: Sizes) -> dict:
     if "dup_pool" not in raw:
         raise SystemExit(f"seed {seed}: the duplicate-pool kernel is not there yet")
     dups = dup_data(seed, sizes)
+    raw = with_dup_information(model, tokenizer, raw, dups, seed, args)
     stats = {}
     for distance in ("rms", "pmi"):
         u = raw["dup_pool"][f"U_{distance}"]
@@ -556,6 +600,7 @@ def run_seed(model, tokenizer, encoder, seed: int, args, sizes: Sizes) -> dict:
     if "task_pool" not in raw:
         raise SystemExit(f"seed {seed}: the task pool kernel is not there yet; run without --no-new-kernels")
     data, dups = task_data(seed, args.sources, sizes), dup_data(seed, sizes)
+    raw = with_dup_information(model, tokenizer, raw, dups, seed, args)
     path = Path(args.cache) / f"seed{seed}" / "results.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
     save = lambda: atomic_write_text(path, json.dumps(results, indent=1))
@@ -629,8 +674,9 @@ def report(results: list, seeds: list, sources, base_share: float) -> tuple[str,
     names = default_methods()
     main = main_methods()
     lines = [f"Seeds {seeds}; precision = share of picks from the target's source (base share {base_share:.2f}); "
-             f"lift = precision / base share. Package default: task {names['task']}, continual and duplicates "
-             f"{names['continual']}; delift_rms / delift_pmi in the task case are FL1MI (flmi, η = 1).", "",
+             f"lift = precision / base share. Package defaults: task {names['task']}, continual {names['continual']}, "
+             f"duplicates {names['dup']}; delift_rms / delift_pmi are FL1MI (flmi, η = 1) in the task case and the "
+             f"authors' min-max form in the continual and duplicate cases.", "",
              "| method | precision @10% | lift @10% | precision @30% | lift @30% |", "|---|---|---|---|---|"]
     for method in main:
         p10, p30 = per_seed(results, precision_of(method, "0.1")), per_seed(results, precision_of(method, "0.3"))
@@ -653,7 +699,7 @@ def report(results: list, seeds: list, sources, base_share: float) -> tuple[str,
             lines.append(f"| {objective} | {distance} | " + " | ".join(cells) + " |")
     lines += ["", "Continual (FLCG, budget 50% of the new pool): share of novel picks (Random expects 0.50):", "",
               "| method | novel share |", "|---|---|"]
-    for method in ("delift_pmi", "delift_rms", "delift_se", "random"):
+    for method in (names["continual"], "delift_pmi", "delift_rms", "delift_se", "random"):
         lines.append(f"| {method} | {fmt(per_seed(results, lambda r: _mean_over_targets(r['continual']['novel'][method])))} |")
     lines += ["", "Instruction (planted near-duplicates): distinct bases among the picks / held-out coverage:", "",
               "| method | distinct @k=bases | distinct @50% | coverage @k=bases |", "|---|---|---|---|"]
@@ -667,7 +713,8 @@ def report(results: list, seeds: list, sources, base_share: float) -> tuple[str,
         nll_rows += [(f"fine-tuned on {method}", "task_nll", f"ft:{method}"), (f"ICL from {method}", "task_nll",
                                                                               f"icl:{method}")]
     nll_rows += [("continual: existing only", "continual_nll", "existing_only")]
-    nll_rows += [(f"continual: + {m}", "continual_nll", f"ft:{m}") for m in ("delift_pmi", "delift_rms", "random")]
+    nll_rows += [(f"continual: + {m}", "continual_nll", f"ft:{m}")
+                 for m in dict.fromkeys((names["continual"], "delift_pmi", "delift_rms", "random"))]
     lines += ["", "Held-out NLL of the target's test part (lower is better; budget 30%):", "",
               "| condition | NLL | seeds |", "|---|---|---|"]
     for label, section, key in nll_rows:
@@ -693,9 +740,11 @@ def report(results: list, seeds: list, sources, base_share: float) -> tuple[str,
         "task_precision_flmi_pmi": stat("delift_pmi"),
         "task_precision_se": stat("delift_se"), "task_precision_less": stat("less"),
         "task_precision_random": stat("random"), "task_precision_random_30": stat("random", "0.3"),
-        "continual_novel_delift": novel(continual), "continual_novel_delift_rms": novel("delift_rms"),
+        "continual_novel_delift": novel(continual), "continual_novel_delift_minmax": novel("delift_pmi"),
+        "continual_novel_delift_rms": novel("delift_rms"),
         "continual_novel_random": novel("random"),
-        "dup_distinct_delift": distinct(dup), "dup_distinct_delift_rms": distinct("delift_rms"),
+        "dup_distinct_delift": distinct(dup), "dup_distinct_delift_minmax": distinct("delift_pmi"),
+        "dup_distinct_delift_rms": distinct("delift_rms"),
         "dup_distinct_random": distinct("random"),
         "task_nll_delift": per_seed(results, nll_of("task_nll", f"ft:{task}")),
         "task_nll_fl2mi_rms": per_seed(results, nll_of("task_nll", "ft:fl2mi_rms_eta1")),

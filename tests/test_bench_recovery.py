@@ -128,7 +128,7 @@ def test_common_minmax_scales_jointly_and_drops_the_diagonal(bench):
     assert clipped["K"][0, 1] == 0.0 and clipped["K"][1, 0] == 0.0
 
 
-DEFAULTS = {"task": "fl2mi_pmi_eta1", "continual": "delift_pmi", "dup": "delift_pmi"}
+DEFAULTS = {"task": "fl2mi_pmi_eta1", "continual": "flcg_pmi_row_rank_nu1", "dup": "fl_pmi_row_rank_quality"}
 
 
 def test_default_methods_are_the_package_defaults(bench):
@@ -139,10 +139,11 @@ def test_default_methods_are_the_package_defaults(bench):
     assert (DeliftOptions().task_objective, DeliftOptions().eta, KernelConfig().distance) == ("fl2mi", 1.0, "pmi")
     assert bench.default_methods() == DEFAULTS
     assert bench.parse_args([]).train_methods == ["fl2mi_pmi_eta1", "random"]
-    continual_picks = {"random": [], "delift_se": [], "delift_rms": [], "delift_pmi": []}
-    assert bench.continual_methods(["fl2mi_pmi_eta1", "random"], continual_picks) == ["delift_pmi", "random"]
+    continual_picks = {"random": [], "delift_se": [], "delift_rms": [], "delift_pmi": [], "flcg_pmi_row_rank_nu1": []}
+    assert bench.continual_methods(["fl2mi_pmi_eta1", "random"], continual_picks) == ["flcg_pmi_row_rank_nu1",
+                                                                                     "random"]
     assert bench.continual_methods(["delift_rms", "fl2mi_rms_eta1", "delift_pmi", "fl2mi_pmi_eta1"],
-                                   continual_picks) == ["delift_rms", "delift_pmi"]
+                                   continual_picks) == ["delift_rms", "delift_pmi", "flcg_pmi_row_rank_nu1"]
 
 
 def fake_results(bench, seed: int, targets) -> dict:
@@ -151,7 +152,7 @@ def fake_results(bench, seed: int, targets) -> dict:
                                             for e in bench.ETAS]
     value = lambda *key: (zlib.crc32(repr((seed,) + key).encode()) % 997) / 997.0
     precision_ = {m: {b: {t: value(m, b, t) for t in targets} for b in ("0.1", "0.3")} for m in methods}
-    continual = ("random", "delift_se", "delift_rms", "delift_pmi")
+    continual = ("random", "delift_se", "delift_rms", "delift_pmi", DEFAULTS["continual"], DEFAULTS["dup"])
     return {"task": {"precision": precision_},
             "continual": {"novel": {m: {t: value("novel", m, t) for t in targets} for m in continual}},
             "dup": {"distinct": {m: {"k=bases": value("dup", m), "50%": 0.5} for m in continual},
@@ -160,14 +161,15 @@ def fake_results(bench, seed: int, targets) -> dict:
                                                 for m in ("fl2mi_pmi_eta1", "delift_rms", "random")
                                                 for kind in ("ft", "icl")}} for t in targets},
             "continual_nll": {t: {"existing_only": 9.0, **{f"ft:{m}": 5 + value("cont", m, t)
-                                                            for m in ("delift_pmi", "delift_rms", "random")}}
+                                                            for m in (DEFAULTS["continual"], "delift_rms",
+                                                                      "random")}}
                               for t in targets[:1]},
             "targets_measured": list(targets)}
 
 
 def test_summary_delift_keys_report_the_package_defaults(bench):
-    """*_delift = fl2mi with pmi (task) and pmi (continual, duplicates); the authors' FL1MI with rms and fl2mi with
-    rms keep their own names."""
+    """*_delift = fl2mi with pmi (task), FLCG on row ranks (continual), FL on row ranks with the quality term
+    (duplicates); the authors' FL1MI with rms, fl2mi with rms and the min-max forms keep their own names."""
     targets = list(SOURCES)
     results = [fake_results(bench, seed, targets) for seed in (0, 1, 2)]
     _, summary = bench.report(results, [0, 1, 2], targets, 0.25)
@@ -185,16 +187,20 @@ def test_summary_delift_keys_report_the_package_defaults(bench):
     assert summary["task_precision_flmi_rms"] == precision_of("delift_rms")
     assert summary["task_precision_flmi_pmi"] == precision_of("delift_pmi")
     assert summary["task_precision_random"] == precision_of("random")
-    assert summary["continual_novel_delift"] == over_seeds(lambda r, t: r["continual"]["novel"]["delift_pmi"][t])
+    assert summary["continual_novel_delift"] == over_seeds(
+        lambda r, t: r["continual"]["novel"][DEFAULTS["continual"]][t])
+    assert summary["continual_novel_delift_minmax"] == over_seeds(lambda r, t: r["continual"]["novel"]["delift_pmi"][t])
     assert summary["continual_novel_delift_rms"] == over_seeds(lambda r, t: r["continual"]["novel"]["delift_rms"][t])
-    assert summary["dup_distinct_delift"] == round(float(np.mean([r["dup"]["distinct"]["delift_pmi"]["k=bases"]
+    assert summary["dup_distinct_delift"] == round(float(np.mean([r["dup"]["distinct"][DEFAULTS["dup"]]["k=bases"]
                                                                   for r in results])), 4)
+    assert summary["dup_distinct_delift_minmax"] == round(float(np.mean(
+        [r["dup"]["distinct"]["delift_pmi"]["k=bases"] for r in results])), 4)
     assert summary["task_nll_delift"] == over_seeds(lambda r, t: r["task_nll"][t]["ft:fl2mi_pmi_eta1"])
     assert summary["task_icl_nll_delift"] == over_seeds(lambda r, t: r["task_nll"][t]["icl:fl2mi_pmi_eta1"])
     assert summary["task_nll_flmi_rms"] == over_seeds(lambda r, t: r["task_nll"][t]["ft:delift_rms"])
     assert summary["task_nll_fl2mi_rms"] is None  # not trained in these results
     assert summary["continual_nll_delift"] == round(float(np.mean(
-        [r["continual_nll"][targets[0]]["ft:delift_pmi"] for r in results])), 4)
+        [r["continual_nll"][targets[0]][f"ft:{DEFAULTS['continual']}"] for r in results])), 4)
     assert summary["n_seeds_with_training"] == 3
     assert summary["task_precision_delift"] != summary["task_precision_flmi_rms"]  # the fake values differ
 
@@ -220,14 +226,17 @@ def test_end_to_end_on_the_tiny_model(bench, tiny_llama, tmp_path, monkeypatch, 
     assert any(line.startswith("| delift_rms |") for line in printed)      # FL1MI with rms, the authors'
     results = json.loads((tmp_path / "seed0" / "results.json").read_text())
     assert set(results["task_nll"]) == set(SOURCES)
-    # *_delift are the package default's figures (fl2mi with pmi; FLCG with pmi), read back from the saved results.
+    # *_delift are the package default's figures (fl2mi with pmi; FLCG on row ranks; FL on row ranks with the
+    # quality term), read back from the saved results.
     assert summary["task_precision_delift"] == round(float(np.mean(
         list(results["task"]["precision"]["fl2mi_pmi_eta1"]["0.1"].values()))), 4)
     assert summary["continual_novel_delift"] == round(float(np.mean(
-        list(results["continual"]["novel"]["delift_pmi"].values()))), 4)
+        list(results["continual"]["novel"][DEFAULTS["continual"]].values()))), 4)
+    assert summary["dup_distinct_delift"] == results["dup"]["distinct"][DEFAULTS["dup"]]["k=bases"]
+    assert np.load(tmp_path / "seed0" / "raw_dup_pool.npz")["information"].shape == (6,)  # 3 bases x 2 copies
     assert summary["task_nll_delift"] == round(float(np.mean(
         [unit["ft:fl2mi_pmi_eta1"] for unit in results["task_nll"].values()])), 4)
-    assert all("ft:delift_pmi" in unit for unit in results["continual_nll"].values())
+    assert all(f"ft:{DEFAULTS['continual']}" in unit for unit in results["continual_nll"].values())
     # The raw utilities saved for selection are the two distances of the store (U_rms is rms, not the default).
     raw = np.load(tmp_path / "seed0" / "raw_task_pool.npz")
     with np.load(tmp_path / "seed0" / "task_pool" / "distances.npz") as stored:
