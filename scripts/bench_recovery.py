@@ -27,8 +27,8 @@ kernels score at most ``--max-response-tokens`` response tokens. Kernels go to r
 
 The last line is one JSON object (means over seeds; ``*_std`` the standard deviations). Its ``*_delift`` keys are
 the package defaults (``default_methods``: task fl2mi at η = 1 with the pmi distance, ``fl2mi_pmi_eta1``; continual
-FLCG on row ranks, ``flcg_pmi_row_rank_nu1``; duplicates FL on row ranks with the quality term,
-``fl_pmi_row_rank_quality``); the other variants have explicit names (``*_fl2mi_rms``: the paper's distance,
+FLCG on row ranks with the quality and novelty terms, ``flcg_pmi_row_rank_quality_novelty_nu1``; duplicates FL on
+row ranks with the quality term, ``fl_pmi_row_rank_quality``); the other variants have explicit names (``*_fl2mi_rms``: the paper's distance,
 ``*_flmi_rms``: the authors' objective and distance, ``*_minmax``: the authors' min-max form, ...). In the per-method
 results the names ``delift_rms`` / ``delift_pmi`` are FL1MI (``flmi``, η = 1) in the task case and the authors'
 min-max form in the continual and duplicate cases, as in earlier runs' saved results.
@@ -178,9 +178,9 @@ def kernel_jobs(seed: int, args, sizes: Sizes, loader=None) -> list:
 def default_methods() -> dict:
     """The package defaults under this script's method names: ``task``: DELIFT's default task objective and η with
     KernelConfig's default distance (``fl2mi_pmi_eta1``); ``continual`` (FLCG) and ``dup`` (FL): the kernel form
-    and quality term of ``methods.delift`` for those use cases, named as in the planted-noise case
-    (``flcg_pmi_row_rank_nu1``, ``fl_pmi_row_rank_quality``). ``delift_rms`` / ``delift_pmi`` in the continual and
-    duplicate cases are the authors' form (one min-max over the kernels, diagonal kept)."""
+    and candidate weights of ``methods.delift`` for those use cases, named as in the planted-noise case
+    (``flcg_pmi_row_rank_quality_novelty_nu1``, ``fl_pmi_row_rank_quality``). ``delift_rms`` / ``delift_pmi`` in
+    the continual and duplicate cases are the authors' form (one min-max over the kernels, diagonal kept)."""
     from delift_jax.kernel import KernelConfig
     from delift_jax.methods.delift import DeliftOptions
 
@@ -190,13 +190,14 @@ def default_methods() -> dict:
             "dup": recovery_noise.default_variant("instruction")}
 
 
-def default_form(use_case: str) -> tuple[str, bool, bool]:
-    """(scale, diagonal excluded, quality term on) of the package's DELIFT for ``use_case``."""
-    from delift_jax.methods.delift import DeliftOptions, resolved_kernel_form, resolved_quality
+def default_form(use_case: str) -> tuple[str, bool, bool, bool]:
+    """(scale, diagonal excluded, quality term on, novelty term on) of the package's DELIFT for ``use_case``."""
+    from delift_jax.methods.delift import DeliftOptions, resolved_kernel_form, resolved_novelty, resolved_quality
 
     options = DeliftOptions()
     scale, exclude = resolved_kernel_form(options, use_case)
-    return scale, exclude, resolved_quality(options, use_case) == "prompt_information"
+    return (scale, exclude, resolved_quality(options, use_case) == "prompt_information",
+            resolved_novelty(options, use_case) == "existing_coverage")
 
 
 def compute_kernels(model, tokenizer, seed: int, args, sizes: Sizes, loader=None, jobs_wanted=None,
@@ -390,11 +391,12 @@ def continual_selection(raw: dict, data: SourceMixture, seed: int, fraction: flo
             u = raw["task_pool"][f"U_{distance}"]
             scaled = common_minmax({"K": u[np.ix_(new, new)], "P": u[np.ix_(new, existing)]})
             picks[f"delift_{distance}"] = greedy("flcg", k, scaled["K"], private=scaled["P"])
-        scale, exclude, _ = default_form("continual")  # no quality term by default (no prompt information here)
+        scale, exclude, quality, novelty = default_form("continual")
         u = raw["task_pool"][f"U_{KernelConfig().distance}"]
         picks[default_methods()["continual"]] = recovery_noise.delift_picks(
             {"K": u[np.ix_(new, new)], "P": u[np.ix_(new, existing)]}, "continual", k, scale, exclude,
-            DeliftOptions().nu)
+            DeliftOptions().nu, information=raw["task_pool"]["information"][new] if quality else None,
+            novelty=novelty)
         for method, chosen in picks.items():
             out["novel"].setdefault(method, {})[name] = float(np.mean(novel[chosen]))
             out["picks"].setdefault(method, {})[name] = [int(new[i]) for i in chosen]
@@ -412,7 +414,7 @@ def dup_selection(raw: dict, dups: DupData, seed: int, encoder) -> dict:
     n_bases = len(np.unique(dups.base_of))
     emb_pool = unit_rows(encoder.encode([e.prompt + e.response for e in dups.pool]))
     emb_held = unit_rows(encoder.encode([e.prompt + e.response for e in dups.held_out]))
-    scale, exclude, quality = default_form("instruction")
+    scale, exclude, quality, _ = default_form("instruction")
     out = {"distinct": {}, "coverage": {}}
     for label, k in (("k=bases", n_bases), ("50%", budget_k(0.5, n))):
         picks = {"random": registry_picks("random", dups.pool, k, seed * 1000 + 900),
@@ -431,13 +433,13 @@ def dup_selection(raw: dict, dups: DupData, seed: int, encoder) -> dict:
     return out
 
 
-def with_dup_information(model, tokenizer, raw: dict, dups: DupData, seed: int, args) -> dict:
-    """Add the duplicate pool's prompt information (2 passes per example) to its raw store, once."""
-    entry = raw.get("dup_pool")
+def with_information(model, tokenizer, raw: dict, what: str, examples, seed: int, args) -> dict:
+    """Add the prompt information of kernel ``what``'s examples (2 passes per example) to its raw store, once."""
+    entry = raw.get(what)
     if entry is None or "information" in entry:
         return raw
-    entry["information"] = recovery_noise.information_of(model, tokenizer, dups.pool, args)
-    np.savez(raw_path(Path(args.cache), seed, "dup_pool"), **entry)
+    entry["information"] = recovery_noise.information_of(model, tokenizer, examples, args)
+    np.savez(raw_path(Path(args.cache), seed, what), **entry)
     return raw
 
 
@@ -452,7 +454,7 @@ def dup_only(model, tokenizer, encoder, seed: int, args, sizes: Sizes) -> dict:
     if "dup_pool" not in raw:
         raise SystemExit(f"seed {seed}: the duplicate-pool kernel is not there yet")
     dups = dup_data(seed, sizes)
-    raw = with_dup_information(model, tokenizer, raw, dups, seed, args)
+    raw = with_information(model, tokenizer, raw, "dup_pool", dups.pool, seed, args)
     stats = {}
     for distance in ("rms", "pmi"):
         u = raw["dup_pool"][f"U_{distance}"]
@@ -600,7 +602,8 @@ def run_seed(model, tokenizer, encoder, seed: int, args, sizes: Sizes) -> dict:
     if "task_pool" not in raw:
         raise SystemExit(f"seed {seed}: the task pool kernel is not there yet; run without --no-new-kernels")
     data, dups = task_data(seed, args.sources, sizes), dup_data(seed, sizes)
-    raw = with_dup_information(model, tokenizer, raw, dups, seed, args)
+    raw = with_information(model, tokenizer, raw, "dup_pool", dups.pool, seed, args)
+    raw = with_information(model, tokenizer, raw, "task_pool", data.pool, seed, args)
     path = Path(args.cache) / f"seed{seed}" / "results.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
     save = lambda: atomic_write_text(path, json.dumps(results, indent=1))

@@ -104,32 +104,35 @@ NUS = (0.5, 1.0, 1.5, 2.0)
 
 
 def variant_name(objective: str, distance: str, scale: str, exclude_diagonal: bool, nu: float | None = None,
-                 quality: bool = False) -> str:
+                 quality: bool = False, novelty: bool = False) -> str:
     return f"{objective}_{distance}_{scale}{'_exdiag' if exclude_diagonal else ''}" + (
-        "_quality" if quality else "") + (f"_nu{nu:g}" if nu is not None else "")
+        "_quality" if quality else "") + ("_novelty" if novelty else "") + (f"_nu{nu:g}" if nu is not None else "")
 
 
 def default_variant(use_case: str) -> str:
     """The package defaults under this script's variant names (``*_delift`` keys)."""
     from delift_jax.kernel import KernelConfig
-    from delift_jax.methods.delift import DeliftOptions, resolved_kernel_form, resolved_quality
+    from delift_jax.methods.delift import DeliftOptions, resolved_kernel_form, resolved_novelty, resolved_quality
 
     options = DeliftOptions()
     scale, exclude = resolved_kernel_form(options, use_case)
     objective, nu = ("fl", None) if use_case == "instruction" else ("flcg", options.nu)
     quality = resolved_quality(options, use_case) == "prompt_information"
-    return variant_name(objective, KernelConfig().distance, scale, exclude, nu, quality)
+    novelty = resolved_novelty(options, use_case) == "existing_coverage"
+    return variant_name(objective, KernelConfig().distance, scale, exclude, nu, quality, novelty)
 
 
 def delift_picks(raw: dict, use_case: str, k: int, scale: str, exclude_diagonal: bool, nu: float = 1.0,
-                 information: np.ndarray | None = None):
+                 information: np.ndarray | None = None, novelty: bool = False):
     """The package's selection on raw utilities (``methods.delift.select_from_raw``): one greedy's k picks, the
-    candidates weighted by their prompt information's ranks where ``information`` is given."""
-    from delift_jax.methods.delift import DeliftOptions, quality_weights, select_from_raw
+    candidates weighted by their prompt information's ranks where ``information`` is given and by their novelty's
+    (how little the existing data covers them) where ``novelty`` is on."""
+    from delift_jax.methods.delift import DeliftOptions, select_from_raw
 
-    options = DeliftOptions(scale=scale, exclude_diagonal=exclude_diagonal, nu=nu, optimizer="naive")
-    weights = None if information is None else quality_weights(information)
-    picks, _, _, _ = select_from_raw(raw, use_case, k, options, weights=weights)
+    options = DeliftOptions(scale=scale, exclude_diagonal=exclude_diagonal, nu=nu, optimizer="naive",
+                            quality="none" if information is None else "prompt_information",
+                            novelty="existing_coverage" if novelty else "none")
+    picks, _, _, _ = select_from_raw(raw, use_case, k, options, information=information)
     return np.asarray(picks, np.int64)
 
 
@@ -199,9 +202,12 @@ def continual_selection(raw: dict, mixture: NoisyMixture, seed: int, clean_per_s
                 for nu in NUS:
                     picks[variant_name("flcg", distance, scale, exclude, nu)] = delift_picks(
                         kernels, "continual", k_max, scale, exclude, nu)
+            information = raw["information"][split.pool]
             for nu in NUS:
-                picks[variant_name("flcg", distance, "row_rank", False, nu, quality=True)] = delift_picks(
-                    kernels, "continual", k_max, "row_rank", False, nu, information=raw["information"][split.pool])
+                for quality, novelty in ((True, False), (False, True), (True, True)):
+                    picks[variant_name("flcg", distance, "row_rank", False, nu, quality, novelty)] = delift_picks(
+                        kernels, "continual", k_max, "row_rank", False, nu,
+                        information=information if quality else None, novelty=novelty)
         for method, chosen in picks.items():
             for fraction in BUDGETS:
                 prefix = chosen[:max(1, int(fraction * len(pool)))]
@@ -324,6 +330,13 @@ def summary(results: list) -> tuple[list, dict]:
         continual[method] = row
         lines.append(f"| {method} | {row['0.1']['novel']:.2f} | {row['0.1']['low']:.2f} | {row['0.3']['novel']:.2f}"
                      f" | {row['0.3']['low']:.2f} |")
+    sources = results[0]["sources"]
+    lines += ["", f"Continual, the default ({continual_default}) per new source: novel / low-quality share at 10%, "
+              "then 30%", "", "| new source | 10% | 30% |", "|---|---|---|"]
+    for rotation in range(len(sources)):
+        cells = [" / ".join(f"{np.mean([r['continual'][what][continual_default][key][str(rotation)] for r in results]):.2f}"
+                            for what in ("novel", "low")) for key in ("0.1", "0.3")]
+        lines.append(f"| {sources[(rotation + 1) % len(sources)]} | {cells[0]} | {cells[1]} |")
     lines += ["", "Kernel statistics of the raw utility U[i, j] (row i predicted with demonstration j), mean over "
               "seeds: the diagonal, the row mean over clean columns (how much demonstrations help the example), the "
               "column mean over clean rows (how much the example helps clean ones) and the row maximum off the "
@@ -383,7 +396,9 @@ def run_seed(model, tokenizer, seed: int, args) -> dict | None:
     path = raw_path(args.noise_cache, seed).parent / "results.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
     save = lambda: atomic_write_text(path, json.dumps(results, indent=1))
-    if "instruction" not in results:
+    defaults = (default_variant("instruction"), default_variant("continual"))
+    if "instruction" not in results or defaults[0] not in results["instruction"]["share"] or \
+            defaults[1] not in results["continual"]["novel"]:  # new variants: select again (the NLLs stay)
         results.update(seed=seed, sources=list(mixture.sources), stats=kernel_stats(raw, mixture),
                        instruction=instruction_selection(raw, mixture, seed),
                        continual=continual_selection(raw, mixture, seed, args.noise_clean), kernel_seconds=float(raw["seconds"]))

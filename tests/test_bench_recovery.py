@@ -128,7 +128,8 @@ def test_common_minmax_scales_jointly_and_drops_the_diagonal(bench):
     assert clipped["K"][0, 1] == 0.0 and clipped["K"][1, 0] == 0.0
 
 
-DEFAULTS = {"task": "fl2mi_pmi_eta1", "continual": "flcg_pmi_row_rank_nu1", "dup": "fl_pmi_row_rank_quality"}
+DEFAULTS = {"task": "fl2mi_pmi_eta1", "continual": "flcg_pmi_row_rank_quality_novelty_nu1",
+            "dup": "fl_pmi_row_rank_quality"}
 
 
 def test_default_methods_are_the_package_defaults(bench):
@@ -139,11 +140,10 @@ def test_default_methods_are_the_package_defaults(bench):
     assert (DeliftOptions().task_objective, DeliftOptions().eta, KernelConfig().distance) == ("fl2mi", 1.0, "pmi")
     assert bench.default_methods() == DEFAULTS
     assert bench.parse_args([]).train_methods == ["fl2mi_pmi_eta1", "random"]
-    continual_picks = {"random": [], "delift_se": [], "delift_rms": [], "delift_pmi": [], "flcg_pmi_row_rank_nu1": []}
-    assert bench.continual_methods(["fl2mi_pmi_eta1", "random"], continual_picks) == ["flcg_pmi_row_rank_nu1",
-                                                                                     "random"]
+    continual_picks = {"random": [], "delift_se": [], "delift_rms": [], "delift_pmi": [], DEFAULTS["continual"]: []}
+    assert bench.continual_methods(["fl2mi_pmi_eta1", "random"], continual_picks) == [DEFAULTS["continual"], "random"]
     assert bench.continual_methods(["delift_rms", "fl2mi_rms_eta1", "delift_pmi", "fl2mi_pmi_eta1"],
-                                   continual_picks) == ["delift_rms", "delift_pmi", "flcg_pmi_row_rank_nu1"]
+                                   continual_picks) == ["delift_rms", "delift_pmi", DEFAULTS["continual"]]
 
 
 def fake_results(bench, seed: int, targets) -> dict:

@@ -47,7 +47,7 @@ def test_delift_equals_selection_on_the_kernel(tiny_llama, raw, use_case):
     _, _, model, tok = tiny_llama
     sel = select("delift", pool=POOL, budget=BUDGET, use_case=use_case, targets=TARGETS, existing=EXISTING,
                  model=model, tokenizer=tok, seed=0, kernel_config=CONFIG, task_objective="flmi", scale="minmax",
-                 quality="none")
+                 quality="none", novelty="none")
     assert len(sel.indices) == BUDGET and len(set(sel.indices.tolist())) == BUDGET
     assert sel.indices.min() >= 0 and sel.indices.max() < len(POOL)
     np.testing.assert_array_equal(sel.indices, _direct(use_case, raw))
@@ -102,31 +102,61 @@ def _prompt_information(model, tok, examples):
 
 @pytest.mark.parametrize("use_case", ["instruction", "continual"])
 def test_default_kernel_form_is_row_rank(tiny_llama, raw, use_case):
-    """instruction and continual default to per-row percentile ranks over K (and P), the diagonal kept; the
-    instruction case weights each candidate column by the percentile rank of its prompt information."""
+    """instruction and continual default to per-row percentile ranks over K (and P), the diagonal kept; each
+    candidate column is weighted by the percentile rank of its prompt information and, in the continual case, by the
+    percentile rank of how little the existing data covers it (the negated row maximum of the ranked P)."""
     from scipy.stats import rankdata
 
     _, _, model, tok = tiny_llama
     sel = select("delift", pool=POOL, budget=BUDGET, use_case=use_case, existing=EXISTING, model=model,
                  tokenizer=tok, seed=0, kernel_config=CONFIG)
     assert sel.info["scale"] == "row_rank" and sel.info["exclude_diagonal"] is False
-    assert sel.info["quality"] == ("prompt_information" if use_case == "instruction" else "none")
+    assert sel.info["quality"] == "prompt_information"
+    assert sel.info["novelty"] == ("existing_coverage" if use_case == "continual" else "none")
+    information = _prompt_information(model, tok, POOL)
+    np.testing.assert_allclose(sel.arrays["prompt_information"], information, rtol=1e-5, atol=1e-5)
+    weights = rankdata(information) / len(POOL)
     if use_case == "instruction":
-        information = _prompt_information(model, tok, POOL)
-        np.testing.assert_allclose(sel.arrays["prompt_information"], information, rtol=1e-5, atol=1e-5)
         (k,) = _row_ranks(raw["K"])
-        k = k * (rankdata(information) / len(POOL))[None, :]
+        k = k * weights[None, :]
         objective = facility_location(k.astype(np.float32))
     else:
-        assert "prompt_information" not in sel.arrays
         k, p = _row_ranks(raw["K"], raw["P"])
+        weights = weights * rankdata(-p.max(axis=1)) / len(POOL)
+        k = k * weights[None, :]
         objective = fl_conditional_gain(k.astype(np.float32), p.astype(np.float32), 1.0)
         np.testing.assert_allclose(sel.arrays["kernel_P"], p, atol=1e-6)
+    np.testing.assert_allclose(sel.arrays["candidate_weights"], weights, rtol=1e-6)
     np.testing.assert_allclose(sel.arrays["kernel_K"], k, atol=1e-6)
     np.testing.assert_array_equal(sel.indices, np.asarray(maximize(objective, BUDGET).picks))
     with pytest.raises(DataError, match="task case"):
         select("delift", pool=POOL, budget=BUDGET, use_case="task", targets=TARGETS, model=model, tokenizer=tok,
                kernel_config=CONFIG, scale="row_rank")
+
+
+def test_continual_novelty_alone_and_neither(tiny_llama, raw):
+    """quality none keeps the novelty weights alone; novelty none as well is the bare row-ranked kernel; novelty is
+    refused outside the continual case (no existing data) with a one-line error."""
+    from scipy.stats import rankdata
+
+    _, _, model, tok = tiny_llama
+    k, p = _row_ranks(raw["K"], raw["P"])
+    novelty = rankdata(-p.max(axis=1)) / len(POOL)
+    for novelty_form, weights in (("existing_coverage", novelty), ("none", None)):
+        sel = select("delift", pool=POOL, budget=BUDGET, use_case="continual", existing=EXISTING, model=model,
+                     tokenizer=tok, seed=0, kernel_config=CONFIG, quality="none", novelty=novelty_form)
+        assert sel.info["novelty"] == novelty_form and "prompt_information" not in sel.arrays
+        kw = k if weights is None else k * weights[None, :]
+        assert ("candidate_weights" in sel.arrays) == (weights is not None)
+        np.testing.assert_allclose(sel.arrays["kernel_K"], kw, atol=1e-6)
+        objective = fl_conditional_gain(kw.astype(np.float32), p.astype(np.float32), 1.0)
+        np.testing.assert_array_equal(sel.indices, np.asarray(maximize(objective, BUDGET).picks))
+    with pytest.raises(DataError, match="only the continual use case"):
+        select("delift", pool=POOL, budget=BUDGET, model=model, tokenizer=tok, kernel_config=CONFIG,
+               novelty="existing_coverage")
+    with pytest.raises(DataError, match="novelty"):
+        select("delift", pool=POOL, budget=BUDGET, use_case="continual", existing=EXISTING, model=model,
+               tokenizer=tok, kernel_config=CONFIG, novelty="fresh")
 
 
 def test_quality_none_is_the_unweighted_kernel(tiny_llama, raw):
@@ -155,6 +185,11 @@ def test_quality_weights_and_weighted_candidates():
     assert weights[3] == 1.0 and weights[1] == 0.2
     with pytest.raises(DataError, match="finite"):
         quality_weights(np.array([1.0, np.nan]))
+    from delift_jax.methods.delift import novelty_weights
+
+    private = np.array([[0.9, 0.1], [0.2, 0.3], [0.5, 0.5], [0.3, 0.2], [1.0, 0.0]])
+    np.testing.assert_allclose(novelty_weights(private), rankdata(-private.max(axis=1)) / 5)
+    np.testing.assert_allclose(novelty_weights(private.max(axis=1, keepdims=True)), novelty_weights(private))
     kernel = np.arange(25, dtype=np.float32).reshape(5, 5)
     np.testing.assert_allclose(weighted_candidates(kernel, weights), kernel * weights[None, :], rtol=1e-6)
     indices = np.array([[1, 3], [0, 4], [2, 3], [3, 1], [4, 0]], np.int32)

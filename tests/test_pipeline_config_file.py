@@ -88,6 +88,10 @@ def test_quality_flag_reaches_delift_options():
     assert "quality" not in default.method_options.get("delift", {})
     with pytest.raises(SystemExit):  # argparse refuses another choice with its one-line usage error
         parse(["--use-case", "instruction", "--data", "ifbench", "--quality", "length"])
+    config, _ = command.resolve_run(parse(["--use-case", "continual", "--data", "ifbench", "--existing", "nq-open",
+                                           "--novelty", "none"]))
+    assert config.method_options["delift"]["novelty"] == "none"
+    assert "novelty" not in default.method_options.get("delift", {})
 
 
 def test_without_a_file_the_flags_give_the_old_defaults():

@@ -127,7 +127,8 @@ def delift_two_forms(pool, k: int, model, tokenizer, seed: int, kernel_dir: Path
                          kernel_dir=str(kernel_dir), kernel_config=_kernel_config(), **inputs)
     raw = {name[len("utility_"):]: u for name, u in default.arrays.items() if name.startswith("utility_")}
     authors, _, _, _ = select_from_raw(raw, inputs.get("use_case", "instruction"), k,
-                                       DeliftOptions(scale="minmax", exclude_diagonal=False, quality="none"), seed)
+                                       DeliftOptions(scale="minmax", exclude_diagonal=False, quality="none",
+                                                     novelty="none"), seed)
     return {"delift": np.asarray(default.indices, np.int64), "delift_authors": np.asarray(authors, np.int64)}, \
         default.arrays
 

@@ -24,6 +24,12 @@ kernel alone it is the authors' global min-max. ``clip`` (max(U, 0), the paper's
 offered. ``exclude_diagonal`` leaves K's diagonal (an example as its own demonstration, which dominates, DESIGN
 §1.2) out of the statistics and sets it to 0.
 
+Candidate weights (``candidate_weights``): after the scale, K's column j (example j as a demonstration) is
+multiplied by the percentile rank, in the pool, of j's prompt information (``quality``: instruction and continual by
+default) and, in the continual case, of how little the existing data covers j (``novelty``). Facility location then
+credits a pick with weight_j · K[i, j] and stays monotone submodular. The kernel measures how representative a
+demonstration is, not whether its response is right nor whether the model already has it (docs/noise.md).
+
 Options: ``DeliftOptions``.
 """
 
@@ -54,9 +60,17 @@ KERNEL_FORMS = {"instruction": ("row_rank", False), "task": AUTHORS_KERNEL_FORM,
 # of K is weighted by the percentile rank, in the pool, of the example's prompt information
 # (``scoring.prompt_information``), so a pick covers others with quality_j · K[i, j]; "none": the authors' K.
 # Chosen on the planted-noise pools (docs/noise.md): instruction low-quality share 0.31/0.26 -> 0.06/0.13 (set A),
-# 0.33/0.27 -> 0.08/0.09 (set B). Not for continual (it cost novelty: 0.92 -> 0.50-0.58 at 10%) nor task.
+# 0.33/0.27 -> 0.08/0.09 (set B). Not for task (it needs no quality term to find the target's domain).
 QUALITY_FORMS = ("prompt_information", "none")
-QUALITY_DEFAULTS = {"instruction": "prompt_information", "task": "none", "continual": "none"}
+QUALITY_DEFAULTS = {"instruction": "prompt_information", "task": "none", "continual": "prompt_information"}
+# Candidate novelty (continual only) when DeliftOptions.novelty is None. "existing_coverage": each candidate column is
+# also weighted by the percentile rank of how little the existing data covers that example (the negated floor
+# max_p P[j, p] of its own row, on the run's kernel scale), so a demonstration the model already has counts for
+# less; "none": the authors' K. Quality alone cost the continual case its novelty (novel share 0.92 -> 0.50 at 10%,
+# set A) because a new source's short answers rank low; with both weights it reads 0.83 / 0.96 novel at 10% / 30%
+# on set A and 0.83 / 0.92 on set B, against 0.92 / 0.67 for the bare kernel (docs/noise.md).
+NOVELTY_FORMS = ("existing_coverage", "none")
+NOVELTY_DEFAULTS = {"instruction": "none", "task": "none", "continual": "existing_coverage"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +83,9 @@ class DeliftOptions(MethodOptions):
     the objective; task_objective: fl2mi (default, chosen on evidence; needs no pool kernel) |
     flmi (FL1MI, the authors' code) | flmi_paper (the paper's text), see ``methods.submodular``; eta (η, task),
     nu (ν, continual); optimizer: lazy | naive | stochastic; quality: None (the use case's ``QUALITY_DEFAULTS``:
-    prompt_information for instruction, none otherwise) | prompt_information | none (the authors');
+    prompt_information for instruction and continual, none for task) | prompt_information | none (the authors');
+    novelty: None (the use case's ``NOVELTY_DEFAULTS``: existing_coverage for continual, none otherwise) |
+    existing_coverage (continual only) | none (the authors');
     kernel_dir: crash-safe stores ``<dir>/pool``, ``<dir>/targets``, ``<dir>/existing`` (rerun to resume);
     max_pairs: stop each kernel after this many pairs (resume later); progress: progress bars (default: when
     stderr is a terminal)."""
@@ -82,6 +98,7 @@ class DeliftOptions(MethodOptions):
     nu: float = 1.0
     optimizer: str = "lazy"
     quality: str | None = None
+    novelty: str | None = None
     kernel_dir: str | Path | None = None
     max_pairs: int | None = None
     progress: bool | None = None
@@ -95,6 +112,8 @@ class DeliftOptions(MethodOptions):
         check_choice("delift", "task_objective", self.task_objective, TASK_OBJECTIVES)
         if self.quality is not None:
             check_choice("delift", "quality", self.quality, QUALITY_FORMS)
+        if self.novelty is not None:
+            check_choice("delift", "novelty", self.novelty, NOVELTY_FORMS)
         check_at_least("delift", "max_pairs", self.max_pairs)
 
 
@@ -185,16 +204,54 @@ def resolved_quality(options: DeliftOptions, use_case: str) -> str:
     return options.quality if options.quality is not None else QUALITY_DEFAULTS.get(use_case, "none")
 
 
-def quality_weights(information: np.ndarray) -> np.ndarray:
-    """Each pool example's percentile rank of its prompt information, in (0, 1] (ties share their average rank):
-    scale-free, so one weight means the same on every pool and scoring model."""
-    values = np.asarray(information, np.float64)
+def resolved_novelty(options: DeliftOptions, use_case: str) -> str:
+    """The candidate novelty of a run: the options' where set, else the use case's ``NOVELTY_DEFAULTS``. It reads
+    the existing data's kernel P, so only the continual case has it."""
+    novelty = options.novelty if options.novelty is not None else NOVELTY_DEFAULTS.get(use_case, "none")
+    if novelty != "none" and use_case != "continual":
+        raise DataError(f"delift: novelty {novelty!r} weighs candidates by how little the existing data covers them; "
+                        "only the continual use case has existing data, so use --novelty none here")
+    return novelty
+
+
+def percentile_ranks(values: np.ndarray, what: str) -> np.ndarray:
+    """Each entry's percentile rank among ``values``, in (0, 1] (ties share their average rank): scale-free, so one
+    weight means the same on every pool and scoring model."""
+    values = np.asarray(values, np.float64)
     if values.ndim != 1 or not np.all(np.isfinite(values)):
-        raise DataError("prompt information must be one finite value per pool example")
+        raise DataError(f"{what} must be one finite value per pool example")
     ordered = np.sort(values)
     # 1-based ranks lo+1 .. hi of the entries equal to each value: their average is the value's rank.
     ranks = (np.searchsorted(ordered, values, "left") + np.searchsorted(ordered, values, "right") + 1) / 2.0
     return ranks / len(values)
+
+
+def quality_weights(information: np.ndarray) -> np.ndarray:
+    """Each pool example's percentile rank of its prompt information, in (0, 1]."""
+    return percentile_ranks(information, "prompt information")
+
+
+def novelty_weights(private) -> np.ndarray:
+    """Each pool example's percentile rank of how little the existing data covers it, in (0, 1]: the rank of
+    −max_p P[j, p] over its row of the scaled P (dense (n_pool, n_existing), or the (n_pool, 1) row maxima of the
+    sparse mode), the floor FLCG subtracts for that row."""
+    return percentile_ranks(-np.asarray(private, np.float64).max(axis=1), "the existing data's coverage")
+
+
+def candidate_weights(kernels: dict, use_case: str, options: DeliftOptions,
+                      information: np.ndarray | None = None) -> np.ndarray | None:
+    """The weight of each candidate column of K for a run (None: the authors' K): the quality rank where the run's
+    quality is prompt_information (``information`` then required), times the novelty rank where its novelty is on."""
+    weights = None
+    if resolved_quality(options, use_case) == "prompt_information" and "K" in kernels:
+        if information is None:
+            raise DataError("delift: the quality term needs the pool's prompt information; pass it or set "
+                            "quality='none'")
+        weights = quality_weights(information)
+    if resolved_novelty(options, use_case) == "existing_coverage" and "K" in kernels:
+        novelty = novelty_weights(kernels["P"])
+        weights = novelty if weights is None else weights * novelty
+    return weights
 
 
 def weighted_candidates(kernel, weights: np.ndarray):
@@ -210,18 +267,23 @@ def weighted_candidates(kernel, weights: np.ndarray):
 
 
 def select_from_raw(raw: dict[str, np.ndarray], use_case: str, k: int, options: DeliftOptions = DeliftOptions(),
-                    seed: int = 0, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict, dict]:
+                    seed: int = 0, information: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, dict, dict]:
     """(picks, gains, info, kernels) of DELIFT's selection from dense raw utilities {"K", "Q" (task), "P"
     (continual)} (the pool kernel may be absent for FL2MI): the run's kernel form, K's candidate columns weighted
-    by ``weights`` where given (``quality_weights``), then the use case's objective."""
+    by the run's quality (``information``: the pool's prompt information) and novelty (``candidate_weights``),
+    then the use case's objective. ``kernels["weights"]`` holds the candidate weights where there are any."""
     scale, exclude = resolved_kernel_form(options, use_case)
     kernels = scaled_kernels(raw, scale, exclude)
-    if weights is not None and "K" in kernels:
+    weights = candidate_weights(kernels, use_case, options, information)
+    if weights is not None:
         kernels["K"] = weighted_candidates(kernels["K"], weights)
     picks, gains, info = select_on_kernels(use_case, k, kernels.get("K"), kernels.get("Q"), kernels.get("P"),
                                            eta=options.eta, nu=options.nu, optimizer=options.optimizer, seed=seed,
                                            task_objective=options.task_objective)
     info.update({"scale": scale, "exclude_diagonal": exclude})
+    if weights is not None:
+        kernels["weights"] = weights
     return picks, gains, info, kernels
 
 
@@ -268,26 +330,30 @@ def delift_selection(*, pool, budget, use_case="instruction", targets=None, exis
                         kernel_dir=options.kernel_dir, max_pairs=options.max_pairs,
                         progress=show_progress(options.progress), pool_kernel=not query_only)
     quality = resolved_quality(options, use_case) if not query_only else "none"
+    novelty = resolved_novelty(options, use_case)
     information = pool_information(model, tokenizer, pool, options) if quality == "prompt_information" else None
-    weights = None if information is None else quality_weights(information)
     if sparse:
         kernels = sparse_kernels(raw, len(pool), len(targets or ()), len(existing or ()), scale,
                                  dense_query=query_only)
-        if weights is not None and "K" in kernels:
+        weights = candidate_weights(kernels, use_case, options, information)
+        if weights is not None:
             kernels["K"] = weighted_candidates(kernels["K"], weights)
         raw, indices = {name: v for name, (v, _) in raw.items()}, {name: i for name, (_, i) in raw.items()}
         picks, gains, info = select_on_kernels(use_case, k, kernels.get("K"), kernels.get("Q"), kernels.get("P"),
                                                eta=options.eta, nu=options.nu, optimizer=options.optimizer,
                                                seed=seed, task_objective=options.task_objective)
     else:
-        picks, gains, info, kernels = select_from_raw(raw, use_case, k, options, seed, weights)
+        picks, gains, info, kernels = select_from_raw(raw, use_case, k, options, seed, information)
+        weights = kernels.pop("weights", None)
     info.update({"method": "delift", "budget": k, "use_case": use_case, "seed": int(seed), "scale": scale,
-                 "exclude_diagonal": exclude, "quality": quality, "fine_tune": True,
+                 "exclude_diagonal": exclude, "quality": quality, "novelty": novelty, "fine_tune": True,
                  "utility_range": [float(min(u.min() for u in raw.values())),
                                    float(max(u.max() for u in raw.values()))]})
     arrays = {f"utility_{name}": u for name, u in raw.items()}
     if information is not None:
         arrays["prompt_information"] = information
+    if weights is not None:
+        arrays["candidate_weights"] = np.asarray(weights, np.float64)
     if sparse:  # row-major top-k: utility_X / kernel_K hold values, indices_X their columns
         info["top_k"] = int(options.kernel_config.top_k)
         arrays.update({f"indices_{name}": i for name, i in indices.items()})

@@ -50,6 +50,7 @@ CONFIG_FLAGS = {
     "task_objective": ((("method_options", "delift", "task_objective"),), str),
     "kernel_scale": ((("method_options", "delift", "scale"),), str),
     "quality": ((("method_options", "delift", "quality"),), str),
+    "novelty": ((("method_options", "delift", "novelty"),), str),
     "utility": ((("kernel", "utility"),), str), "surrogate_pairs": ((("kernel", "surrogate_pairs"),), int),
     "surrogate_seed": ((("kernel", "surrogate_seed"),), int),
     "refine_rounds": ((("kernel", "refine_rounds"),), int), "refine_pairs": ((("kernel", "refine_pairs"),), int),
@@ -134,8 +135,12 @@ def _add_stage_arguments(parser: argparse.ArgumentParser) -> None:
                             "is the authors' form; see docs/evidence.md)")
     group.add_argument("--quality", choices=("prompt_information", "none"),
                        help="weight DELIFT's candidates by how much each prompt tells about its response (default: "
-                            "prompt_information for instruction, none for task and continual, chosen on planted "
+                            "prompt_information for instruction and continual, none for task, chosen on planted "
                             "noise; none is the authors' form; see docs/noise.md)")
+    group.add_argument("--novelty", choices=("existing_coverage", "none"),
+                       help="continual: also weight DELIFT's candidates by how little the existing data covers them "
+                            "(default existing_coverage, chosen on planted new sources; none is the authors' form; "
+                            "see docs/noise.md)")
     group.add_argument("--task-objective", choices=("flmi", "fl2mi", "flmi_paper"),
                        help="DELIFT's task-specific objective (default fl2mi, chosen on evidence; flmi is the "
                             "authors' code; see docs/evidence.md)")
