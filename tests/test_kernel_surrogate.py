@@ -364,3 +364,22 @@ def test_floor_stratum_gives_rows_beyond_the_sample_their_nearest_candidates():
     assert all(i * 30 + near[i, j] in two_keys for i in range(90) for j in range(2))
     few = sample_pairs(90, 30, 40, near, diagonal=False, seed=2, floor_share=0.5)
     assert (few.stratum == 3).sum() <= 20 and len(few) == 40  # the share buys 20 rows, not all 90
+
+
+@pytest.mark.parametrize("lengths_hold_out", [True, False])
+def test_baseline_keeps_the_length_scalars_only_where_they_predict_held_out_rows(lengths_hold_out):
+    """U = cos + 3 s_j on the training rows; on the held-out rows the same (the scalars predict them: kept) or
+    cos - 3 s_j (they mislead there: the cosine baseline alone is chosen)."""
+    rng = np.random.default_rng(5)
+    embeddings = rng.normal(size=(80, 16))
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    scalars = rng.normal(size=(80, 2)).astype(np.float32)
+    held_rows = np.arange(16)
+    sign = np.where(np.isin(np.arange(80), held_rows) & (not lengths_hold_out), -1.0, 1.0)
+    utility = unit @ unit.T + 3.0 * sign[:, None] * scalars[None, :, 1]
+    features = pair_features(embeddings, embeddings, scalars, scalars, square=False,
+                             self_index=np.full(80, -1))
+    pairs = np.argwhere(rng.random((80, 80)) < 0.2)
+    held = np.isin(pairs[:, 0], held_rows)
+    fitted = fit_surrogate(features, pairs, utility[pairs[:, 0], pairs[:, 1]], held)
+    assert fitted.scores["baseline"] == ("cosine+lengths" if lengths_hold_out else "cosine")
