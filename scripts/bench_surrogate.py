@@ -14,7 +14,11 @@ Three parts (each skippable), all with the package's own functions; the last lin
    dense objective: f_dense(A_surrogate) / f_dense(A_dense). Then the refinement loop (``methods/refine.py``'s
    ``refine_loop`` and ``refinement_pairs``: the picks' entries made exact, greedy again while the picks change),
    reported with the exact pairs it added. Controls: random subsets of the same size. Spearman of predicted vs
-   exact over the entries not sampled, and the held-out R² / Spearman the run itself reports.
+   exact over the entries not sampled, and the held-out R² / Spearman the run itself reports. Objectives that read
+   two kernels (flcg) also report each kernel exact in turn with the other one the surrogate
+   (``retention_exact_K``, ``retention_exact_P``: which kernel's surrogate costs the objective). ``--p-floor-share``:
+   P's sample spends that share on each pool row's nearest existing examples first (``sample_pairs``' floor
+   stratum; off by default, as in the library).
    ``--noise-kernels``: also any dense known-answer kernels (``*.npz`` with a square ``utility`` and, optionally,
    ``embeddings``) found there, fl only (the other engineer's bench_noise stores, when they exist).
 2. Known answer (task): a pool of ``--ka-pool-per-source`` examples of each of asdiv, boolq, nq-open and
