@@ -10,6 +10,9 @@ Pure functions, no file I/O (the store side is ``kernel/surrogate_run.py``):
   costs one more forward pass (d(i | no example)); about ``per_row`` pairs share each row. A fifth of the rows is
   held out: the network never trains on them, so the held-out scores say how well it predicts rows it has not seen,
   which is what it does for almost every row.
+  A floor stratum (``floor_share``, off by default) first spends part of the sample on the nearest candidates of
+  rows beyond the sampled ones, for objectives that read every row's maximum (measured for FLCG's P: it raises
+  P's held-out R² and not the objective, docs/surrogate.md).
 * ``PairFeatures``: per-example tables (embeddings reduced by PCA and whitened, unit embeddings, token counts); the
   features of a pair, ``[z_i, z_j, z_i * z_j, |z_i - z_j|, s_i, s_j, cos(e_i, e_j), [i = j]]``, are gathered inside
   jitted code, so predicting n·k (or n²) pairs never holds a feature matrix larger than one chunk.
@@ -33,10 +36,11 @@ from delift_jax.errors import DataError
 
 STRATA = ("diagonal", "neighbour", "random", "floor")
 PREDICT_CHUNK = 1 << 14  # pairs per jitted prediction call
-# The ridge baseline also reads the length scalars. Measured (3 sample seeds, 5% exact pairs): on the 120-example
+# The ridge baseline may read the length scalars. Measured (3 sample seeds, 5% exact pairs): on the 120-example
 # TruthfulQA kernel the objective kept with / without them was fl 0.952 / 0.943, fl2mi 0.970 / 0.956, flcg 0.857 /
 # 0.703; on the known-answer task kernel (sources of different lengths) the target precision was 0.685 / 0.787
-# (docs/surrogate.md).
+# (docs/surrogate.md). With ``surrogate_net.BASELINE_CHOICE`` (the default) each run keeps them only when they
+# lower the held-out loss; this flag is what the baseline with them reads.
 BASE_SCALARS = True
 
 

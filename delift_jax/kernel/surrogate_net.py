@@ -3,14 +3,15 @@ for what the baseline leaves, trained by Optax with early stopping.
 
 ``fit_surrogate`` standardizes features and targets with the training pairs' statistics, fits the baseline in
 closed form (ridge regression of U on the cosine, the self flag and the length scalars, or on the cosine and the
-self flag alone, whichever has the lower held-out loss: a robust model even from a hundred pairs), then trains the network on the residual (AdamW, full batch, ``eval_every`` steps per jitted
-``lax.scan``). The network's output layers start at zero, so step 0 is the baseline alone; the parameters with the
-lowest held-out loss are kept (step 0 included: a sample too small to teach the network anything gives the
-baseline), training stops after ``patience`` steps without improvement. Why the baseline: on a known-answer task
-kernel (32 targets x 96 pool examples, 154 exact pairs) the network alone overfit to a held-out R² of -1.9 and
-picked the target's source at a precision of 0.45, below the 0.83 of the bare cosine. It reports the held-out R²
-and Spearman correlation. ``predict`` evaluates it on any pairs in fixed-size jitted chunks. Everything is seeded: the same
-inputs give the same parameters and predictions bit for bit on one machine.
+self flag alone, whichever has the lower held-out loss: a robust model even from a hundred pairs), then trains
+the network on the residual (AdamW, full batch, ``eval_every`` steps per jitted ``lax.scan``). The network's
+output layers start at zero, so step 0 is the baseline alone; the parameters with the lowest held-out loss are
+kept (step 0 included: a sample too small to teach the network anything gives the baseline), training stops
+after ``patience`` steps without improvement. Why the baseline: on a known-answer task kernel (32 targets x 96
+pool examples, 154 exact pairs) the network alone overfit to a held-out R² of -1.9 and picked the target's source
+at a precision of 0.45, below the 0.83 of the bare cosine. It reports the held-out R² and Spearman correlation
+and which baseline it kept. ``predict`` evaluates it on any pairs in fixed-size jitted chunks. Everything is
+seeded: the same inputs give the same parameters and predictions bit for bit on one machine.
 """
 
 from __future__ import annotations
