@@ -14,7 +14,11 @@ Three parts (each skippable), all with the package's own functions; the last lin
    dense objective: f_dense(A_surrogate) / f_dense(A_dense). Then the refinement loop (``methods/refine.py``'s
    ``refine_loop`` and ``refinement_pairs``: the picks' entries made exact, greedy again while the picks change),
    reported with the exact pairs it added. Controls: random subsets of the same size. Spearman of predicted vs
-   exact over the entries not sampled, and the held-out R² / Spearman the run itself reports.
+   exact over the entries not sampled, and the held-out R² / Spearman the run itself reports. Objectives that read
+   two kernels (flcg) also report each kernel exact in turn with the other one the surrogate
+   (``retention_exact_K``, ``retention_exact_P``: which kernel's surrogate costs the objective). ``--p-floor-share``:
+   P's sample spends that share on each pool row's nearest existing examples first (``sample_pairs``' floor
+   stratum; off by default, as in the library).
    ``--noise-kernels``: also any dense known-answer kernels (``*.npz`` with a square ``utility`` and, optionally,
    ``embeddings``) found there, fl only (the other engineer's bench_noise stores, when they exist).
 2. Known answer (task): a pool of ``--ka-pool-per-source`` examples of each of asdiv, boolq, nq-open and
@@ -55,6 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_sparse
 CACHE = Path("/root/.cache/delift_jax")
 OBJECTIVES = ("fl", "fl2mi", "flcg")
 SAMPLE_OPTIONS: dict = {}  # experiments only
+BLOCK_SAMPLE_OPTIONS: dict = {}  # kernel name -> sample_pairs options for that kernel only (--p-floor-share)
 BLOCKS = {"fl": ("K",), "fl2mi": ("Q",), "flcg": ("K", "P")}  # the kernels each objective reads
 BY = {"K": "column", "Q": "column", "P": "row"}  # methods/refine.py's refined_kernels: which entries of the picks
 
@@ -76,6 +81,10 @@ def parse_args(argv=None):
     parser.add_argument("--within-pcts", type=float, nargs="*", default=[5],
                         help="shares at which refinement also runs inside the budget (60%% sample + 40%% rounds)")
     parser.add_argument("--random-draws", type=int, default=20)
+    parser.add_argument("--p-floor-share", type=float, default=0.0,
+                        help="flcg: share of P's sample spent on each pool row's nearest existing examples "
+                             "(sample_pairs' floor stratum; 0: none, the library's default)")
+    parser.add_argument("--p-floor-k", type=int, default=1, help="nearest existing examples per row (floor pairs)")
     parser.add_argument("--noise-kernels", default=str(CACHE / "bench_noise"))
     parser.add_argument("--ka-pool-per-source", type=int, default=24)
     parser.add_argument("--ka-targets", type=int, default=8)
@@ -114,7 +123,7 @@ class SurrogateBlock:
     block. ``add`` makes entries exact and trains the network again on every exact pair (as the store does)."""
 
     def __init__(self, utility: np.ndarray, row_emb, col_emb, row_scalars, col_scalars, square: bool, n_pairs: int,
-                 seed: int, net=None, dim: int = 32):
+                 seed: int, net=None, dim: int = 32, sample_options: dict | None = None):
         from delift_jax.kernel.config import MIN_SURROGATE_PAIRS
         from delift_jax.kernel.embeddings import top_k_pairs
         from delift_jax.kernel.surrogate import pair_features, sample_pairs
@@ -123,7 +132,7 @@ class SurrogateBlock:
         n_rows, n_cols = utility.shape
         near = top_k_pairs(row_emb, col_emb, min(16, n_cols))
         sample = sample_pairs(n_rows, n_cols, max(MIN_SURROGATE_PAIRS, n_pairs), near, diagonal=square, seed=seed,
-                              **SAMPLE_OPTIONS)
+                              **{**SAMPLE_OPTIONS, **(sample_options or {})})
         self.features = pair_features(row_emb, col_emb, row_scalars, col_scalars, square=square, dim=dim)
         self.exact = np.zeros(utility.shape, bool)
         self.exact[sample.pairs[:, 0], sample.pairs[:, 1]] = True
@@ -191,7 +200,7 @@ class Study:
             n_pairs = int(round(share * len(rows) * len(cols)))
             out[name] = SurrogateBlock(self.cases.utility[np.ix_(rows, cols)], self.embeddings[rows],
                                        self.embeddings[cols], self.scalars[rows], self.scalars[cols], name == "K",
-                                       n_pairs, seed, **options)
+                                       n_pairs, seed, sample_options=BLOCK_SAMPLE_OPTIONS.get(name), **options)
         return out
 
 
@@ -240,10 +249,16 @@ def retention_case(study: Study, objective: str, pct: float, seed: int, budget: 
     total = sum(b.utility.size for b in blocks.values())
     first = greedy_picks(objective, study.objective_raw(objective, {n: b.raw for n, b in blocks.items()}), budget)
     out = {"retention": dense_value(study, objective, first) / reference,
+           "baseline": {n: b.first_scores.get("baseline") for n, b in blocks.items()},
            "exact_share_sample": sum(b.n_sample for b in blocks.values()) / total,
            "held_out_r2": {n: b.first_scores.get("held_out_r2") for n, b in blocks.items()},
            "held_out_spearman": {n: b.first_scores.get("held_out_spearman") for n, b in blocks.items()},
            "spearman_unsampled": {n: b.spearman_unsampled() for n, b in blocks.items()}}
+    if len(blocks) > 1:  # which kernel's surrogate costs the objective: each one exact in turn, the other surrogate
+        for name in blocks:
+            raw = {n: (b.utility if n == name else b.raw) for n, b in blocks.items()}
+            picks = greedy_picks(objective, study.objective_raw(objective, raw), budget)
+            out[f"retention_exact_{name}"] = dense_value(study, objective, picks) / reference
     picks, n_rounds = refine(study, objective, blocks, budget, rounds,
                              {n: max(1, b.n_sample // 2) for n, b in blocks.items()})
     out.update(retention_refined=dense_value(study, objective, picks) / reference, rounds=n_rounds,
@@ -279,6 +294,8 @@ def retention_study(study: Study, args, label: str, objectives=OBJECTIVES) -> di
             s = out[objective][_pct(pct)]
             within = (f", {s['retention_within']:.4f} with refinement inside {s['exact_share_within']:.1%}"
                       if "retention_within" in s else "")
+            within += "".join(f", {key[len('retention_exact_'):]} exact (the rest surrogate) {s[key]:.4f}"
+                              for key in s if key.startswith("retention_exact_"))
             print(f"{label} {objective:<6} {pct:>5.1f}% exact: retention {s['retention']:.4f} "
                   f"(min {s['retention_min']:.4f}), refined {s['retention_refined']:.4f} at "
                   f"{s['exact_share_refined']:.1%} exact{within}; held-out R2 {s['held_out_r2']}, Spearman "
@@ -298,6 +315,8 @@ def summarize(runs: list[dict]) -> dict:
     within = ({"retention_within": mean("retention_within"), "exact_share_within": mean("exact_share_within"),
                "retention_within_min": round(min(r["retention_within"] for r in runs), 4)}
               if "retention_within" in runs[0] else {})
+    within.update({key: mean(key) for key in runs[0] if key.startswith("retention_exact_")})
+    within["baselines"] = [r["baseline"] for r in runs]
     return {**within, "retention": mean("retention"), "retention_min": round(min(r["retention"] for r in runs), 4),
             "retention_refined": mean("retention_refined"), "exact_share_sample": mean("exact_share_sample"),
             "exact_share_refined": mean("exact_share_refined"), "rounds": mean("rounds"),
@@ -366,12 +385,13 @@ def known_answer_part(args, model, tokenizer) -> dict:
            "cosine_only": precision(unit(target_emb) @ unit(pool_emb).T),
            "random": float(np.mean([np.mean(data.pool_source[rng.choice(len(data.pool), k, replace=False)] == s)
                                     for s in range(len(data.sources)) for _ in range(50)]))}
-    plain, refined, r2 = [], [], []
+    plain, refined, r2, baselines = [], [], [], []
     for seed in args.seeds:
         block = SurrogateBlock(utility, target_emb, pool_emb, t_scalars, p_scalars, False,
                                int(round(args.ka_pct / 100 * utility.size)), seed)
         plain.append(precision(block.raw))
         r2.append(block.first_scores.get("held_out_r2"))
+        baselines.append(block.first_scores.get("baseline"))
 
         def select():
             picks = [greedy_picks("fl2mi", {"Q": block.raw[target_source == s].T}, k)
@@ -385,7 +405,7 @@ def known_answer_part(args, model, tokenizer) -> dict:
         refined.append(precision(block.raw))
     out.update(surrogate=float(np.mean(plain)), surrogate_min=float(min(plain)), surrogate_refined=float(
         np.mean(refined)), held_out_r2=float(np.mean([v for v in r2 if v is not None] or [np.nan])),
-        pct=args.ka_pct, seeds=len(args.seeds),
+        pct=args.ka_pct, seeds=len(args.seeds), baselines=baselines,
         targets=len(targets), pool=len(data.pool))
     print(f"known answer (task, FL2MI at {k} picks of {len(data.pool)}): precision exact {out['exact']:.3f}, "
           f"surrogate {out['surrogate']:.3f} (refined {out['surrogate_refined']:.3f}) at {args.ka_pct:g}% exact "
@@ -485,6 +505,8 @@ def main(argv=None):
     from delift_jax.models import load_model
 
     Path(args.out).mkdir(parents=True, exist_ok=True)
+    if args.p_floor_share > 0:
+        BLOCK_SAMPLE_OPTIONS["P"] = {"floor_share": args.p_floor_share, "floor_k": args.p_floor_k}
     model, tokenizer, _ = load_model()
     summary: dict = {}
     if "retention" in args.parts:
@@ -496,6 +518,7 @@ def main(argv=None):
             summary[f"retention_{objective}_5pct"] = main_kernel[objective].get("5pct", {}).get("retention")
             summary[f"retention_{objective}_5pct_refined"] = main_kernel[objective].get("5pct", {}).get(
                 "retention_refined")
+        summary["sample_options"] = {"P": BLOCK_SAMPLE_OPTIONS.get("P", {})}
         summary["spearman_5pct"] = main_kernel["fl"].get("5pct", {}).get("spearman_unsampled", {}).get("K")
         summary["retention_timing"] = contention(before, load_average())
     if "known" in args.parts:

@@ -63,3 +63,29 @@ def test_builtin_mix_is_distinct_short_and_seeded(bench):
     assert all(len(e.prompt) + len(e.response) <= 300 for e in mix)
     assert [e.prompt for e in bench.builtin_mix(200, 300, seed=3)] == [e.prompt for e in mix]
     assert [e.prompt for e in bench.builtin_mix(200, 300, seed=4)] != [e.prompt for e in mix]
+
+
+def test_flcg_reports_each_kernel_exact_in_turn_and_p_floor_pairs_reach_the_sample(bench, monkeypatch):
+    rng = np.random.default_rng(3)
+    n = 40
+    embeddings = rng.normal(size=(n, 16)).astype(np.float32)
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    utility = unit @ unit.T + 0.3 * rng.normal(size=(n, n)) + 2 * np.eye(n)
+    study = bench.Study(utility, embeddings, np.zeros((n, 2), np.float32), role_fraction=0.25, seed=1)
+    budget = 6
+    reference = bench.dense_value(study, "flcg", bench.greedy_picks("flcg", study.cases.dense_raw("flcg"), budget))
+    whole = bench.retention_case(study, "flcg", 100, 0, budget, 0, reference, within=False)
+    assert whole["retention_exact_K"] == pytest.approx(1.0) and whole["retention_exact_P"] == pytest.approx(1.0)
+    assert set(whole["baseline"]) == {"K", "P"}
+    part = bench.retention_case(study, "flcg", 10, 0, budget, 0, reference, within=False)
+    assert {"retention_exact_K", "retention_exact_P"} <= set(part)
+    monkeypatch.setitem(bench.BLOCK_SAMPLE_OPTIONS, "P", {"floor_share": 1.0})
+    blocks = study.surrogates("flcg", 0.1, 0)
+    rows, cols = study.blocks("flcg")["P"]
+    from delift_jax.kernel.embeddings import top_k_pairs
+
+    nearest = top_k_pairs(embeddings[rows], embeddings[cols], len(cols))[:, 0]
+    assert blocks["P"].sampled[np.arange(len(rows)), nearest].all()  # every pool row's floor candidate is exact
+    monkeypatch.delitem(bench.BLOCK_SAMPLE_OPTIONS, "P")
+    plain = study.surrogates("flcg", 0.1, 0)["P"]
+    assert not plain.sampled[np.arange(len(rows)), nearest].all()

@@ -338,3 +338,48 @@ def test_kernel_command_writes_a_surrogate_store(tiny_llama, tmp_path, capsys, t
     assert "records no checksums" not in capsys.readouterr().err
     picks = np.load(tmp_path / "sel" / "picks.npy")
     assert len(picks) == 3 and len(set(picks.tolist())) == 3
+
+
+def test_floor_stratum_gives_rows_beyond_the_sample_their_nearest_candidates():
+    """floor_share: every row (when the share buys them) gets its nearest candidate exact; held-out rows are drawn
+    among the other strata's rows; floor_share=0 leaves the sample as it was."""
+    rng = np.random.default_rng(4)
+    near = np.argsort(rng.random((90, 30)), axis=1)[:, :16]
+    plain = sample_pairs(90, 30, 135, near, diagonal=False, seed=2)
+    np.testing.assert_array_equal(sample_pairs(90, 30, 135, near, diagonal=False, seed=2, floor_share=0.0).pairs,
+                                  plain.pairs)
+    sample = sample_pairs(90, 30, 135, near, diagonal=False, seed=2, floor_share=0.7)
+    keys = sample.pairs[:, 0] * 30 + sample.pairs[:, 1]
+    assert len(sample) == 135 and len(np.unique(keys)) == 135
+    floor = sample.pairs[sample.stratum == 3]
+    assert 90 - 40 <= len(floor) <= 90 and np.all(floor[:, 1] == near[floor[:, 0], 0])
+    covered = set(keys.tolist())
+    assert all(i * 30 + near[i, 0] in covered for i in range(90))  # every row's nearest candidate is exact
+    others = np.unique(sample.pairs[sample.stratum != 3, 0])
+    held_rows = np.unique(sample.pairs[sample.held_out, 0])
+    assert len(held_rows) == round(0.2 * len(others)) and np.isin(held_rows, others).all()
+    assert not np.isin(sample.pairs[~sample.held_out, 0], held_rows).any()
+    two = sample_pairs(90, 30, 400, near, diagonal=False, seed=2, floor_share=0.5, floor_k=2)
+    two_keys = set((two.pairs[:, 0] * 30 + two.pairs[:, 1]).tolist())
+    assert all(i * 30 + near[i, j] in two_keys for i in range(90) for j in range(2))
+    few = sample_pairs(90, 30, 40, near, diagonal=False, seed=2, floor_share=0.5)
+    assert (few.stratum == 3).sum() <= 20 and len(few) == 40  # the share buys 20 rows, not all 90
+
+
+@pytest.mark.parametrize("lengths_hold_out", [True, False])
+def test_baseline_keeps_the_length_scalars_only_where_they_predict_held_out_rows(lengths_hold_out):
+    """U = cos + 3 s_j on the training rows; on the held-out rows the same (the scalars predict them: kept) or
+    cos - 3 s_j (they mislead there: the cosine baseline alone is chosen)."""
+    rng = np.random.default_rng(5)
+    embeddings = rng.normal(size=(80, 16))
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    scalars = rng.normal(size=(80, 2)).astype(np.float32)
+    held_rows = np.arange(16)
+    sign = np.where(np.isin(np.arange(80), held_rows) & (not lengths_hold_out), -1.0, 1.0)
+    utility = unit @ unit.T + 3.0 * sign[:, None] * scalars[None, :, 1]
+    features = pair_features(embeddings, embeddings, scalars, scalars, square=False,
+                             self_index=np.full(80, -1))
+    pairs = np.argwhere(rng.random((80, 80)) < 0.2)
+    held = np.isin(pairs[:, 0], held_rows)
+    fitted = fit_surrogate(features, pairs, utility[pairs[:, 0], pairs[:, 1]], held)
+    assert fitted.scores["baseline"] == ("cosine+lengths" if lengths_hold_out else "cosine")

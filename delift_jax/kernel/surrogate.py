@@ -10,6 +10,9 @@ Pure functions, no file I/O (the store side is ``kernel/surrogate_run.py``):
   costs one more forward pass (d(i | no example)); about ``per_row`` pairs share each row. A fifth of the rows is
   held out: the network never trains on them, so the held-out scores say how well it predicts rows it has not seen,
   which is what it does for almost every row.
+  A floor stratum (``floor_share``, off by default) first spends part of the sample on the nearest candidates of
+  rows beyond the sampled ones, for objectives that read every row's maximum (measured for FLCG's P: it raises
+  P's held-out R² and not the objective, docs/surrogate.md).
 * ``PairFeatures``: per-example tables (embeddings reduced by PCA and whitened, unit embeddings, token counts); the
   features of a pair, ``[z_i, z_j, z_i * z_j, |z_i - z_j|, s_i, s_j, cos(e_i, e_j), [i = j]]``, are gathered inside
   jitted code, so predicting n·k (or n²) pairs never holds a feature matrix larger than one chunk.
@@ -31,12 +34,13 @@ import numpy as np
 
 from delift_jax.errors import DataError
 
-STRATA = ("diagonal", "neighbour", "random")
+STRATA = ("diagonal", "neighbour", "random", "floor")
 PREDICT_CHUNK = 1 << 14  # pairs per jitted prediction call
-# The ridge baseline also reads the length scalars. Measured (3 sample seeds, 5% exact pairs): on the 120-example
+# The ridge baseline may read the length scalars. Measured (3 sample seeds, 5% exact pairs): on the 120-example
 # TruthfulQA kernel the objective kept with / without them was fl 0.952 / 0.943, fl2mi 0.970 / 0.956, flcg 0.857 /
 # 0.703; on the known-answer task kernel (sources of different lengths) the target precision was 0.685 / 0.787
-# (docs/surrogate.md).
+# (docs/surrogate.md). With ``surrogate_net.BASELINE_CHOICE`` (the default) each run keeps them only when they
+# lower the held-out loss; this flag is what the baseline with them reads.
 BASE_SCALARS = True
 
 
@@ -59,11 +63,16 @@ class PairSample:
 
 def sample_pairs(n_targets: int, n_candidates: int, n_pairs: int, near: np.ndarray, *, diagonal: bool,
                  seed: int = 0, per_row: int = 4, neighbour_share: float = 0.5, diagonal_share: float = 0.25,
-                 held_out_share: float = 0.2) -> PairSample:
+                 held_out_share: float = 0.2, floor_share: float = 0.0, floor_k: int = 1) -> PairSample:
     """A stratified sample of ``min(n_pairs, n_targets * n_candidates)`` distinct pairs (see the module docstring).
 
     near: [n_targets, k] each target's candidates by similarity (the sparse mode's neighbours, or the nearest few
-    of a dense kernel). diagonal: the kernel is square and its diagonal is among the pairs the objective reads.
+    of a dense kernel), nearest first. diagonal: the kernel is square and its diagonal is among the pairs the
+    objective reads. floor_share: a share of the sample spent first (after the diagonal) on the ``floor_k`` nearest
+    candidates of rows beyond the sampled ones (stratum "floor"), as many rows as it buys (every row when it buys
+    them all; rows not otherwise sampled first, in a seeded order): where a row's maximum over the candidates most
+    likely is, for objectives that read every row's maximum (FLCG's floors max_p P[i, p]). Each such row costs one
+    more pass without an example. Held-out rows are drawn among the sampled rows only (a floor-only row trains).
     """
     total = n_targets * n_candidates
     n_pairs = int(min(n_pairs, total))
@@ -85,6 +94,13 @@ def sample_pairs(n_targets: int, n_candidates: int, n_pairs: int, near: np.ndarr
         picks = own[rng.permutation(len(own))][:round(diagonal_share * n_pairs)]
         add(picks, picks, 0, n_pairs)
     near = np.asarray(near, np.int64)
+    if floor_share > 0 and near.size:
+        floor_rng = np.random.default_rng([seed, 1])  # its own stream: floor_share=0 leaves the sample as it was
+        others = np.setdiff1d(np.arange(n_targets), rows)
+        order = np.concatenate([floor_rng.permutation(others), floor_rng.permutation(rows)])
+        width = max(1, min(int(floor_k), near.shape[1]))
+        add(np.repeat(order, width), near[order, :width].ravel(), 3,
+            min(n_pairs, len(chosen) + round(floor_share * n_pairs)))
     if near.size:
         flat = np.stack([np.repeat(rows, near.shape[1]), near[rows].ravel()], axis=1)
         flat = flat[rng.permutation(len(flat))]
@@ -93,7 +109,7 @@ def sample_pairs(n_targets: int, n_candidates: int, n_pairs: int, near: np.ndarr
     keys = np.fromiter(chosen.keys(), np.int64, len(chosen))
     strata = np.fromiter(chosen.values(), np.int8, len(chosen))
     pairs = np.stack([keys // n_candidates, keys % n_candidates], axis=1).astype(np.int32)
-    held = _held_out(pairs, rng, held_out_share)
+    held = _held_out(pairs, rng, held_out_share, np.unique(pairs[strata != 3, 0]) if (strata == 3).any() else None)
     order = np.lexsort((pairs[:, 0], pairs[:, 1]))
     return PairSample(pairs[order], strata[order], held[order])
 
@@ -119,13 +135,14 @@ def _fill_random(chosen: dict, rows: np.ndarray, n_targets: int, n_candidates: i
             chosen.setdefault(key, 2)
 
 
-def _held_out(pairs: np.ndarray, rng, share: float) -> np.ndarray:
-    """Held-out pairs: a ``share`` of the sampled rows (at least one) when there are 5 or more rows, else a share of
-    the pairs; empty when fewer than 4 pairs (too few to hold any out)."""
+def _held_out(pairs: np.ndarray, rng, share: float, rows: np.ndarray | None = None) -> np.ndarray:
+    """Held-out pairs: a ``share`` of the ``rows`` (default: every row of ``pairs``; with floor pairs, the rows of the
+    other strata) when there are 5 or more, at least one, else a share of the pairs; empty when fewer than 4 pairs
+    (too few to hold any out)."""
     held = np.zeros(len(pairs), bool)
     if len(pairs) < 4:
         return held
-    rows = np.unique(pairs[:, 0])
+    rows = np.unique(pairs[:, 0]) if rows is None else rows
     if len(rows) >= 5:
         out = rng.choice(rows, max(1, round(share * len(rows))), replace=False)
         held[np.isin(pairs[:, 0], out)] = True
